@@ -1,0 +1,243 @@
+"""The pydantic models that hold every neox setting.
+
+Settings live in sections (model, tokenizer, data, train, parallel, checkpoint,
+logging, launcher). Field names are GPT-NeoX's own spellings (with ``_``), and
+every field name is unique across sections, so a flat GPT-NeoX YAML file maps
+onto the sections without a translation table; see ``neoxcli.config.loader``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+PosEmb = Literal["rotary", "alibi", "learned", "sinusoidal", "none"]
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swish", "swiglu", "geglu"]
+InitMethod = Literal[
+    "normal",
+    "scaled_normal",
+    "orthogonal",
+    "scaled_orthogonal",
+    "xavier_uniform",
+    "xavier_normal",
+    "wang_init",
+    "small_init",
+]
+
+
+class ModelConfig(Section):
+    """Architecture. Defaults follow GPT-NeoX's where GPT-NeoX has one."""
+
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; None = num_attention_heads")
+    seq_length: int = Field(2048, ge=1)
+    max_position_embeddings: int | None = Field(None, ge=1, description="None = seq_length")
+    pos_emb: PosEmb = "learned"
+    rotary_pct: float = 1.0
+    rotary_emb_base: float = 10000.0
+    gpt_j_residual: bool = Field(False, description="parallel residual: x + attn(ln1(x)) + mlp(ln2(x))")
+    gpt_j_tied: bool = Field(False, description="parallel residual with one shared LayerNorm")
+    no_weight_tying: bool = Field(False, description="untie input embedding and output head")
+    norm: Norm = "layernorm"
+    layernorm_epsilon: float = 1e-5
+    rms_norm_epsilon: float = 1e-8
+    activation: Activation = "gelu"
+    bias_gelu_fusion: bool = Field(False, description="GPT-NeoX's fused bias-GELU: the tanh approximation")
+    intermediate_size: int | None = Field(None, ge=1, description="None = 4 * hidden_size (2/3 of it for GLU)")
+    mlp_multiple_of: int = Field(1, ge=1)
+    use_bias_in_norms: bool = True
+    use_bias_in_attn_linear: bool = True
+    use_bias_in_mlp: bool = True
+    make_vocab_size_divisible_by: int = Field(128, ge=1)
+    init_method: InitMethod = "normal"
+    output_layer_init_method: InitMethod = "scaled_normal"
+    init_method_std: float = Field(0.02, gt=0)
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    hidden_dropout: float = Field(0.0, ge=0, lt=1)
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings or self.seq_length
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mlp_activation(self) -> str:
+        """The activation actually computed ("gelu" becomes "gelu_tanh" under bias_gelu_fusion)."""
+        if self.activation == "gelu" and self.bias_gelu_fusion:
+            return "gelu_tanh"
+        return "silu" if self.activation == "swish" else self.activation
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_kv_heads is not None and self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ValueError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.max_position_embeddings is not None and self.max_position_embeddings < self.seq_length:
+            raise ValueError(
+                f"max_position_embeddings ({self.max_position_embeddings}) must be >= "
+                f"seq_length ({self.seq_length})"
+            )
+        return self
+
+
+class TokenizerConfig(Section):
+    tokenizer_type: str = "GPT2BPETokenizer"
+    vocab_file: str | None = None
+    merge_file: str | None = None
+
+
+class DataConfig(Section):
+    data_path: str | None = None
+    train_data_paths: list[str] | None = None
+    valid_data_paths: list[str] | None = None
+    test_data_paths: list[str] | None = None
+    train_data_weights: list[float] | None = None
+    valid_data_weights: list[float] | None = None
+    test_data_weights: list[float] | None = None
+    label_data_paths: list[str] | None = None
+    split: str = "969,30,1"
+    data_impl: Literal["mmap"] = "mmap"
+    num_workers: int = Field(0, ge=0)
+    data_preset: str | None = Field(
+        None, description="neox: a `neox prepare --preset` name, prepared on first use if data_path is missing"
+    )
+    data_cache_dir: str | None = Field(None, description="neox: where sample-index caches go (default: the run dir)")
+
+
+class OptimizerConfig(Section):
+    type: str = "Adam"
+    params: dict[str, Any] = Field(default_factory=lambda: {"lr": 6e-4, "betas": [0.9, 0.95], "eps": 1e-8})
+
+    @property
+    def lr(self) -> float:
+        return float(self.params.get("lr", 6e-4))
+
+
+class TrainConfig(Section):
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    train_micro_batch_size_per_gpu: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    train_batch_size: int | None = Field(None, ge=1)
+    train_iters: int = Field(100, ge=0)
+    lr_decay_style: Literal["constant", "linear", "cosine", "exponential"] = "linear"
+    lr_decay_iters: int | None = Field(None, ge=0)
+    warmup: float = Field(0.01, ge=0, le=1, description="fraction of lr_decay_iters spent warming up")
+    min_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    gradient_clipping: float = Field(1.0, ge=0)
+    precision: Literal["auto", "fp32", "fp16", "bfloat16", "bf16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU"
+    )
+    fp16: dict[str, Any] | None = None
+    bf16: dict[str, Any] | None = None
+    seed: int = 1234
+    eval_interval: int = Field(1000, ge=1)
+    eval_iters: int = Field(10, ge=0)
+    compile: bool = Field(False, description="neox: torch.compile the model")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_lr > self.optimizer.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be <= the optimizer lr ({self.optimizer.lr})")
+        return self
+
+
+class ParallelConfig(Section):
+    model_parallel_size: int = Field(1, ge=1)
+    pipe_parallel_size: int = Field(0, ge=0)
+    zero_optimization: dict[str, Any] = Field(default_factory=lambda: {"stage": 0})
+
+
+class CheckpointConfig(Section):
+    save: str | None = None
+    load: str | None = None
+    checkpoint_factor: int | None = Field(None, ge=1, description="save every N iterations")
+    keep_last_n_checkpoints: int | None = Field(None, ge=1)
+    extra_save_iters: list[int] | None = None
+
+
+class LoggingConfig(Section):
+    log_interval: int = Field(10, ge=1)
+    tensorboard_dir: str | None = None
+    use_wandb: bool = False
+    wandb_project: str = "neox"
+    wandb_group: str | None = None
+    log_dir: str | None = None
+    sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
+
+
+class LauncherConfig(Section):
+    launcher: str = "local"
+    hostfile: str | None = None
+    include: str | None = None
+    exclude: str | None = None
+    num_nodes: int = -1
+    num_gpus: int | None = None
+    master_addr: str | None = None
+    master_port: int = 29500
+    launcher_args: list[str] = Field(default_factory=list)
+    launcher_env: dict[str, str] = Field(default_factory=dict)
+    ssh_port: int | None = None
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelConfig,
+    "tokenizer": TokenizerConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+    "launcher": LauncherConfig,
+}
+
+
+class NeoXConfig(Section):
+    """The whole resolved configuration of a run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+
+
+def field_index() -> dict[str, str]:
+    """Map every flat field name to its section ("hidden_size" -> "model")."""
+    index: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for name in cls.model_fields:
+            if name in index:  # pragma: no cover - a schema bug
+                raise AssertionError(f"field {name!r} is in both {index[name]} and {section}")
+            index[name] = section
+    return index
