@@ -62,16 +62,37 @@ def debug_enabled() -> bool:
     return os.environ.get("NEOX_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(Exit, Abort, ClickException) classes of every click copy in use.
+
+    Recent typer releases vendor their own click (``typer._click``); older ones
+    use the ``click`` package. Catch both so usage errors never show a traceback.
+    """
+    import importlib
+
+    exits: list[type] = []
+    aborts: list[type] = []
+    errors: list[type] = []
+    for name in ("typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        exits += [c for c in (getattr(mod, "Exit", None),) if c]
+        aborts += [c for c in (getattr(mod, "Abort", None),) if c]
+        errors += [c for c in (getattr(mod, "ClickException", None),) if c]
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one ``error:`` line and exit code 2."""
-    import click
-
     from neoxcli.errors import NeoxError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         args = [a for a in args if a != "--debug"]
         os.environ["NEOX_DEBUG"] = "1"
+    exits, aborts, click_errors = _click_exceptions()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="neox", standalone_mode=False)
@@ -82,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except aborts:
         print("aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except click_errors as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, assignments are validated."""
+    """Base for config sections: unknown keys are errors, assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    Numbers are accepted for text fields because YAML reads ``wandb_group: 2024`` as an int.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), coerce_numbers_to_str=True
+    )
 
 
 PosEmb = Literal["rotary", "alibi", "learned", "sinusoidal", "none"]
@@ -40,7 +45,9 @@ class ModelConfig(Section):
     num_layers: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=1)
     num_attention_heads: int = Field(4, ge=1)
-    num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; None = num_attention_heads")
+    num_kv_heads: int | None = Field(
+        None, ge=1, description="grouped-query attention; None = num_attention_heads"
+    )
     seq_length: int = Field(2048, ge=1)
     max_position_embeddings: int | None = Field(None, ge=1, description="None = seq_length")
     pos_emb: PosEmb = "learned"
@@ -54,7 +61,9 @@ class ModelConfig(Section):
     rms_norm_epsilon: float = 1e-8
     activation: Activation = "gelu"
     bias_gelu_fusion: bool = Field(False, description="GPT-NeoX's fused bias-GELU: the tanh approximation")
-    intermediate_size: int | None = Field(None, ge=1, description="None = 4 * hidden_size (2/3 of it for GLU)")
+    intermediate_size: int | None = Field(
+        None, ge=1, description="None = 4 * hidden_size (2/3 of it for GLU)"
+    )
     mlp_multiple_of: int = Field(1, ge=1)
     use_bias_in_norms: bool = True
     use_bias_in_attn_linear: bool = True
@@ -65,6 +74,15 @@ class ModelConfig(Section):
     init_method_std: float = Field(0.02, gt=0)
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)
+    attention_config: list[Any] | None = Field(
+        None,
+        description='per-layer attention kinds as GPT-NeoX writes them, e.g. [[["local", "global"], 6]]; None = all global',
+    )
+    sliding_window_width: int | None = Field(None, ge=1, description='band width of "local" attention layers')
+    use_bias_in_output_layer: bool = Field(False, description="a bias on the output head (GPT-J has one)")
+    use_mup: bool = Field(False, description="maximal-update parametrisation (muP)")
+    mup_width_scale: float = Field(1.0, gt=0, description="muP: hidden_size / base width")
+    mup_embedding_mult: float = Field(1.0, gt=0, description="muP: scale on the embedding output")
 
     @property
     def max_positions(self) -> int:
@@ -77,6 +95,21 @@ class ModelConfig(Section):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def attention_types(self) -> list[str]:
+        """One attention kind per layer ("global" or "local"), expanded from ``attention_config``."""
+        if not self.attention_config:
+            return ["global"] * self.num_layers
+        kinds: list[str] = []
+        for item in self.attention_config:
+            if isinstance(item, str):
+                kinds.append(item)
+            else:
+                pattern, repeat = item
+                kinds.extend(list(pattern) * int(repeat))
+        # GPT-NeoX's "flash" is dense causal attention through a faster kernel: the same model.
+        return ["global" if k == "flash" else k for k in kinds]
 
     @property
     def mlp_activation(self) -> str:
@@ -97,6 +130,14 @@ class ModelConfig(Section):
                 f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_kv_heads ({self.num_kv_heads})"
             )
+        kinds = self.attention_types
+        if len(kinds) != self.num_layers or not set(kinds) <= {"global", "local"}:
+            raise ValueError(
+                f'attention_config must give one of "global"/"local" for each of the '
+                f"{self.num_layers} layers, got {kinds}"
+            )
+        if "local" in kinds and self.sliding_window_width is None:
+            raise ValueError("local attention layers need sliding_window_width")
         if not 0.0 < self.rotary_pct <= 1.0:
             raise ValueError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
         if self.max_position_embeddings is not None and self.max_position_embeddings < self.seq_length:
@@ -126,9 +167,12 @@ class DataConfig(Section):
     data_impl: Literal["mmap"] = "mmap"
     num_workers: int = Field(0, ge=0)
     data_preset: str | None = Field(
-        None, description="neox: a `neox prepare --preset` name, prepared on first use if data_path is missing"
+        None,
+        description="neox: a `neox prepare --preset` name, prepared on first use if data_path is missing",
     )
-    data_cache_dir: str | None = Field(None, description="neox: where sample-index caches go (default: the run dir)")
+    data_cache_dir: str | None = Field(
+        None, description="neox: where sample-index caches go (default: the run dir)"
+    )
 
 
 class OptimizerConfig(Section):
@@ -148,6 +192,9 @@ class TrainConfig(Section):
     train_iters: int = Field(100, ge=0)
     lr_decay_style: Literal["constant", "linear", "cosine", "exponential"] = "linear"
     lr_decay_iters: int | None = Field(None, ge=0)
+    lr_decay_fraction: float | None = Field(
+        None, gt=0, le=1, description="decay over this fraction of train_iters when lr_decay_iters is unset"
+    )
     warmup: float = Field(0.01, ge=0, le=1, description="fraction of lr_decay_iters spent warming up")
     min_lr: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -230,6 +277,20 @@ class NeoXConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+
+    # Filled by neoxcli.config.loader; private so they never look like settings.
+    _ignored_keys: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _sources: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def ignored_keys(self) -> dict[str, Any]:
+        """GPT-NeoX keys that were accepted but are not acted on (name -> value), kept so they can be shown."""
+        return self._ignored_keys
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Where the settings came from, in merge order (file paths, then ``--set``)."""
+        return self._sources
 
 
 def field_index() -> dict[str, str]:

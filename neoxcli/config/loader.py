@@ -1,0 +1,684 @@
+"""Read config files and ``--set`` overrides into one validated ``NeoXConfig``.
+
+Files may be flat, as GPT-NeoX writes them (``num-layers: 12``), sectioned
+(``model: {num_layers: 12}``), or a mix; ``-`` in a key is read as ``_``.
+Every field name is unique across sections, so a flat key finds its section by
+name. Rules, and why:
+
+* Files merge left to right and later keys win (GPT-NeoX refuses a key given
+  twice; letting a later file override is what a user layering a model file
+  and a cluster file expects). Sections merge key by key, but a key's value is
+  replaced whole: ``zero_optimization`` or ``optimizer`` from a later file is
+  the complete block, as it would be in GPT-NeoX. To change one entry inside
+  such a block, use a dotted ``--set zero_optimization.stage=2``.
+* ``--set key=value`` is applied after the files, in order. Keys may be flat
+  (``hidden_size``), section-qualified (``model.hidden_size``) or reach inside
+  a dict value (``optimizer.params.lr``). Values are YAML scalars
+  (``true``, ``3``, ``1e-4``, ``[1, 2]``).
+* A key GPT-NeoX knows but neox has no field for is kept (``cfg.ignored_keys``)
+  and named in one warning per load, so a GPT-NeoX file never fails on a
+  switch neox does not act on; a key nobody knows is an error with a
+  did-you-mean.
+* ``launcher`` is both a section and a field of that section: a mapping is the
+  section, anything else the field. Likewise a ``checkpoint`` mapping with none
+  of neox's checkpoint keys is DeepSpeed's ``checkpoint`` block.
+
+GPT-NeoX spellings that neox reads differently are translated here, so the
+rest of neox sees one vocabulary:
+
+* ``gas`` -> ``gradient_accumulation_steps``, ``batch_size`` ->
+  ``train_micro_batch_size_per_gpu``, ``clip_grad`` -> ``gradient_clipping``,
+  ``lr`` -> ``optimizer.params.lr``, ``zero_stage`` ->
+  ``zero_optimization.stage``. GPT-NeoX derives these from the real keys and
+  overwrites them; here they act as aliases, and the real key wins when a file
+  gives both.
+* ``fp16: {enabled: true}`` sets ``precision: fp16``, ``bf16: {enabled: true}``
+  (or GPT-NeoX's older ``fp16: {type: bfloat16}``) sets ``bfloat16``; an
+  explicit precision that disagrees is an error, as in GPT-NeoX.
+* ``norm: te_layernorm`` / ``te_rmsnorm`` (Transformer Engine kernels of the
+  same maths) become ``layernorm`` / ``rmsnorm``; ``data_impl: infer`` becomes
+  ``mmap``, the only format neox reads.
+* ``mlp_type: llama`` (older GPT-NeoX) becomes the gated activation
+  (``swiglu``/``geglu``) with LLaMA's bias-free MLP and width
+  ``256 * ceil(int(8 * hidden_size / 3) / 256)`` unless ``intermediate_size``
+  is given.
+* Values neox cannot run are errors that say so rather than schema noise:
+  ``pos_emb: rpe``, ``norm: scalenorm``, activations outside neox's set,
+  ``precision: fp8``, ``data_impl: cached``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+import sys
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from neoxcli.config.neox_keys import GPT_NEOX_KEYS
+from neoxcli.config.schema import SECTIONS, Activation, CheckpointConfig, NeoXConfig, field_index
+from neoxcli.errors import ConfigError
+
+__all__ = ["dump_config", "dump_yaml", "load_config", "parse_override"]
+
+_FIELDS = field_index()
+
+# GPT-NeoX names that are derived copies of a real key there; here they feed that key.
+_ALIASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gas": ("train", "gradient_accumulation_steps", ()),
+    "batch_size": ("train", "train_micro_batch_size_per_gpu", ()),
+    "clip_grad": ("train", "gradient_clipping", ()),
+    "lr": ("train", "optimizer", ("params", "lr")),
+    "zero_stage": ("parallel", "zero_optimization", ("stage",)),
+}
+
+_SET = "--set"
+_MISSING: Any = object()
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """A SafeLoader that reads ``6e-4`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so ``lr: 6e-4`` would be
+    the string "6e-4"; people write learning rates that way all the time.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """Block style for mappings, one-line lists without mappings (``betas: [0.9, 0.95]``)."""
+
+
+def _has_mapping(value: Any) -> bool:
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and any(_has_mapping(v) for v in value)
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=not _has_mapping(data))
+
+
+_YamlDumper.add_representer(list, _represent_list)
+
+
+def _parse_text(text: str, label: str, *, json_first: bool) -> Any:
+    """Parse one file's text; errors name the file and line."""
+    if json_first:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass  # GPT-NeoX reads .json through YAML too (comments, trailing commas)
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "not valid YAML"
+        raise ConfigError(
+            f"invalid YAML in {label}{where}: {problem}",
+            hint="check indentation, quoting and brackets on that line and the one before",
+        ) from None
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML errors are marked in practice
+        raise ConfigError(f"invalid YAML in {label}: {exc}") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``key=value`` and read the value as a YAML scalar (``true``, ``3``, ``1e-4``, ``[1, 2]``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got '{item}'", hint="e.g. --set model.hidden_size=256")
+    if not raw.strip():
+        return key, None
+    try:
+        value = yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"cannot read the value of --set {item}",
+            hint="quote it for the shell and YAML, e.g. --set 'data_path=\"a: b\"'",
+        ) from None
+    return key, value
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _norm(key: Any) -> str:
+    return str(key).strip().replace("-", "_")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+@dataclass
+class _Op:
+    """One assignment from one source: a field (or a path inside its value), or an ignored key."""
+
+    section: str | None  # None: a GPT-NeoX key neox ignores
+    name: str
+    path: tuple[str, ...]
+    value: Any
+    label: str
+    alias: bool = False
+
+
+def _is_deepspeed_checkpoint(key: str, value: Any) -> bool:
+    """DeepSpeed's ``checkpoint`` block shares its name with neox's checkpoint section."""
+    return (
+        key == "checkpoint"
+        and isinstance(value, Mapping)
+        and bool(value)
+        and not any(_norm(k) in CheckpointConfig.model_fields for k in value)
+    )
+
+
+def _suggest(name: str, section: str | None) -> str | None:
+    """The closest known key, preferring neox's own names to GPT-NeoX-only ones."""
+    pools: list[list[str]] = []
+    if section is not None:
+        pools.append(list(SECTIONS[section].model_fields))
+    pools.append([*_FIELDS, *SECTIONS, *_ALIASES])
+    pools.append(sorted(GPT_NEOX_KEYS))
+    for pool in pools:
+        match = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
+        if match:
+            return match[0]
+    match = difflib.get_close_matches(name, [k for pool in pools for k in pool], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _unknown(shown: str, name: str, label: str, section: str | None) -> ConfigError:
+    guess = _suggest(name, section)
+    if guess is not None:
+        hint = f"did you mean '{guess}'?"
+    else:
+        hint = "keys are neox's section fields or GPT-NeoX argument names (`-` and `_` both work)"
+    return ConfigError(f"unknown key '{shown}' in {label}", hint=hint)
+
+
+def _classify(
+    name: str, value: Any, path: tuple[str, ...], label: str, section: str | None, shown: str
+) -> _Op:
+    """Turn one (normalized) key into an assignment, or fail with a suggestion."""
+    target: tuple[str, str, tuple[str, ...]] | None = None
+    alias = False
+    if name in _FIELDS:
+        target = (_FIELDS[name], name, ())
+    elif name in _ALIASES:
+        target, alias = _ALIASES[name], True
+    if target is not None:
+        tsection, field, tpath = target
+        if section is not None and tsection != section:
+            raise ConfigError(
+                f"'{shown}' in {label}: {name} is a {tsection} setting, not a {section} one",
+                hint=f"write it under {tsection}: or at the top level",
+            )
+        return _Op(tsection, field, tpath + path, value, label, alias)
+    if name in GPT_NEOX_KEYS:
+        return _Op(None, name, path, value, label)
+    raise _unknown(shown, name, label, section)
+
+
+def _ops_from_mapping(data: Mapping[Any, Any], label: str) -> list[_Op]:
+    """The assignments one file (or one undotted --set) makes, aliases first so real keys win."""
+    ops: list[_Op] = []
+    seen: dict[tuple[str | None, str], str] = {}
+
+    def add(op: _Op, shown: str) -> None:
+        if not op.alias and not op.path:
+            prev = seen.get((op.section, op.name))
+            if prev is not None:
+                raise ConfigError(
+                    f"'{op.name}' is given twice in {label} (as '{prev}' and '{shown}')",
+                    hint="keep one; '-' and '_' spell the same key",
+                )
+            seen[(op.section, op.name)] = shown
+        ops.append(op)
+
+    for raw_key, value in data.items():
+        key = _norm(raw_key)
+        is_section = key in SECTIONS and not (key == "launcher" and not isinstance(value, Mapping))
+        if is_section and not _is_deepspeed_checkpoint(key, value):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"'{raw_key}' in {label} must be a mapping of {key} settings, got {_describe(value)}"
+                )
+            for sub_raw, sub_value in value.items():
+                shown = f"{raw_key}.{sub_raw}"
+                add(_classify(_norm(sub_raw), sub_value, (), label, key, shown), shown)
+        else:
+            add(_classify(key, value, (), label, None, str(raw_key)), str(raw_key))
+    return [op for op in ops if op.alias] + [op for op in ops if not op.alias]
+
+
+def _ops_from_override(item: str) -> list[_Op]:
+    key, value = parse_override(item)
+    parts = [_norm(p) for p in key.split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set key '{key}' has an empty part", hint="e.g. --set model.hidden_size=256")
+    if len(parts) == 1:
+        return _ops_from_mapping({key: value}, _SET)
+    if parts[0] in SECTIONS:
+        section, name, rest = parts[0], parts[1], tuple(parts[2:])
+    else:
+        section, name, rest = None, parts[0], tuple(parts[1:])
+    return [_classify(name, value, rest, _SET, section, key)]
+
+
+def _field_default(section: str, name: str) -> Any:
+    default = SECTIONS[section].model_fields[name].get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        default = default.model_dump()
+    return copy.deepcopy(default)
+
+
+def _set_path(container: Any, base: str, path: tuple[str, ...], value: Any, label: str) -> None:
+    """Set ``container[path[0]]...[path[-1]] = value``, creating mappings on the way."""
+    node = container
+    for i, part in enumerate(path):
+        if not isinstance(node, dict):
+            owner = ".".join((base, *path[:i]))
+            dotted = ".".join((base, *path))
+            raise ConfigError(
+                f"cannot set '{dotted}' (in {label}): {owner} is {_describe(node)}, not a mapping"
+            )
+        if i == len(path) - 1:
+            node[part] = copy.deepcopy(value)
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+class _Merged:
+    """The raw settings tree being built, with which sources set each field."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.origins: dict[tuple[str, str], list[str]] = {}
+        self.ignored: dict[str, Any] = {}
+        self.ignored_origins: dict[str, list[str]] = {}
+
+    def apply(self, op: _Op) -> None:
+        if op.section is None:
+            if op.path:
+                current = self.ignored.get(op.name)
+                if not isinstance(current, dict):
+                    current = self.ignored[op.name] = {}
+                _set_path(current, op.name, op.path, op.value, op.label)
+                self._note(self.ignored_origins.setdefault(op.name, []), op.label)
+            else:
+                self.ignored[op.name] = copy.deepcopy(op.value)
+                self.ignored_origins[op.name] = [op.label]
+            return
+        section = self.tree[op.section]
+        if not op.path:
+            section[op.name] = copy.deepcopy(op.value)
+            self.origins[(op.section, op.name)] = [op.label]
+            return
+        current = section.get(op.name, _MISSING)
+        if current is _MISSING or current is None:
+            current = _field_default(op.section, op.name)
+            section[op.name] = {} if current is None else current
+        _set_path(section[op.name], op.name, op.path, op.value, op.label)
+        self._note(self.origins.setdefault((op.section, op.name), []), op.label)
+
+    @staticmethod
+    def _note(labels: list[str], label: str) -> None:
+        if label not in labels:
+            labels.append(label)
+
+    def labels(self, *keys: tuple[str, str]) -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            for label in self.origins.get(key, []):
+                self._note(out, label)
+        return out
+
+    def where(self, *keys: tuple[str, str]) -> str:
+        """`` (in a.yml)`` / `` (from a.yml, b.yml)`` for error messages; empty for defaults."""
+        return _where(self.labels(*keys))
+
+
+def _where(labels: Sequence[str]) -> str:
+    if not labels:
+        return ""
+    if len(labels) == 1:
+        return f" (in {labels[0]})"
+    return f" (from {', '.join(labels)})"
+
+
+# --------------------------------------------------------------------------- translation
+
+
+_GATED = {"silu": "swiglu", "swish": "swiglu", "swiglu": "swiglu", "gelu": "geglu", "geglu": "geglu"}
+
+
+def _translate(m: _Merged) -> None:
+    """Map GPT-NeoX values onto neox's, and reject the ones neox cannot run, before validation."""
+    model, train, data = m.tree["model"], m.tree["train"], m.tree["data"]
+
+    pos = model.get("pos_emb")
+    if pos == "rpe":
+        raise ConfigError(
+            "model.pos_emb: 'rpe' (T5-style relative position buckets) is not supported by neox"
+            + m.where(("model", "pos_emb")),
+            hint="use pos_emb: rotary (or alibi, learned, sinusoidal, none)",
+        )
+
+    norm = model.get("norm")
+    if norm in ("te_layernorm", "te_rmsnorm"):
+        model["norm"] = norm[3:]
+    elif norm == "scalenorm":
+        raise ConfigError(
+            "model.norm: 'scalenorm' is not supported by neox" + m.where(("model", "norm")),
+            hint="use norm: layernorm or rmsnorm",
+        )
+
+    supported = typing.get_args(Activation)
+    act = model.get("activation")
+    if isinstance(act, str) and act not in supported:
+        raise ConfigError(
+            f"model.activation: '{act}' is not supported by neox" + m.where(("model", "activation")),
+            hint=f"use one of: {', '.join(supported)}",
+        )
+
+    mlp_type = m.ignored.get("mlp_type", _MISSING)
+    if mlp_type == "regular":  # GPT-NeoX's default MLP is neox's: honoured, so not ignored
+        del m.ignored["mlp_type"]
+    elif mlp_type == "llama":
+        labels = m.ignored_origins.pop("mlp_type")
+        del m.ignored["mlp_type"]
+        act = model.get("activation", "gelu")
+        if act not in _GATED:
+            raise ConfigError(
+                f"model.activation: '{act}' with mlp_type: llama has no gated form in neox"
+                + _where(m.labels(("model", "activation")) + labels),
+                hint="use activation: silu (SwiGLU) or gelu (GeGLU)",
+            )
+        model["activation"] = _GATED[act]
+        hidden = model.get("hidden_size", _field_default("model", "hidden_size"))
+        if (
+            model.get("intermediate_size") is None
+            and isinstance(hidden, int)
+            and not isinstance(hidden, bool)
+        ):
+            width = int(2 * hidden * 4 / 3)
+            model["intermediate_size"] = 256 * -(-width // 256)
+        model.setdefault("use_bias_in_mlp", False)
+        for field in ("activation", "intermediate_size", "use_bias_in_mlp"):
+            m.origins.setdefault(("model", field), list(labels))
+
+    if train.get("precision") == "fp8":
+        raise ConfigError(
+            "train.precision: 'fp8' is not supported by neox" + m.where(("train", "precision")),
+            hint="use bfloat16, fp16 or fp32",
+        )
+    _fold_precision(m)
+
+    impl = data.get("data_impl")
+    if impl == "infer":
+        data["data_impl"] = "mmap"
+    elif impl == "cached":
+        raise ConfigError(
+            "data.data_impl: 'cached' datasets are not supported by neox" + m.where(("data", "data_impl")),
+            hint="neox reads mmap datasets (`neox prepare` writes them)",
+        )
+
+
+def _fold_precision(m: _Merged) -> None:
+    """GPT-NeoX's DeepSpeed ``fp16``/``bf16`` blocks say which precision a run uses."""
+    train = m.tree["train"]
+    fp16, bf16 = train.get("fp16"), train.get("bf16")
+    implied: str | None = None
+    source = ""
+    if isinstance(fp16, Mapping):
+        if fp16.get("type") == "bfloat16":
+            implied, source = "bfloat16", "fp16"
+        elif fp16.get("enabled", False):
+            implied, source = "fp16", "fp16"
+    if isinstance(bf16, Mapping) and bf16.get("enabled", False):
+        if implied == "fp16":
+            raise ConfigError(
+                "train: both the fp16 and the bf16 block are enabled"
+                + m.where(("train", "fp16"), ("train", "bf16")),
+                hint="enable one of them",
+            )
+        implied, source = "bfloat16", "bf16"
+    if implied is None:
+        return
+    current = train.get("precision")
+    if current in (None, "auto"):
+        train["precision"] = implied
+        m.origins[("train", "precision")] = m.labels(("train", source))
+    elif {current, implied} != {"bf16", "bfloat16"} and current != implied:
+        raise ConfigError(
+            f"train.precision is '{current}' but the {source} block enables {implied}"
+            + m.where(("train", "precision"), ("train", source)),
+            hint=f"drop one of them, or set {source}.enabled: false",
+        )
+
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    """One pydantic error in a user's words."""
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected an integer, got {_describe(value)}"
+    if kind in ("float_parsing", "float_type"):
+        return f"expected a number, got {_describe(value)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false, got {_describe(value)}"
+    if kind == "string_type":
+        return f"expected a string, got {_describe(value)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list, got {_describe(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {_describe(value)}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {_describe(value)}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}, got {_describe(value)}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    return str(err["msg"])
+
+
+def _validation_error(exc: ValidationError, m: _Merged) -> ConfigError:
+    """A pydantic ValidationError as one line naming the key, the problem and the file(s)."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = [p for p in err["loc"] if isinstance(p, (str, int))]
+    problem = _problem(err)
+    keys: list[tuple[str, str]] = []
+    if len(loc) >= 2:
+        section, name = str(loc[0]), str(loc[1])
+        keys.append((section, name))
+        key = section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    elif len(loc) == 1:  # a section validator: name the first field its message mentions
+        section = str(loc[0])
+        fields = SECTIONS[section].model_fields if section in SECTIONS else {}
+        mentioned = sorted(
+            (match.start(), name)
+            for name in fields
+            if (match := re.search(rf"\b{re.escape(name)}\b", problem)) is not None
+        )
+        keys.extend((section, name) for _, name in mentioned)
+        key = f"{section}.{mentioned[0][1]}" if mentioned else section
+    else:
+        key = "config"
+    hint = None
+    if err["type"] == "extra_forbidden" and len(loc) >= 2:
+        section = str(loc[0])
+        model_cls: Any = SECTIONS.get(section)
+        for part in loc[1:-1]:
+            info = model_cls.model_fields.get(str(part)) if model_cls is not None else None
+            ann = info.annotation if info is not None else None
+            model_cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model_cls is not None:
+            match = difflib.get_close_matches(str(loc[-1]), list(model_cls.model_fields), n=1)
+            hint = f"did you mean '{match[0]}'?" if match else f"known: {', '.join(model_cls.model_fields)}"
+    if len(errors) > 1 and hint is None:
+        more = len(errors) - 1
+        hint = f"{more} more problem{'s' if more > 1 else ''} after this one"
+    return ConfigError(f"{key}: {problem}{m.where(*keys)}", hint=hint)
+
+
+def _check(cfg: NeoXConfig, m: _Merged) -> None:
+    """Cross-section checks the section models cannot make on their own."""
+    mp = cfg.parallel.model_parallel_size
+    for name in ("num_attention_heads", "num_kv_heads"):
+        heads = getattr(cfg.model, name)
+        if heads is not None and heads % mp:
+            raise ConfigError(
+                f"model.{name} ({heads}) must be divisible by model_parallel_size ({mp})"
+                + m.where(("model", name), ("parallel", "model_parallel_size")),
+                hint="each model-parallel rank holds a whole number of heads",
+            )
+    for split in ("train", "valid", "test"):
+        paths = getattr(cfg.data, f"{split}_data_paths")
+        weights = getattr(cfg.data, f"{split}_data_weights")
+        if paths is not None and weights is not None and len(paths) != len(weights):
+            raise ConfigError(
+                f"data.{split}_data_weights has {len(weights)} entries but {split}_data_paths has {len(paths)}"
+                + m.where(("data", f"{split}_data_weights"), ("data", f"{split}_data_paths")),
+                hint="give one weight per path",
+            )
+    stage = (cfg.parallel.zero_optimization or {}).get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ConfigError(
+            f"parallel.zero_optimization.stage: expected 0, 1, 2 or 3, got {_describe(stage)}"
+            + m.where(("parallel", "zero_optimization")),
+        )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _read(path: str | Path) -> tuple[str, Mapping[Any, Any]]:
+    """(label, top-level mapping) of one config file."""
+    label = str(path)
+    p = Path(path).expanduser()
+    if not p.exists() and not p.suffix and p.with_name(p.name + ".yml").is_file():
+        p = p.with_name(p.name + ".yml")  # GPT-NeoX lets `small` stand for `small.yml`
+    if not p.exists():
+        raise ConfigError(f"config file not found: {label}")
+    if p.is_dir():
+        raise ConfigError(f"config path is a directory, not a file: {label}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file is not UTF-8 text: {label}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {label}: {exc.strerror or exc}") from None
+    data = _parse_text(text, label, json_first=p.suffix.lower() == ".json")
+    if data is None:
+        return label, {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{label} must hold a mapping of keys to values at the top level, got {_describe(data)}",
+            hint="e.g. `num_layers: 12` or `model: {num_layers: 12}`",
+        )
+    return label, data
+
+
+def _default_warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_config(
+    paths: Sequence[str | Path] | str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> NeoXConfig:
+    """Merge config files left to right, apply ``--set`` overrides, validate and return the config.
+
+    ``warn`` receives at most one message per call, naming the GPT-NeoX keys
+    that were accepted but are not acted on (without a ``warning:`` prefix);
+    by default it is printed to stderr as ``warning: ...``. Those keys and
+    their values stay available as ``cfg.ignored_keys``. Every problem is a
+    ``ConfigError`` whose message names the key and the file it came from.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged = _Merged()
+    sources: list[str] = []
+    for path in paths:
+        label, data = _read(path)
+        sources.append(label)
+        for op in _ops_from_mapping(data, label):
+            merged.apply(op)
+    for item in overrides:
+        for op in _ops_from_override(item):
+            merged.apply(op)
+        if _SET not in sources:
+            sources.append(_SET)
+    _translate(merged)
+    try:
+        cfg = NeoXConfig.model_validate(merged.tree)
+    except ValidationError as exc:
+        raise _validation_error(exc, merged) from None
+    _check(cfg, merged)
+    cfg._ignored_keys = merged.ignored
+    cfg._sources = tuple(sources)
+    if merged.ignored:
+        names = ", ".join(merged.ignored)
+        plural = "s" if len(merged.ignored) > 1 else ""
+        (warn or _default_warn)(f"ignoring GPT-NeoX key{plural} neox does not act on yet: {names}")
+    return cfg
+
+
+def dump_config(cfg: NeoXConfig, *, flat: bool = False) -> str:
+    """The config as YAML that ``load_config`` reads back to an equal config.
+
+    Sectioned by default; ``flat=True`` writes one GPT-NeoX-style mapping (field
+    names are unique, so it loads the same). Ignored GPT-NeoX keys are left out:
+    they change nothing, and a saved run config should load without warnings.
+    """
+    data = cfg.model_dump(mode="json")
+    if flat:
+        data = {name: value for section in data.values() for name, value in section.items()}
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def dump_yaml(data: Any) -> str:
+    """Any plain data in the same YAML style as ``dump_config`` (for ``neox config show`` blocks)."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True, width=100)
