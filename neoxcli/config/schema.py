@@ -252,6 +252,18 @@ class LauncherConfig(Section):
     launcher_args: list[str] = Field(default_factory=list)
     launcher_env: dict[str, str] = Field(default_factory=dict)
     ssh_port: int | None = None
+    mpi_flavor: Literal["auto", "openmpi", "mpich", "mvapich", "intel"] = Field(
+        "auto", description="neox: the mpi launcher's dialect; auto asks `mpirun --version`"
+    )
+    sbatch: bool = Field(
+        False, description="neox: slurm launcher submits a batch script instead of running srun"
+    )
+    sbatch_args: list[str] = Field(
+        default_factory=list, description="neox: extra sbatch flags (--partition=...)"
+    )
+    sbatch_template: str | None = Field(
+        None, description="neox: batch script template (default: templates/slurm/neox.sbatch)"
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
