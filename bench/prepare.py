@@ -1,0 +1,166 @@
+"""Benchmark ``neox prepare`` against the raw ``tokenizers`` rate, and sample random access.
+
+Each measurement runs in a fresh process because the tokenizers thread pool
+reads ``RAYON_NUM_THREADS`` once per process. Prints tokens/s and the ratio
+ours / raw at 1 and 2 workers, then samples/s of 2049-token training samples.
+
+    python bench/prepare.py [--text FILE] [--tokenizer FILE] [--zst-mb 200] [--skip-zst]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _child(kind: str, workers: int, text: str, tokenizer: str, extra: str) -> dict:
+    env = dict(os.environ, RAYON_NUM_THREADS=str(workers))
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--workers",
+            str(workers),
+            "--text",
+            text,
+            "--tokenizer",
+            tokenizer,
+            "--extra",
+            extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_raw(text_path: str, tokenizer: str, workers: int) -> dict:
+    """The raw library rate: encode_batch over the file's lines, ids materialised."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer)
+    if text_path.endswith(".zst"):
+        import zstandard
+
+        with open(text_path, "rb") as f:
+            raw = zstandard.ZstdDecompressor().stream_reader(f).read()
+        texts = [json.loads(line)["text"] for line in raw.splitlines()]
+    else:
+        texts = Path(text_path).read_text(encoding="utf-8").splitlines(keepends=True)
+    best = 0.0
+    for _ in range(2):
+        t = time.perf_counter()
+        n = 0
+        for i in range(0, len(texts), 4096):
+            n += sum(len(e.ids) for e in tok.encode_batch(texts[i : i + 4096]))
+        best = max(best, n / (time.perf_counter() - t))
+    return {"tokens": n, "tokens_per_s": best}
+
+
+def child_ours(text_path: str, tokenizer: str, workers: int, out_dir: str) -> dict:
+    from neoxcli.data.prepare import prepare
+    from neoxcli.data.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("HFTokenizer", tokenizer)
+    best = 0.0
+    for rep in range(2):
+        prefix = Path(out_dir) / f"b{workers}_{rep}"
+        r = prepare([text_path], prefix, tok, workers=workers, append_eod=True)
+        best = max(best, r.tokens / r.seconds)
+    return {"tokens": r.tokens, "tokens_per_s": best, "prefix": r.outputs[0].prefix}
+
+
+def make_zst(path: Path, text_file: Path, mb: int) -> None:
+    """≥ ``mb`` MB of JSON lines built from random line runs of ``text_file``."""
+    import zstandard
+
+    lines = text_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    rng = random.Random(0)
+    target = mb * 1_000_000
+    written = 0
+    cctx = zstandard.ZstdCompressor(level=3)
+    with open(path, "wb") as f, cctx.stream_writer(f) as w:
+        while written < target:
+            a = rng.randrange(len(lines))
+            doc = "".join(lines[a : a + rng.randrange(5, 200)])
+            row = (json.dumps({"text": doc}) + "\n").encode()
+            w.write(row)
+            written += len(row)
+
+
+def random_access(prefix: str, n: int = 100_000) -> float:
+    import numpy as np
+
+    from neoxcli.data.gpt_dataset import GPTDataset
+    from neoxcli.data.indexed import IndexedDataset
+
+    ds = IndexedDataset(prefix)
+    g = GPTDataset(ds, (0, len(ds)), n, 2048, 1234)
+    order = np.random.default_rng(0).integers(0, len(g), size=n)
+    for i in order[:1000]:
+        g[int(i)]
+    t = time.perf_counter()
+    for i in order:
+        g[int(i)]
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--text", default=str(SHARED / "tinyshakespeare.txt"))
+    ap.add_argument("--tokenizer", default=str(SHARED / "gpt2-tokenizer.json"))
+    ap.add_argument("--zst-mb", type=int, default=200)
+    ap.add_argument("--skip-zst", action="store_true")
+    ap.add_argument("--child", choices=["raw", "ours"])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--extra", default="")
+    args = ap.parse_args()
+    if args.child == "raw":
+        print(json.dumps(child_raw(args.text, args.tokenizer, args.workers)))
+        return
+    if args.child == "ours":
+        print(json.dumps(child_ours(args.text, args.tokenizer, args.workers, args.extra)))
+        return
+    for p in (args.text, args.tokenizer):
+        if not Path(p).exists():
+            sys.exit(f"missing {p}")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = [("tinyshakespeare.txt", args.text)]
+        if not args.skip_zst:
+            zst = Path(tmp) / "gen.jsonl.zst"
+            t = time.perf_counter()
+            make_zst(zst, Path(args.text), args.zst_mb)
+            print(
+                f"generated {zst.stat().st_size / 1e6:.0f} MB .jsonl.zst ({args.zst_mb} MB of JSON) "
+                f"in {time.perf_counter() - t:.0f} s"
+            )
+            inputs.append((f"generated {args.zst_mb} MB .jsonl.zst", str(zst)))
+        prefix = None
+        for name, path in inputs:
+            for w in (1, 2):
+                raw = _child("raw", w, path, args.tokenizer, "")
+                ours = _child("ours", w, path, args.tokenizer, tmp)
+                prefix = prefix or ours["prefix"]
+                print(
+                    f"{name:32s} workers={w}: raw encode_batch {raw['tokens_per_s'] / 1e3:8.0f}k tok/s · "
+                    f"neox prepare {ours['tokens_per_s'] / 1e3:8.0f}k tok/s · ratio {ours['tokens_per_s'] / raw['tokens_per_s']:.2f}"
+                )
+        assert prefix is not None
+        print(f"random access, 2049-token samples: {random_access(prefix) / 1e3:.0f}k samples/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Tokenizers under GPT-NeoX's names, behind one small interface.
+
+Every tokenizer exposes ``vocab_size``, ``eod_id``, ``pad_id``, ``encode``,
+``encode_batch`` and ``decode``, plus a picklable ``spec`` so that worker
+processes can rebuild it. Ids match GPT-NeoX's tokenizer of the same name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neoxcli.errors import DataError
+
+EOD_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|padding|>"
+_EOS_FALLBACKS = (EOD_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What ``build_tokenizer`` needs to rebuild a tokenizer (in another process)."""
+
+    tokenizer_type: str
+    vocab_file: str | None = None
+    merge_file: str | None = None
+
+
+class Tokenizer:
+    """The interface the data pipeline and the training loop rely on."""
+
+    name: str = "Tokenizer"
+    spec: TokenizerSpec
+    vocab_size: int
+    eod_id: int | None = None
+    pad_id: int | None = None
+    #: encode_batch runs in native threads (tokenizers' rayon pool)
+    native_parallel: bool = False
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def split_points_safe(self) -> bool:
+        """Whether cutting text after a ``"<non-space>\\n"`` before an ASCII char keeps ids unchanged."""
+        return False
+
+    # GPT-NeoX's spellings
+    @property
+    def eod(self) -> int | None:
+        return self.eod_id
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.encode(text)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return self.decode(ids)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(vocab_size={self.vocab_size}, eod_id={self.eod_id}, pad_id={self.pad_id})"
+
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizers`` JSON file (GPT-NeoX's ``HFTokenizer``, e.g. the 20B tokenizer)."""
+
+    name = "HFTokenizer"
+    native_parallel = True
+
+    def __init__(self, vocab_file: str, spec: TokenizerSpec | None = None, extra_pad: bool = False) -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        path = Path(vocab_file)
+        if not path.is_file():
+            raise DataError(
+                f"tokenizer file {vocab_file} not found",
+                hint="pass a tokenizers JSON file with --vocab-file (e.g. 20B_tokenizer.json)",
+            )
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise DataError(f"{vocab_file} is not a tokenizers JSON file: {exc}") from None
+        if extra_pad and self._tok.token_to_id(PAD_TOKEN) is None:
+            self._tok.add_special_tokens([PAD_TOKEN])
+        self.spec = spec or TokenizerSpec("HFTokenizer", str(path))
+        self._init_ids()
+        self._safe = _bytelevel_split_safe(path)
+
+    def _init_ids(self) -> None:
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.eod_id = next(
+            (i for i in (self._tok.token_to_id(t) for t in _EOS_FALLBACKS) if i is not None), None
+        )
+        self.pad_id = self._tok.token_to_id(PAD_TOKEN)
+
+    @property
+    def backend(self) -> Any:
+        """The underlying ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        fast = getattr(self._tok, "encode_batch_fast", None)
+        encs = fast(texts) if fast is not None else self._tok.encode_batch(texts)
+        return [e.ids for e in encs]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def split_points_safe(self) -> bool:
+        return self._safe
+
+
+def _bytelevel_split_safe(path: Path) -> bool:
+    """True for GPT-2-style byte-level tokenizers (regex split, no or NFC normaliser).
+
+    Their pre-tokenizer never merges a newline that follows a non-space
+    character with the next character, so long texts may be cut there and
+    encoded in parallel with identical ids.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return False
+    norm = cfg.get("normalizer")
+    if norm is not None and norm.get("type") != "NFC":
+        return False
+    pre = cfg.get("pre_tokenizer") or {}
+    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+
+
+class GPT2BPETokenizer(HFTokenizer):
+    """GPT-2's ``vocab.json`` + ``merges.txt`` as a byte-level BPE (GPT-NeoX's default type)."""
+
+    name = "GPT2BPETokenizer"
+
+    def __init__(self, vocab_file: str | None, merge_file: str | None) -> None:
+        from tokenizers import Tokenizer as _Tok
+        from tokenizers import decoders, models, pre_tokenizers
+
+        if not vocab_file or not merge_file:
+            raise DataError(
+                "GPT2BPETokenizer needs --vocab-file (vocab.json) and --merge-file (merges.txt)",
+                hint="or use --tokenizer HFTokenizer --vocab-file tokenizer.json",
+            )
+        for p in (vocab_file, merge_file):
+            if not Path(p).is_file():
+                raise DataError(f"tokenizer file {p} not found")
+        try:
+            model = models.BPE.from_file(str(vocab_file), str(merge_file))
+        except Exception as exc:
+            raise DataError(f"cannot read GPT-2 BPE files {vocab_file}, {merge_file}: {exc}") from None
+        tok = _Tok(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        if tok.token_to_id(EOD_TOKEN) is not None:
+            tok.add_special_tokens([EOD_TOKEN])
+        self._tok = tok
+        self.spec = TokenizerSpec("GPT2BPETokenizer", str(vocab_file), str(merge_file))
+        self._init_ids()
+        self.pad_id = None
+        self._safe = True
+
+
+class CharLevelTokenizer(Tokenizer):
+    """UTF-8 bytes as ids, GPT-NeoX's character-level tokenizer (vocab 512, eod 0, pad 1).
+
+    As in GPT-NeoX, ids 0 and 1 double as the bytes 0x00 and 0x01.
+    """
+
+    name = "CharLevelTokenizer"
+
+    def __init__(self, vocab_size: int = 512) -> None:
+        self.vocab_size = vocab_size
+        self.eod_id = 0
+        self.pad_id = 1
+        self.spec = TokenizerSpec("CharLevelTokenizer")
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_bytes(self, text: str) -> bytes:
+        """The ids as raw bytes (one per id), the fast path of the data pipeline."""
+        return text.encode("utf-8")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def split_points_safe(self) -> bool:
+        return True
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding by name (``cl100k_base``) or a local BPE ranks file."""
+
+    name = "TiktokenTokenizer"
+
+    def __init__(self, vocab_file: str | None) -> None:
+        try:
+            import tiktoken
+        except ImportError:
+            raise DataError(
+                "TiktokenTokenizer needs the tiktoken package", hint="pip install tiktoken"
+            ) from None
+        name = vocab_file or "gpt2"
+        try:
+            if Path(name).is_file():
+                from tiktoken.load import load_tiktoken_bpe
+
+                ranks = load_tiktoken_bpe(name)
+                pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+                self._enc = tiktoken.Encoding(
+                    Path(name).stem,
+                    pat_str=pat,
+                    mergeable_ranks=ranks,
+                    special_tokens={EOD_TOKEN: len(ranks)},
+                )
+            else:
+                self._enc = tiktoken.get_encoding(name)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(
+                f"cannot load tiktoken encoding {name!r}: {exc}",
+                hint="pass a local ranks file with --vocab-file when offline",
+            ) from None
+        self.vocab_size = self._enc.n_vocab
+        self.eod_id = self._enc.eot_token
+        self.pad_id = None
+        self.spec = TokenizerSpec("TiktokenTokenizer", vocab_file)
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(
+            texts, num_threads=int(os.environ.get("RAYON_NUM_THREADS", "1"))
+        )
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._enc.decode(list(ids))
+
+
+def hub_tokenizer_file(name: str) -> str:
+    """``tokenizer.json`` of a Hugging Face Hub repository, downloaded once and cached."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise DataError("huggingface-hub is needed to fetch tokenizer " + name) from None
+    try:
+        return hf_hub_download(repo_id=name, filename="tokenizer.json")
+    except Exception as exc:
+        kind = type(exc).__name__
+        raise DataError(
+            f"cannot fetch tokenizer.json of {name!r} from the Hugging Face Hub ({kind})",
+            hint="check the name and your connection, or download tokenizer.json and pass it with "
+            "--tokenizer HFTokenizer --vocab-file PATH (HF_HUB_OFFLINE=1 uses the local cache only)",
+        ) from None
+
+
+class HFGPT2Tokenizer(HFTokenizer):
+    """GPT-2 from the Hub (or a local tokenizer.json) plus a ``<|padding|>`` token, as in GPT-NeoX."""
+
+    name = "HFGPT2Tokenizer"
+
+    def __init__(self, vocab_file: str | None = None) -> None:
+        src = vocab_file or "gpt2"
+        path = src if Path(src).is_file() else hub_tokenizer_file(src)
+        super().__init__(path, TokenizerSpec("HFGPT2Tokenizer", vocab_file), extra_pad=True)
+
+
+_TYPES = ("HFTokenizer", "GPT2BPETokenizer", "HFGPT2Tokenizer", "CharLevelTokenizer", "TiktokenTokenizer")
+
+
+def build_tokenizer(
+    tokenizer_type: str,
+    vocab_file: str | os.PathLike[str] | None = None,
+    merge_file: str | os.PathLike[str] | None = None,
+) -> Tokenizer:
+    """A tokenizer by GPT-NeoX type name (case-insensitive) or Hugging Face Hub repository id."""
+    vf = os.fspath(vocab_file) if vocab_file is not None else None
+    mf = os.fspath(merge_file) if merge_file is not None else None
+    t = (tokenizer_type or "").strip()
+    key = t.lower()
+    if key == "hftokenizer":
+        if not vf:
+            raise DataError("HFTokenizer needs --vocab-file (a tokenizers JSON file)")
+        return HFTokenizer(vf)
+    if key == "gpt2bpetokenizer":
+        return GPT2BPETokenizer(vf, mf)
+    if key in ("hfgpt2tokenizer", "hfgpt2tokenizerfast"):
+        return HFGPT2Tokenizer(vf)
+    if key == "charleveltokenizer":
+        return CharLevelTokenizer()
+    if key == "tiktokentokenizer":
+        return TiktokenTokenizer(vf)
+    if t.endswith(".json") and Path(t).is_file():
+        return HFTokenizer(t)
+    if "/" in t or key in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        tok = HFTokenizer(hub_tokenizer_file(t), TokenizerSpec(t))
+        return tok
+    close = difflib.get_close_matches(t, _TYPES, n=1, cutoff=0.5)
+    raise DataError(
+        f"unknown tokenizer type {tokenizer_type!r}",
+        hint=(f"did you mean {close[0]}? " if close else "")
+        + "known types: "
+        + ", ".join(_TYPES)
+        + ", or a Hugging Face Hub repository id such as EleutherAI/pythia-70m",
+    )
+
+
+def rebuild(spec: TokenizerSpec) -> Tokenizer:
+    """``build_tokenizer`` from a spec (what worker processes call)."""
+    if spec.tokenizer_type not in _TYPES and "/" not in spec.tokenizer_type:
+        return build_tokenizer(spec.tokenizer_type)
+    return build_tokenizer(spec.tokenizer_type, spec.vocab_file, spec.merge_file)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_path: str | os.PathLike[str],
+    min_frequency: int = 2,
+    length: int | None = None,
+) -> HFTokenizer:
+    """Train a byte-level BPE with ``<|endoftext|>`` (id 0) and ``<|padding|>`` (id 1).
+
+    The file is written atomically, so a half-written tokenizer never exists.
+    """
+    from tokenizers import Tokenizer as _Tok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + 2:
+        raise DataError(f"--vocab-size {vocab_size} is too small for a byte-level BPE (at least 258)")
+    tok = _Tok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOD_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_nonempty(texts), trainer=trainer, length=length)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tok.save(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return HFTokenizer(str(out))
+
+
+def _nonempty(texts: Iterable[str]) -> Iterator[str]:
+    for t in texts:
+        if t:
+            yield t
