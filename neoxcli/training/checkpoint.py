@@ -1,0 +1,155 @@
+"""Checkpoint layout and loading.
+
+A checkpoint directory looks like GPT-NeoX's: ``{save}/latest`` names the tag,
+``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_00_model_states.pt``
+and optimizer shards) plus ``config.yml`` (the resolved config) and the
+tokenizer. ``latest`` is written last, atomically, once everything else is on
+disk, so a crash mid-save never leaves a pointer to a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from neoxcli.errors import NeoxError
+
+CONFIG_NAME = "config.yml"
+TOKENIZER_NAME = "tokenizer.json"
+_STEP_RE = re.compile(r"^global_step(\d+)$")
+
+
+def tag_for(iteration: int) -> str:
+    return f"global_step{iteration}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_latest(save_dir: Path, tag: str) -> None:
+    atomic_write_text(save_dir / "latest", tag)
+
+
+def read_latest(save_dir: Path) -> str | None:
+    latest = save_dir / "latest"
+    if not latest.is_file():
+        return None
+    return latest.read_text(encoding="utf-8").strip() or None
+
+
+def list_checkpoints(save_dir: Path) -> list[tuple[int, Path]]:
+    """Complete-looking checkpoints under ``save_dir``, oldest first."""
+    found = []
+    if save_dir.is_dir():
+        for child in save_dir.iterdir():
+            m = _STEP_RE.match(child.name)
+            if m and child.is_dir():
+                found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def prune_checkpoints(save_dir: Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (never the one ``latest`` names)."""
+    if not keep_last:
+        return []
+    latest = read_latest(save_dir)
+    ckpts = list_checkpoints(save_dir)
+    removed = []
+    for _, path in ckpts[: max(len(ckpts) - keep_last, 0)]:
+        if path.name != latest:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def resolve_checkpoint(path: str | Path, tag: str | None = None) -> Path:
+    """Turn a save directory (with ``latest``) or a tag directory into the tag directory."""
+    p = Path(path)
+    if not p.exists():
+        raise NeoxError(f"checkpoint not found: {p}")
+    if tag is not None:
+        tagged = p / tag
+        if not tagged.is_dir():
+            raise NeoxError(f"checkpoint {p} has no tag {tag!r}")
+        return tagged
+    if (p / CONFIG_NAME).is_file() and any(p.glob("mp_rank_*_model_states.pt")):
+        return p
+    latest = read_latest(p)
+    if latest is None:
+        raise NeoxError(
+            f"{p} is not a neox checkpoint (no 'latest' file and no model states)",
+            hint="pass the directory given as `save:` in the training config, or one of its global_step* folders",
+        )
+    tagged = p / latest
+    if not tagged.is_dir():
+        raise NeoxError(f"{p}/latest names {latest!r}, which does not exist")
+    return tagged
+
+
+def load_module_state(tag_dir: Path) -> dict[str, Any]:
+    """The model weights of a (non-ZeRO-3) DeepSpeed checkpoint, without importing DeepSpeed."""
+    import torch
+
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise NeoxError(f"no model states (mp_rank_*_model_states.pt) in {tag_dir}")
+    if len(files) > 1:
+        raise NeoxError(
+            f"{tag_dir} holds {len(files)} tensor-parallel shards",
+            hint="merge them first with `neox convert --reshard`",
+        )
+    # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
+    # the file is one this tool (or the user's own GPT-NeoX run) wrote.
+    state = torch.load(files[0], map_location="cpu", weights_only=False)
+    module = state.get("module")
+    if not module:
+        raise NeoxError(
+            f"{files[0]} holds no full model weights (ZeRO-3 partitions them)",
+            hint="consolidate with DeepSpeed's zero_to_fp32.py, or save with ZeRO stage 0-2",
+        )
+    return {k: v for k, v in module.items()}
+
+
+def load_for_inference(path: str | Path, tag: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """Load (model, tokenizer, config) from a checkpoint for sampling or evaluation."""
+    import torch
+
+    from neoxcli.config import load_config, padded_vocab_size
+    from neoxcli.data.tokenizer import build_tokenizer
+    from neoxcli.model import GPTModel
+
+    tag_dir = resolve_checkpoint(path, tag)
+    cfg_path = tag_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise NeoxError(f"{tag_dir} has no {CONFIG_NAME}; was it written by neox?")
+    cfg = load_config([cfg_path])
+    tok_path = tag_dir / TOKENIZER_NAME
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.tokenizer_type,
+        str(tok_path) if tok_path.is_file() else cfg.tokenizer.vocab_file,
+        cfg.tokenizer.merge_file,
+    )
+    state = load_module_state(tag_dir)
+    vocab = padded_vocab_size(
+        tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
+    )
+    model = GPTModel(cfg.model, vocab)
+    model.load_state_dict(state)
+    model.to(device=device, dtype=torch.float32).eval()
+    return model, tokenizer, cfg

@@ -1,0 +1,90 @@
+"""Glue between the run config and the datasets: prepare built-in data, build the three splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from neoxcli.config.schema import NeoXConfig
+from neoxcli.errors import DataError
+
+
+def _missing_inputs(cfg: NeoXConfig) -> list[str]:
+    from neoxcli.data.indexed import dataset_exists
+
+    missing = []
+    paths = [cfg.data.data_path] if cfg.data.data_path else []
+    for group in (cfg.data.train_data_paths, cfg.data.valid_data_paths, cfg.data.test_data_paths):
+        paths.extend(group or [])
+    missing += [p for p in paths if not dataset_exists(p)]
+    if cfg.tokenizer.vocab_file and not Path(cfg.tokenizer.vocab_file).exists():
+        missing.append(cfg.tokenizer.vocab_file)
+    return missing
+
+
+def ensure_data(
+    cfg: NeoXConfig, *, is_main: bool, say: Callable[[str], None], barrier: Callable[[], Any]
+) -> None:
+    """Prepare a preset dataset named by ``data_preset`` when its files are missing (rank 0 only)."""
+    if not (cfg.data.data_path or cfg.data.train_data_paths):
+        raise DataError(
+            "no training data: set data_path (with split) or train_data_paths",
+            hint="prepare data with `neox prepare`, or set data_preset: python-stdlib for the built-in corpus",
+        )
+    missing = _missing_inputs(cfg)
+    if missing and cfg.data.data_preset and cfg.data.data_path:
+        if is_main:
+            from neoxcli.data.presets import prepare_preset
+
+            out_dir = Path(cfg.data.data_path).parent
+            say(
+                f"dataset {cfg.data.data_path} is missing: preparing preset '{cfg.data.data_preset}' into {out_dir}"
+            )
+            info = prepare_preset(cfg.data.data_preset, out_dir)
+            say(f"prepared {info.documents:,} documents, {info.tokens:,} tokens")
+        barrier()
+        missing = _missing_inputs(cfg)
+    if missing:
+        raise DataError(
+            f"data not found: {missing[0]}",
+            hint="run `neox prepare` first (configs name the prefix without .bin/.idx)",
+        )
+
+
+def sample_counts(cfg: NeoXConfig, train_batch: int) -> tuple[int, int, int]:
+    """Samples per split as GPT-NeoX requests them."""
+    t = cfg.train
+    train = t.train_iters * train_batch
+    valid = (t.train_iters // t.eval_interval + 1) * t.eval_iters * train_batch
+    test = t.eval_iters * train_batch
+    return train, valid, test
+
+
+def build_datasets(
+    cfg: NeoXConfig, *, train_batch: int, cache_dir: Path, rank: int, barrier: Callable[[], Any]
+) -> tuple[Any, Any, Any]:
+    """(train, valid, test) datasets in GPT-NeoX's sample order; valid/test may be None."""
+    from neoxcli.data.gpt_dataset import build_train_valid_test
+
+    train_n, valid_n, test_n = sample_counts(cfg, train_batch)
+    d = cfg.data
+    return build_train_valid_test(
+        data_path=d.data_path,
+        split=d.split,
+        train_data_paths=d.train_data_paths,
+        valid_data_paths=d.valid_data_paths,
+        test_data_paths=d.test_data_paths,
+        train_data_weights=d.train_data_weights,
+        valid_data_weights=d.valid_data_weights,
+        test_data_weights=d.test_data_weights,
+        label_data_paths=d.label_data_paths,
+        seq_length=cfg.model.seq_length,
+        seed=cfg.train.seed,
+        train_samples=train_n,
+        valid_samples=valid_n,
+        test_samples=test_n,
+        cache_dir=cache_dir,
+        rank=rank,
+        barrier=barrier,
+    )

@@ -1,0 +1,77 @@
+"""Start a training run: in this process for one local rank, else through a launcher plugin.
+
+The resolved config is written next to the run (``{save}/run-config.yml``)
+and every worker reads it from there; nothing large travels on command lines.
+Which plugin starts the workers is the config's ``launcher`` (see
+``neoxcli.launchers.registry``); ``--dry-run`` prints its exact commands.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from neoxcli.config.schema import NeoXConfig
+
+RUN_CONFIG_NAME = "run-config.yml"
+
+
+def run_dir(cfg: NeoXConfig, local: bool) -> Path:
+    """Where the run config (and launcher files) go: ``save``, else a fresh directory.
+
+    Without ``save``, local runs use the temp directory; multi-host runs use
+    ``./.neox-runs/`` under the working directory, which remote ranks ``cd``
+    into, so a shared working directory is enough for them to read it.
+    """
+    if cfg.checkpoint.save:
+        return Path(cfg.checkpoint.save).absolute()
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    base = Path(tempfile.gettempdir()) if local else Path.cwd() / ".neox-runs"
+    return base / f"neox-run-{stamp}"
+
+
+def write_run_config(cfg: NeoXConfig, path: Path) -> Path:
+    from neoxcli.config import dump_config
+    from neoxcli.training.checkpoint import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, dump_config(cfg))
+    return path
+
+
+def run_training(
+    cfg: NeoXConfig,
+    sources: list[str],
+    *,
+    dry_run: bool = False,
+    reporter_factory: Callable[..., Any] | None = None,
+) -> int:
+    """Run training as the config's launcher says; returns the exit code."""
+    from neoxcli.launchers.registry import get_launcher
+
+    launcher = get_launcher(cfg.launcher.launcher)
+    env = dict(os.environ)
+    hosts = launcher.resolve_hosts(cfg, env)
+    local = launcher.name == "local"
+    if local and sum(node.slots for node in hosts) == 1 and all(node.default_devices for node in hosts):
+        if dry_run:
+            print(f"in-process: 1 rank, config from {', '.join(sources)}")
+            return 0
+        from neoxcli.training.trainer import train
+
+        reporter = reporter_factory(cfg.logging.log_interval) if reporter_factory else None
+        train(cfg, report=reporter, config_sources=sources)
+        return 0
+    config_path = run_dir(cfg, local) / RUN_CONFIG_NAME
+    plan = launcher.build(cfg, hosts, config_path, env)
+    plan.notes.insert(0, f"rank config: {config_path} (the resolved config, written before launch)")
+    if dry_run:
+        print(plan.render(), end="")
+        return 0
+    launcher.check_available()
+    write_run_config(cfg, config_path)
+    return launcher.run(plan)

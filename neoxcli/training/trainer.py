@@ -1,0 +1,466 @@
+"""The training loop: a DeepSpeed engine around the model, GPT-NeoX's data order, checkpoints.
+
+One function, ``train``, runs in every worker process. Rank 0 owns the console,
+the metrics files and the small extra files of each checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neoxcli.config.schema import NeoXConfig
+from neoxcli.errors import NeoxError
+from neoxcli.training import checkpoint as ckpt
+from neoxcli.training.distributed import DistEnv
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports back to the command."""
+
+    iterations: int = 0
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+    checkpoint: Path | None = None
+    sample: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: Any = field(default=None, repr=False)
+
+
+@dataclass
+class Plan:
+    """The numbers the loop needs, derived once from the config and the job size."""
+
+    micro_batch: int
+    grad_accum: int
+    train_batch: int
+    dp_size: int
+    precision: str
+    vocab_size: int
+    padded_vocab: int
+    warmup_iters: float
+    decay_iters: int
+
+
+def make_plan(cfg: NeoXConfig, world_size: int, vocab_size: int, bf16_ok: bool) -> Plan:
+    from neoxcli.config import resolve
+
+    d = resolve(cfg, world_size=world_size, vocab_size=vocab_size, bf16_supported=bf16_ok)
+    return Plan(
+        micro_batch=d.micro_batch,
+        grad_accum=d.gradient_accumulation_steps,
+        train_batch=d.train_batch_size,
+        dp_size=d.dp_size,
+        precision=d.precision,
+        vocab_size=vocab_size,
+        padded_vocab=d.padded_vocab_size,
+        warmup_iters=d.warmup_iters,
+        decay_iters=d.lr_decay_iters,
+    )
+
+
+def deepspeed_config(cfg: NeoXConfig, plan: Plan) -> dict[str, Any]:
+    """The DeepSpeed config dict; everything else about the run stays in neox's own config."""
+    zero = dict(cfg.parallel.zero_optimization or {"stage": 0})
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "train_batch_size": plan.train_batch,
+        "gradient_clipping": cfg.train.gradient_clipping,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if plan.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif plan.precision == "fp16":
+        fp16 = {k: v for k, v in (cfg.train.fp16 or {}).items() if k != "type"}
+        fp16["enabled"] = True
+        ds["fp16"] = fp16
+    return ds
+
+
+def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
+    import torch
+
+    opt = cfg.train.optimizer
+    kind = opt.type.lower()
+    params = dict(opt.params)
+    lr = float(params.pop("lr", 6e-4))
+    betas = tuple(params.pop("betas", (0.9, 0.95)))
+    eps = float(params.pop("eps", 1e-8))
+    from neoxcli.model.mup import param_groups
+
+    groups = param_groups(model, cfg.train.weight_decay)
+    if kind in ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam"):
+        # Fused AdamW runs on CPU and GPU; DeepSpeed's own Adam variants need JIT-built ops.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(params.pop("momentum", 0.0)))
+    raise NeoxError(
+        f"optimizer.type {opt.type!r} is not supported",
+        hint="use Adam, AdamW or SGD",
+    )
+
+
+class _Sampler:
+    """GPT-NeoX's (Megatron's) sequential batch order: sample ids consumed..consumed+global_batch.
+
+    Within a global batch, micro step m on data-parallel rank r takes the
+    ``micro`` consecutive ids starting at m*micro*dp + r*micro, so changing
+    the number of ranks keeps the global sequence of samples unchanged.
+    """
+
+    def __init__(self, dataset: Any, micro: int, dp_size: int, dp_rank: int) -> None:
+        self.dataset, self.micro, self.dp, self.rank = dataset, micro, dp_size, dp_rank
+
+    def batch(self, consumed: int, micro_step: int) -> Any:
+        import numpy as np
+        import torch
+
+        start = consumed + micro_step * self.micro * self.dp + self.rank * self.micro
+        n = len(self.dataset)
+        rows = [np.asarray(self.dataset[(start + k) % n], dtype=np.int64) for k in range(self.micro)]
+        tokens = torch.from_numpy(np.stack(rows))
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _loss_fn(logits: Any, labels: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
+
+
+Reporter = Callable[[str, dict[str, Any]], None]
+
+
+def train(
+    cfg: NeoXConfig,
+    *,
+    dist: DistEnv | None = None,
+    report: Reporter | None = None,
+    config_sources: list[str] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` in this process (one rank of the job); returns the run's summary.
+
+    ``report(event, data)`` receives progress events ("start", "step", "eval",
+    "checkpoint", "end") on rank 0 so the command can render them.
+    """
+    import numpy as np
+    import torch
+
+    from neoxcli.data.tokenizer import build_tokenizer
+    from neoxcli.model import GPTModel
+    from neoxcli.training.data import build_datasets, ensure_data
+    from neoxcli.training.distributed import detect, init_distributed
+    from neoxcli.training.schedule import AnnealingLR
+
+    dist = dist or detect()
+    emit: Reporter = report if (report is not None and dist.is_main) else (lambda e, d: None)
+
+    backend = init_distributed(dist)
+    import deepspeed
+
+    ensure_data(
+        cfg,
+        is_main=dist.is_main,
+        say=lambda msg: emit("info", {"message": msg}),
+        barrier=torch.distributed.barrier,
+    )
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file
+    )
+
+    device = torch.device(f"cuda:{dist.local_rank}") if backend == "nccl" else torch.device("cpu")
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    plan = make_plan(cfg, dist.world_size, tokenizer.vocab_size, bf16_ok)
+    if device.type == "cpu" and plan.precision == "fp16":
+        raise NeoxError(
+            "fp16 is not supported on CPU", hint="set precision: fp32 (or bf16, which is slow on most CPUs)"
+        )
+
+    seed_everything(cfg.train.seed)
+    model = GPTModel(cfg.model, plan.padded_vocab)
+    optimizer = build_optimizer(cfg, model, device.type)
+    scheduler = AnnealingLR(
+        optimizer,
+        max_lr=cfg.train.optimizer.lr,
+        min_lr=cfg.train.min_lr,
+        warmup_iters=plan.warmup_iters,
+        decay_iters=plan.decay_iters,
+        style=cfg.train.lr_decay_style,
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, plan),
+        dist_init_required=False,
+    )
+
+    save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
+    cache_dir = (
+        Path(cfg.data.data_cache_dir)
+        if cfg.data.data_cache_dir
+        else (save_dir / "index-cache" if save_dir else Path(".neox-cache") / "index-cache")
+    )
+    dp_rank = dist.rank % plan.dp_size
+    train_ds, valid_ds, _test_ds = build_datasets(
+        cfg,
+        train_batch=plan.train_batch,
+        cache_dir=cache_dir,
+        rank=dist.rank,
+        barrier=torch.distributed.barrier,
+    )
+
+    iteration, consumed = 0, 0
+    load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    if load_dir is not None and ckpt.read_latest(load_dir):
+        tag = ckpt.read_latest(load_dir)
+        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+        if path is None:
+            raise NeoxError(f"could not load checkpoint {load_dir}/{tag}")
+        iteration = int(client["iteration"])
+        consumed = int(client["consumed_samples"])
+        if client.get("rng") and client.get("world_size") == dist.world_size:
+            _set_rng_state(client["rng"][dist.rank] if isinstance(client["rng"], list) else client["rng"])
+        emit("info", {"message": f"resumed from {load_dir}/{tag} at iteration {iteration}"})
+
+    sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
+    tokens_per_iter = plan.train_batch * cfg.model.seq_length
+    n_params = sum(p.numel() for p in model.parameters())
+    emit(
+        "start",
+        {
+            "iterations": cfg.train.train_iters,
+            "start_iteration": iteration,
+            "params": n_params,
+            "plan": plan,
+            "device": str(device),
+            "world_size": dist.world_size,
+            "train_samples": len(train_ds),
+        },
+    )
+
+    def all_mean(value: float) -> float:
+        if dist.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / dist.world_size
+
+    def evaluate() -> float | None:
+        if valid_ds is None or cfg.train.eval_iters == 0:
+            return None
+        engine.eval()
+        ev = _Sampler(valid_ds, plan.micro_batch, plan.dp_size, dp_rank)
+        losses = []
+        with torch.no_grad():
+            for it in range(cfg.train.eval_iters):
+                for m in range(plan.grad_accum):
+                    x, y = ev.batch(it * plan.train_batch, m)
+                    losses.append(float(_loss_fn(engine(x.to(device)), y.to(device))))
+        engine.train()
+        return all_mean(float(np.mean(losses)))
+
+    def save(it: int) -> Path | None:
+        if save_dir is None:
+            return None
+        tag = ckpt.tag_for(it)
+        rng = [None] * dist.world_size
+        if dist.world_size > 1:
+            torch.distributed.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        client = {
+            "iteration": it,
+            "consumed_samples": consumed,
+            "world_size": dist.world_size,
+            "rng": rng,
+            "neox_version": 1,
+        }
+        engine.save_checkpoint(str(save_dir), tag=tag, client_state=client, save_latest=False)
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+        tag_dir = save_dir / tag
+        if dist.is_main:
+            from neoxcli.config import dump_config
+
+            ckpt.atomic_write_text(tag_dir / ckpt.CONFIG_NAME, dump_config(cfg))
+            vocab = cfg.tokenizer.vocab_file
+            if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
+                shutil.copyfile(vocab, tag_dir / ckpt.TOKENIZER_NAME)
+            ckpt.write_latest(save_dir, tag)
+            ckpt.prune_checkpoints(save_dir, cfg.checkpoint.keep_last_n_checkpoints)
+            emit("checkpoint", {"iteration": it, "path": str(tag_dir)})
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+        return tag_dir
+
+    result = TrainResult(iterations=iteration)
+    metrics_fh = None
+    if save_dir is not None and dist.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        metrics_fh = open(save_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    writer = _open_loggers(cfg) if dist.is_main else None
+
+    def log_metrics(row: dict[str, Any]) -> None:
+        result.history.append(row)
+        if metrics_fh is not None:
+            metrics_fh.write(json.dumps(row) + "\n")
+            metrics_fh.flush()
+        if writer is not None:
+            writer(row)
+
+    every = cfg.checkpoint.checkpoint_factor
+    extra = set(cfg.checkpoint.extra_save_iters or [])
+    start_time = time.perf_counter()
+    start_iter = iteration
+    last_saved = -1
+    engine.train()
+    try:
+        while iteration < cfg.train.train_iters:
+            t0 = time.perf_counter()
+            step_losses = []
+            for m in range(plan.grad_accum):
+                x, y = sampler.batch(consumed, m)
+                logits = engine(x.to(device))
+                loss = _loss_fn(logits, y.to(device))
+                engine.backward(loss)
+                engine.step()
+                step_losses.append(float(loss.detach()))
+            consumed += plan.train_batch
+            iteration += 1
+            train_loss = all_mean(float(np.mean(step_losses)))
+            if not math.isfinite(train_loss):
+                raise NeoxError(
+                    f"loss became {train_loss} at iteration {iteration}",
+                    hint="lower the learning rate or raise warmup",
+                )
+            dt = time.perf_counter() - t0
+            row = {
+                "iteration": iteration,
+                "loss": train_loss,
+                "lr": float(scheduler.get_lr()),
+                "tokens_per_s": tokens_per_iter / dt if dt > 0 else 0.0,
+                "seconds": dt,
+            }
+            result.train_loss = train_loss
+            if iteration % cfg.train.eval_interval == 0 or iteration == cfg.train.train_iters:
+                result.valid_loss = evaluate()
+                if result.valid_loss is not None:
+                    row["valid_loss"] = result.valid_loss
+                    emit("eval", {"iteration": iteration, "valid_loss": result.valid_loss})
+            log_metrics(row)
+            emit("step", row)
+            if (every and iteration % every == 0) or iteration in extra:
+                result.checkpoint = save(iteration)
+                last_saved = iteration
+        if iteration != last_saved and iteration > start_iter:
+            result.checkpoint = save(iteration)
+    finally:
+        if metrics_fh is not None:
+            metrics_fh.close()
+
+    elapsed = time.perf_counter() - start_time
+    result.iterations = iteration
+    result.wall_s = elapsed
+    done = iteration - start_iter
+    result.tokens_per_s = done * tokens_per_iter / elapsed if elapsed > 0 else 0.0
+
+    result.model = engine.module
+    if dist.is_main and cfg.logging.sample_at_end:
+        result.sample = _sample(engine.module, tokenizer, cfg, device)
+    emit("end", {"result": result})
+    return result
+
+
+def _sample(model: Any, tokenizer: Any, cfg: NeoXConfig, device: Any, max_new_tokens: int = 64) -> str:
+    """A short sample from the trained model, so the user sees what it learned."""
+    from neoxcli.generation import generate
+
+    was_training = model.training
+    model.eval()
+    try:
+        prompt = [tokenizer.eod_id] if tokenizer.eod_id is not None else tokenizer.encode("\n")
+        out = generate(model, prompt, max_new_tokens, temperature=0.8, top_k=40, seed=cfg.train.seed)
+        return tokenizer.decode(out)
+    finally:
+        model.train(was_training)
+
+
+def _open_loggers(cfg: NeoXConfig) -> Callable[[dict[str, Any]], None] | None:
+    """TensorBoard and W&B writers when configured (optional dependencies)."""
+    sinks: list[Callable[[dict[str, Any]], None]] = []
+    if cfg.logging.tensorboard_dir:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise NeoxError(
+                "tensorboard_dir is set but TensorBoard is not installed",
+                hint="pip install 'neoxcli[monitor]'",
+            ) from exc
+        tb = SummaryWriter(cfg.logging.tensorboard_dir)
+
+        def to_tb(row: dict[str, Any]) -> None:
+            for k, v in row.items():
+                if k != "iteration":
+                    tb.add_scalar(f"train/{k}", v, row["iteration"])
+            tb.flush()
+
+        sinks.append(to_tb)
+    if cfg.logging.use_wandb:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise NeoxError(
+                "use_wandb is set but wandb is not installed", hint="pip install 'neoxcli[monitor]'"
+            ) from exc
+        run = wandb.init(
+            project=cfg.logging.wandb_project, group=cfg.logging.wandb_group, config=cfg.model_dump()
+        )
+        sinks.append(lambda row: run.log(row, step=row["iteration"]))
+    if not sinks:
+        return None
+    return lambda row: [s(row) for s in sinks]  # type: ignore[func-returns-value]
