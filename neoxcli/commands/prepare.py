@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
@@ -41,7 +40,7 @@ SUBCOMMANDS = ("inspect", "merge")
 class _PrepareGroup(TyperGroup):
     """Sends anything that is not a subcommand to the hidden tokenizing command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if not args:
             args = [RUN, "--help"]
         elif args[0] not in SUBCOMMANDS:
@@ -79,7 +78,7 @@ def _looks_like_key(word: str) -> bool:
 class _RunCommand(TyperCommand):
     """Shows ``neox prepare`` (not the hidden name) in usage lines."""
 
-    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
         pieces = self.collect_usage_pieces(ctx)
         parent = ctx.parent.command_path if ctx.parent is not None else "neox prepare"
         formatter.write_usage(parent, " ".join(pieces))

@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
             [], "--set", "-s", help="Override a key: --set hidden_size=256 or --set model.num_layers=4."
         ),
         launcher: str | None = typer.Option(
-            None, "--launcher", help="local (default), pdsh, slurm, mpi, jsrun."
+            None, "--launcher", help="local (default), pdsh, slurm, mpi, jsrun, or an installed plugin."
         ),
         num_gpus: int | None = typer.Option(None, "--num-gpus", help="Processes (GPUs) per node."),
         hostfile: Path | None = typer.Option(

@@ -72,6 +72,6 @@ def run_training(
     if dry_run:
         print(plan.render(), end="")
         return 0
-    launcher.check_available()
+    launcher.check_available(plan)
     write_run_config(cfg, config_path)
     return launcher.run(plan)

@@ -1,0 +1,260 @@
+"""Per-host agent: ``python -m neoxcli.launchers.node_agent [--host H --node H=0,1 ...] -- CMD...``.
+
+Two jobs, both about never leaving ranks behind:
+
+* With ``--node`` (pdsh): start this host's ranks of CMD with ``RANK``,
+  ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and ``WORLD_SIZE`` worked out from the
+  ordered host list, so one remote command serves every host.
+* Without (srun, mpirun, jsrun): run CMD as the one rank the launcher started.
+
+Either way, when a rank fails the agent stops its other ranks and prints
+``neox: rank R on host H exited with code C`` for the launcher to act on. It
+forwards SIGTERM/SIGINT/SIGHUP, and stops its ranks when its parent goes away
+(an ssh connection dropped by a stopped pdsh gives no signal without a tty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+STOP_GRACE_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: SIGKILL them if their parent dies (Linux), even by SIGKILL.
+
+    A rank that outlives its agent would sit in a collective until the timeout.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int, why: str) -> None:
+        super().__init__(why)
+        self.signum = signum
+        self.why = why
+
+
+def parse_node(text: str) -> tuple[str, tuple[int, ...]]:
+    """``host=0,1`` as ``("host", (0, 1))``."""
+    name, sep, devices = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected HOST=DEV[,DEV...], got {text!r}")
+    try:
+        values = tuple(int(d) for d in devices.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"device indices must be integers in {text!r}") from None
+    return name, values
+
+
+def rank_envs(
+    nodes: Sequence[tuple[str, tuple[int, ...]]], host: str, base_env: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """The environment of each rank ``host`` runs, in local-rank order."""
+    names = [name for name, _ in nodes]
+    if host not in names:
+        raise SystemExit(f"neox: host {host!r} is not one of the job's hosts ({', '.join(names)})")
+    index = names.index(host)
+    devices = nodes[index][1]
+    base = sum(len(d) for _, d in nodes[:index])
+    world = sum(len(d) for _, d in nodes)
+    envs = []
+    for local, _device in enumerate(devices):
+        env = dict(base_env)
+        env.update(
+            RANK=str(base + local),
+            LOCAL_RANK=str(local),
+            LOCAL_WORLD_SIZE=str(len(devices)),
+            WORLD_SIZE=str(world),
+            NODE_RANK=str(index),
+        )
+        if devices != tuple(range(len(devices))):
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+        envs.append(env)
+    return envs
+
+
+def with_master_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``MASTER_ADDR`` set to the allocation's first host when the launcher could not know it.
+
+    A batch job's nodes are chosen after submission; every task of the job
+    expands the same ``SLURM_JOB_NODELIST`` and so agrees on the first host.
+    """
+    out = dict(env)
+    nodelist = out.get("SLURM_JOB_NODELIST") or out.get("SLURM_NODELIST")
+    if not out.get("MASTER_ADDR") and nodelist:
+        from neoxcli.launchers.hostlist import expand_nodelist
+
+        hosts = expand_nodelist(nodelist)
+        if hosts:
+            out["MASTER_ADDR"] = hosts[0]
+    return out
+
+
+def launcher_rank(env: Mapping[str, str]) -> str:
+    """This process's rank as the launcher named it, for messages only."""
+    try:
+        from neoxcli.training.distributed import detect
+
+        return str(detect(env).rank)
+    except Exception:
+        return "?"
+
+
+def _stop(procs: Sequence[subprocess.Popen[bytes]], sig: int, grace_s: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
+def _status(code: int) -> tuple[str, int]:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"was killed by signal {name}", 128 - code
+    return f"exited with code {code}", code
+
+
+class ExitWatcher:
+    """Notes when each child exits, from one waiting thread per child.
+
+    When a rank dies its peers fail moments later (their connections drop);
+    polling in turn could blame a peer. Exit times tell which came first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.exits: dict[int, tuple[float, int]] = {}
+
+    def watch(self, index: int, proc: subprocess.Popen[bytes]) -> None:
+        def wait() -> None:
+            code = proc.wait()
+            with self._lock:
+                self.exits[index] = (time.monotonic(), code)
+
+        threading.Thread(target=wait, daemon=True).start()
+
+    def first_failure(self) -> tuple[int, int] | None:
+        """``(index, return code)`` of the earliest child that exited non-zero."""
+        with self._lock:
+            failed = [(t, i, code) for i, (t, code) in self.exits.items() if code != 0]
+        if not failed:
+            return None
+        _, index, code = min(failed)
+        return index, code
+
+    def all_succeeded(self, count: int) -> bool:
+        with self._lock:
+            return len(self.exits) == count and all(code == 0 for _, code in self.exits.values())
+
+
+def supervise_ranks(
+    command: Sequence[str],
+    envs: Sequence[Mapping[str, str]],
+    ranks: Sequence[str],
+    host: str,
+    *,
+    grace_s: float = STOP_GRACE_S,
+    poll_s: float = 0.1,
+) -> int:
+    """Run one copy of ``command`` per env; on the first failure stop the rest and report it."""
+    parent = os.getppid()
+    procs: list[subprocess.Popen[bytes]] = []
+    watcher = ExitWatcher()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signum, f"received {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        for index, env in enumerate(envs):
+            proc = subprocess.Popen(
+                list(command), env=dict(env), start_new_session=True, preexec_fn=die_with_parent
+            )
+            procs.append(proc)
+            watcher.watch(index, proc)
+        while True:
+            failed = watcher.first_failure()
+            if failed is not None:
+                index, code = failed
+                what, exit_code = _status(code)
+                # Report first: the launcher can start stopping other hosts while we stop ours.
+                print(f"neox: rank {ranks[index]} on host {host} {what}", file=sys.stderr, flush=True)
+                _stop(procs, signal.SIGTERM, grace_s)
+                return exit_code if exit_code > 0 else 1
+            if watcher.all_succeeded(len(procs)):
+                return 0
+            if os.getppid() != parent:
+                raise _Stop(signal.SIGHUP, "the launcher went away")
+            time.sleep(poll_s)
+    except _Stop as stop:
+        _stop(procs, signal.SIGTERM, grace_s)
+        print(f"neox: host {host}: {stop.why}; stopped {len(procs)} rank(s)", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args_in:
+        print("usage: python -m neoxcli.launchers.node_agent [OPTIONS] -- COMMAND...", file=sys.stderr)
+        return 2
+    cut = args_in.index("--")
+    command = args_in[cut + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m neoxcli.launchers.node_agent")
+    parser.add_argument("--host", help="this host's name as the job lists it (pdsh passes %%h)")
+    parser.add_argument(
+        "--node",
+        action="append",
+        type=parse_node,
+        default=[],
+        metavar="HOST=DEV,...",
+        help="every host of the job, in rank order, with its local device indices",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=STOP_GRACE_S, help="seconds between SIGTERM and SIGKILL"
+    )
+    args = parser.parse_args(args_in[:cut])
+    if not command:
+        parser.error("no command after --")
+    if args.node:
+        if not args.host:
+            parser.error("--node needs --host")
+        envs = rank_envs(args.node, args.host, os.environ)
+        return supervise_ranks(command, envs, [e["RANK"] for e in envs], args.host, grace_s=args.grace)
+    host = args.host or socket.gethostname()
+    env = with_master_from_slurm(os.environ)
+    return supervise_ranks(command, [env], [launcher_rank(env)], host, grace_s=args.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

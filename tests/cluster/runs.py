@@ -1,0 +1,106 @@
+"""Shared by the engine and launcher tiers: a tiny training config, rank hooks, process checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NEOX = [sys.executable, "-c", "import sys; from neoxcli.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+# Loaded by every Python process that has its directory on PYTHONPATH (launchers forward it to ranks).
+# In a worker process it records where the rank runs and what it was given (NEOX_TEST_WHERE), and
+# makes the rank named by NEOX_TEST_FAIL_RANK die with code 3 once NEOX_TEST_FAIL_AFTER exists.
+SITECUSTOMIZE = r"""
+import json, os, socket, threading, time
+
+def _is_worker():
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    # The worker itself, not a node agent or launcher that merely names it in its argv.
+    return args[1:3] == [b"-m", b"neoxcli.training.worker"]
+
+if _is_worker():
+    _rank = next((os.environ[k] for k in ("RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID") if k in os.environ), "?")
+    _where = os.environ.get("NEOX_TEST_WHERE")
+    if _where:
+        _keep = [k for k in os.environ if k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "OMP_",
+                 "OMPI_COMM_WORLD", "SLURM_PROCID", "SLURM_NTASKS", "JSM_", "TIER_", "GLOO_"))]
+        with open(os.path.join(_where, f"{socket.gethostname()}-{os.getpid()}.json"), "w") as _f:
+            json.dump({"host": socket.gethostname(), "rank": _rank,
+                       "env": {k: os.environ[k] for k in _keep}}, _f)
+    _path = os.environ.get("NEOX_TEST_FAIL_AFTER")
+    if _path and _rank == os.environ.get("NEOX_TEST_FAIL_RANK"):
+        def _die():
+            while not os.path.exists(_path):
+                time.sleep(0.05)
+            os._exit(3)
+        threading.Thread(target=_die, daemon=True).start()
+"""
+
+
+def write_hooks(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return directory
+
+
+def write_tiny_config(root: Path, save: Path, **extra: object) -> Path:
+    """A 1-layer model on a small random char-level dataset under ``root``; returns the config file."""
+    from neoxcli.data.indexed import IndexedDatasetWriter
+
+    prefix = root / "data" / "tiny_text_document"
+    if not (root / "data").exists():
+        writer = IndexedDatasetWriter(prefix)
+        rng = np.random.default_rng(0)
+        for _ in range(64):
+            writer.add_document(rng.integers(1, 200, 96).tolist())
+        writer.close()
+    settings: dict[str, object] = {
+        "num_layers": 1,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "seq_length": 32,
+        "max_position_embeddings": 32,
+        "data_path": str(prefix),
+        "tokenizer_type": "CharLevelTokenizer",
+        "train_micro_batch_size_per_gpu": 2,
+        "train_iters": 3,
+        "log_interval": 1,
+        "eval_interval": 1000,
+        "eval_iters": 0,
+        "sample_at_end": False,
+        "save": str(save),
+        **extra,
+    }
+    path = save.parent / f"{save.name}.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def read_where(directory: Path) -> dict[str, dict]:
+    """Worker records by rank (as the launcher numbered them)."""
+    records = [json.loads(p.read_text()) for p in directory.glob("*.json")]
+    return {r["rank"]: r for r in records}
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (to prove nothing was left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
