@@ -260,7 +260,9 @@ def hub_tokenizer_file(name: str) -> str:
     except ImportError:  # pragma: no cover - a declared dependency
         raise DataError("huggingface-hub is needed to fetch tokenizer " + name) from None
     try:
-        return hf_hub_download(repo_id=name, filename="tokenizer.json")
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour a later setting too.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        return hf_hub_download(repo_id=name, filename="tokenizer.json", local_files_only=offline)
     except Exception as exc:
         kind = type(exc).__name__
         raise DataError(
