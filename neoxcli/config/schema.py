@@ -220,6 +220,11 @@ class ParallelConfig(Section):
     model_parallel_size: int = Field(1, ge=1)
     pipe_parallel_size: int = Field(0, ge=0)
     zero_optimization: dict[str, Any] = Field(default_factory=lambda: {"stage": 0})
+    pipe_partition_method: str = Field(
+        "type:transformer|mlp",
+        description="how pipeline stages split the layers: parameters, uniform, or type:REGEX over layer "
+        "class names (the default balances transformer blocks, as GPT-NeoX's does)",
+    )
 
 
 class CheckpointConfig(Section):
@@ -228,6 +233,11 @@ class CheckpointConfig(Section):
     checkpoint_factor: int | None = Field(None, ge=1, description="save every N iterations")
     keep_last_n_checkpoints: int | None = Field(None, ge=1)
     extra_save_iters: list[int] | None = None
+    portable_checkpoint: bool = Field(
+        True,
+        description="neox: also save each shard's full fp32 weights and Adam moments, so the run can resume "
+        "under another ZeRO stage or data-parallel size (one gather per save; ~3x the fp32 weights on disk)",
+    )
 
 
 class LoggingConfig(Section):

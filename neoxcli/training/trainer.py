@@ -18,6 +18,7 @@ from typing import Any
 
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import NeoxError
+from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training import checkpoint as ckpt
 from neoxcli.training.distributed import DistEnv
 
@@ -45,6 +46,7 @@ class Plan:
     grad_accum: int
     train_batch: int
     dp_size: int
+    zero_stage: int
     precision: str
     vocab_size: int
     padded_vocab: int
@@ -61,6 +63,7 @@ def make_plan(cfg: NeoXConfig, world_size: int, vocab_size: int, bf16_ok: bool) 
         grad_accum=d.gradient_accumulation_steps,
         train_batch=d.train_batch_size,
         dp_size=d.dp_size,
+        zero_stage=d.zero_stage,
         precision=d.precision,
         vocab_size=vocab_size,
         padded_vocab=d.padded_vocab_size,
@@ -166,10 +169,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loss_fn(logits: Any, labels: Any) -> Any:
-    import torch.nn.functional as F
+def make_loss_fn(tp_group: Any = None) -> Callable[[Any, Any], Any]:
+    """Mean token cross-entropy of fp32 logits; vocab-parallel when the logits are split over ``tp_group``."""
+    from neoxcli.parallel.tensor import vocab_parallel_cross_entropy
 
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
+    def loss_fn(logits: Any, labels: Any) -> Any:
+        return vocab_parallel_cross_entropy(logits, labels, tp_group)
+
+    return loss_fn
+
+
+def check_layout(layout: Layout, precision: str) -> None:
+    """Refuse parallel combinations DeepSpeed cannot run, before any engine is built."""
+    if layout.pp > 1 and layout.zero_stage > 1:
+        raise NeoxError(
+            f"ZeRO stage {layout.zero_stage} cannot be combined with pipeline parallelism",
+            hint="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1",
+        )
+    if layout.pp > 1 and layout.zero_stage == 0 and precision == "bf16":
+        raise NeoxError(
+            "bf16 pipelines need ZeRO stage 1",
+            hint="set zero_optimization: {stage: 1} (DeepSpeed cannot reload bf16 stage-0 pipeline checkpoints)",
+        )
+
+
+def check_resume_layout(saved: Layout, layout: Layout, where: Path) -> bool:
+    """True when resuming needs the layout-free state (ZeRO stage or data-parallel size changed).
+
+    Tensor- and pipeline-parallel sizes change which weights each rank holds;
+    resuming across those is refused with a clear error.
+    """
+    changed = [
+        f"{name} {getattr(saved, name)} -> {getattr(layout, name)}"
+        for name in ("tp", "pp")
+        if getattr(saved, name) != getattr(layout, name)
+    ]
+    if changed:
+        raise NeoxError(
+            f"{where} was saved with another tensor/pipeline layout ({', '.join(changed)}); "
+            "resuming across tensor- or pipeline-parallel sizes is not supported",
+            hint="resume with the model_parallel_size and pipe_parallel_size it was saved with "
+            "(the ZeRO stage and data-parallel size may change)",
+        )
+    return saved != layout
 
 
 Reporter = Callable[[str, dict[str, Any]], None]
@@ -192,6 +234,15 @@ def train(
 
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.model import GPTModel
+    from neoxcli.parallel.portable import (
+        load_module_weights,
+        load_optimizer_state,
+        load_portable,
+        read_layout,
+        save_portable,
+        write_layout,
+    )
+    from neoxcli.parallel.tensor import apply_tensor_parallel
     from neoxcli.training.data import build_datasets, ensure_data
     from neoxcli.training.distributed import detect, init_distributed
     from neoxcli.training.schedule import AnnealingLR
@@ -220,8 +271,35 @@ def train(
             "fp16 is not supported on CPU", hint="set precision: fp32 (or bf16, which is slow on most CPUs)"
         )
 
+    layout = Layout(
+        tp=cfg.parallel.model_parallel_size,
+        pp=max(cfg.parallel.pipe_parallel_size, 1),
+        dp=plan.dp_size,
+        zero_stage=plan.zero_stage,
+    )
+    check_layout(layout, plan.precision)
+    grid = ParallelGrid(layout, dist.rank)
+    load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    resume_tag = ckpt.read_latest(load_dir) if load_dir is not None else None
+    portable: dict[str, Any] | None = None
+    if load_dir is not None and resume_tag:
+        saved_layout = read_layout(load_dir / resume_tag)
+        if saved_layout is not None and check_resume_layout(saved_layout, layout, load_dir / resume_tag):
+            portable = load_portable(load_dir / resume_tag, grid.stage, grid.tp_rank)
+
+    # Every rank builds the full model from the seed, then keeps its shard: all
+    # layouts start from the weights a single process would train.
     seed_everything(cfg.train.seed)
     model = GPTModel(cfg.model, plan.padded_vocab)
+    if layout.tp > 1:
+        apply_tensor_parallel(model, grid.tp_group, grid.tp_rank, layout.tp)
+    loss_fn = make_loss_fn(grid.tp_group if layout.tp > 1 else None)
+    if layout.pp > 1:
+        from neoxcli.parallel.pipeline import build_pipeline
+
+        model = build_pipeline(model, grid.topology(), loss_fn, cfg.parallel.pipe_partition_method)
+    if portable is not None:
+        load_module_weights(model, portable)
     optimizer = build_optimizer(cfg, model, device.type)
     scheduler = AnnealingLR(
         optimizer,
@@ -231,13 +309,29 @@ def train(
         decay_iters=plan.decay_iters,
         style=cfg.train.lr_decay_style,
     )
+    from deepspeed.utils import groups as ds_groups
+
+    ds_groups.mpu = None  # DeepSpeed keeps the last engine's mpu globally; a second run must not inherit it
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, plan),
+        # TP without PP: DeepSpeed learns the groups from ``mpu`` (a pipeline brings its own grid).
+        mpu=grid if layout.tp > 1 and layout.pp == 1 else None,
         dist_init_required=False,
     )
+    if (
+        layout.pp > 1
+        and layout.zero_stage == 0
+        and plan.precision == "fp32"
+        and cfg.train.gradient_clipping > 0
+    ):
+        from neoxcli.parallel.pipeline import replica_clip_grad_norm
+
+        engine.clip_fp32_gradients = lambda: replica_clip_grad_norm(
+            engine, cfg.train.gradient_clipping, grid.replica_group, grid.tp_rank
+        )
 
     save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
     cache_dir = (
@@ -245,7 +339,7 @@ def train(
         if cfg.data.data_cache_dir
         else (save_dir / "index-cache" if save_dir else Path(".neox-cache") / "index-cache")
     )
-    dp_rank = dist.rank % plan.dp_size
+    dp_rank = grid.dp_rank
     train_ds, valid_ds, _test_ds = build_datasets(
         cfg,
         train_batch=plan.train_batch,
@@ -255,17 +349,26 @@ def train(
     )
 
     iteration, consumed = 0, 0
-    load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
-    if load_dir is not None and ckpt.read_latest(load_dir):
-        tag = ckpt.read_latest(load_dir)
-        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+    client: dict[str, Any] | None = None
+    if portable is not None:
+        # ZeRO stage or data-parallel size changed: weights, moments and steps from the layout-free state.
+        load_optimizer_state(engine, portable)
+        scheduler.load_state_dict(portable["lr_scheduler"])
+        client = portable["client"]
+        engine.global_steps = int(client["iteration"])
+        engine.global_samples = int(client["consumed_samples"])
+    elif load_dir is not None and resume_tag:
+        path, client = engine.load_checkpoint(str(load_dir), tag=resume_tag)
         if path is None:
-            raise NeoxError(f"could not load checkpoint {load_dir}/{tag}")
+            raise NeoxError(f"could not load checkpoint {load_dir}/{resume_tag}")
+    if client is not None:
         iteration = int(client["iteration"])
         consumed = int(client["consumed_samples"])
         if client.get("rng") and client.get("world_size") == dist.world_size:
             _set_rng_state(client["rng"][dist.rank] if isinstance(client["rng"], list) else client["rng"])
-        emit("info", {"message": f"resumed from {load_dir}/{tag} at iteration {iteration}"})
+        how = " (layout changed: restored from the layout-free state)" if portable is not None else ""
+        emit("info", {"message": f"resumed from {load_dir}/{resume_tag} at iteration {iteration}{how}"})
+    portable = None
 
     sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
     tokens_per_iter = plan.train_batch * cfg.model.seq_length
@@ -298,9 +401,13 @@ def train(
         losses = []
         with torch.no_grad():
             for it in range(cfg.train.eval_iters):
+                if layout.pp > 1:
+                    micro = (ev.batch(it * plan.train_batch, m) for m in range(plan.grad_accum))
+                    losses.append(float(engine.eval_batch(micro)))
+                    continue
                 for m in range(plan.grad_accum):
                     x, y = ev.batch(it * plan.train_batch, m)
-                    losses.append(float(_loss_fn(engine(x.to(device)), y.to(device))))
+                    losses.append(float(loss_fn(engine(x.to(device)), y.to(device))))
         engine.train()
         return all_mean(float(np.mean(losses)))
 
@@ -317,14 +424,19 @@ def train(
             "iteration": it,
             "consumed_samples": consumed,
             "world_size": dist.world_size,
+            "layout": layout.as_dict(),
             "rng": rng,
             "neox_version": 1,
         }
         engine.save_checkpoint(str(save_dir), tag=tag, client_state=client, save_latest=False)
+        tag_dir = save_dir / tag
+        if cfg.checkpoint.portable_checkpoint:
+            extra = {"client": client, "lr_scheduler": scheduler.state_dict(), "layout": layout.as_dict()}
+            save_portable(engine, tag_dir, grid.stage, grid.tp_rank, grid.dp_rank == 0, extra)
         if dist.world_size > 1:
             torch.distributed.barrier()
-        tag_dir = save_dir / tag
         if dist.is_main:
+            write_layout(tag_dir, layout)
             from neoxcli.config import dump_config
 
             ckpt.atomic_write_text(tag_dir / ckpt.CONFIG_NAME, dump_config(cfg))
@@ -363,10 +475,14 @@ def train(
         while iteration < cfg.train.train_iters:
             t0 = time.perf_counter()
             step_losses = []
-            for m in range(plan.grad_accum):
+            if layout.pp > 1:
+                # The pipeline engine runs all micro steps and the optimizer step itself.
+                micro = (sampler.batch(consumed, m) for m in range(plan.grad_accum))
+                step_losses.append(float(engine.train_batch(micro)))
+            for m in range(plan.grad_accum if layout.pp == 1 else 0):
                 x, y = sampler.batch(consumed, m)
                 logits = engine(x.to(device))
-                loss = _loss_fn(logits, y.to(device))
+                loss = loss_fn(logits, y.to(device))
                 engine.backward(loss)
                 engine.step()
                 step_losses.append(float(loss.detach()))
@@ -410,7 +526,9 @@ def train(
     result.tokens_per_s = done * tokens_per_iter / elapsed if elapsed > 0 else 0.0
 
     result.model = engine.module
-    if dist.is_main and cfg.logging.sample_at_end:
+    if cfg.logging.sample_at_end and (layout.tp > 1 or layout.pp > 1):
+        emit("info", {"message": "no end-of-run sample under tensor or pipeline parallelism"})
+    elif dist.is_main and cfg.logging.sample_at_end:
         result.sample = _sample(engine.module, tokenizer, cfg, device)
     emit("end", {"result": result})
     return result

@@ -1,0 +1,146 @@
+"""Pipeline parallelism: DeepSpeed's ``PipelineModule`` over the model's flat layer sequence.
+
+``GPTModel.layers`` is ``[EmbeddingLayer, Block x L, FinalNorm, Head]``; each
+stage runs a contiguous slice of it and passes one activation tensor
+``[batch, seq, hidden]`` to the next. Position ids are rebuilt on each stage
+from the sequence length (training always uses positions ``0..T-1``), so
+nothing but hidden states crosses a stage boundary.
+
+With tied embeddings the embedding appears on the first and last stages as a
+``TiedLayerSpec``: both copies start equal and DeepSpeed all-reduces their
+gradients, which sums exactly the two contributions a single process adds.
+
+Every rank builds the whole model from the seed and the pipeline keeps only
+its stage's layers, so all layouts start from the same weights (the price is
+one full model in host memory at start-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neoxcli.errors import NeoxError
+from neoxcli.model.gpt import Block, EmbeddingLayer, GPTModel, Head
+
+PARTITION_METHODS = ("parameters", "uniform")
+
+
+def _positions(x: Tensor) -> Tensor:
+    return torch.arange(x.shape[1], device=x.device)[None]
+
+
+class EmbeddingPipe(nn.Module):
+    """Token ids -> hidden states (positions 0..T-1)."""
+
+    def __init__(self, embedding: EmbeddingLayer, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        # The tied head shares the embedding matrix; it owns no parameters of its own.
+        self.head = head
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.embedding(ids, _positions(ids))
+
+
+class TransformerBlockPipe(nn.Module):
+    """One transformer block taking and returning hidden states only."""
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x, _positions(x))
+
+
+def _tied_head(module: EmbeddingPipe, x: Tensor) -> Tensor:
+    assert module.head is not None
+    return module.head(x)
+
+
+def check_partition_method(method: str) -> str:
+    """Validate ``pipe_partition_method``: parameters, uniform or type:REGEX (matched on layer class names)."""
+    m = method.strip()
+    if m.lower() in PARTITION_METHODS or (m.lower().startswith("type:") and len(m) > 5):
+        return m
+    raise NeoxError(
+        f"pipe_partition_method {method!r} is not supported",
+        hint="use parameters, uniform or type:Block (any regex over the layer class names)",
+    )
+
+
+def build_pipeline(
+    model: GPTModel,
+    topology: Any,
+    loss_fn: Any,
+    partition_method: str = "type:transformer|mlp",
+) -> Any:
+    """A ``PipelineModule`` holding this rank's stage of ``model`` (already tensor-sharded if TP > 1)."""
+    from deepspeed.pipe import PipelineModule, TiedLayerSpec
+
+    embedding, head = model.layers[0], model.layers[-1]
+    assert isinstance(embedding, EmbeddingLayer) and isinstance(head, Head)
+    layers: list[Any] = []
+    if head.tied:
+        if head.bias is not None:
+            raise NeoxError(
+                "pipeline parallelism does not support a tied output head with a bias",
+                hint="set no_weight_tying: true, or use_bias_in_output_layer: false",
+            )
+        tied = "embedding.word_embeddings.weight"
+        layers.append(TiedLayerSpec("embed", EmbeddingPipe, embedding, head, tied_weight_attr=tied))
+    else:
+        layers.append(EmbeddingPipe(embedding))
+    layers += [TransformerBlockPipe(block) for block in model.blocks]
+    layers.append(model.final_norm)
+    if head.tied:
+        layers.append(
+            TiedLayerSpec(
+                "embed", EmbeddingPipe, embedding, head, forward_fn=_tied_head, tied_weight_attr=tied
+            )
+        )
+    else:
+        layers.append(head)
+
+    class GPTPipe(PipelineModule):
+        cfg = model.cfg
+        vocab_size = model.vocab_size
+
+    # DeepSpeed prints its partitioning to stdout on rank 0; the console belongs to neox's reporter.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return GPTPipe(
+            layers=layers,
+            topology=topology,
+            loss_fn=loss_fn,
+            partition_method=check_partition_method(partition_method),
+        )
+
+
+def replica_clip_grad_norm(engine: Any, max_norm: float, replica_group: Any, tp_rank: int) -> Any:
+    """Gradient clipping for a non-ZeRO fp32 pipeline, counting every parameter once per replica.
+
+    DeepSpeed's own fp32 path counts non-sharded parameters only on the first
+    rank of the pipe x model group (so later stages' norms are dropped) and
+    counts a tied embedding on both ends; this mirrors the 1-process norm.
+    """
+    import torch.distributed as dist
+
+    params = [p for p in engine.module.parameters() if p.grad is not None]
+    norms = [
+        p.grad.detach().float().norm(2)
+        for p in params
+        if not getattr(p, "ds_pipe_replicated", False)
+        and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))
+    ]
+    total = torch.stack(norms).pow(2).sum() if norms else torch.zeros(())
+    dist.all_reduce(total, group=replica_group)
+    total = total.pow(0.5)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        p.grad.detach().mul_(coef)
+    return total

@@ -1,0 +1,196 @@
+"""Layout-free training state, so a run can resume under another ZeRO stage or data-parallel size.
+
+DeepSpeed's own files partition fp32 weights and Adam moments by ZeRO stage
+and data-parallel rank, and its loader refuses any other data-parallel size.
+Next to them each checkpoint holds ``portable_pp{stage}_tp{rank}.pt`` (one per
+pipeline stage and tensor-parallel rank, written by data-parallel rank 0):
+for every parameter of that shard, the full fp32 value and Adam's
+``exp_avg``/``exp_avg_sq``, plus the step count, the LR scheduler and the
+run's client state. Loading it sets exactly those values under the new layout,
+so training continues as it would have (up to the summation order of the new
+gradient all-reduce). Tensor- and pipeline-parallel sizes must stay the same:
+they change which parameters a file holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neoxcli.errors import NeoxError
+from neoxcli.parallel.grid import Layout
+
+LAYOUT_NAME = "layout.json"
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def portable_name(stage: int, tp_rank: int) -> str:
+    return f"portable_pp{stage:02d}_tp{tp_rank:02d}.pt"
+
+
+def write_layout(tag_dir: Path, layout: Layout) -> None:
+    """Record the layout a checkpoint was saved under (read before any engine exists)."""
+    from neoxcli.training.checkpoint import atomic_write_text
+
+    atomic_write_text(tag_dir / LAYOUT_NAME, json.dumps(layout.as_dict()) + "\n")
+
+
+def read_layout(tag_dir: Path) -> Layout | None:
+    path = tag_dir / LAYOUT_NAME
+    if not path.is_file():
+        return None
+    return Layout.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _base_optimizer(engine: Any) -> Any:
+    """The torch optimizer under DeepSpeed's wrappers (ZeRO, bf16), or the engine's own."""
+    opt = engine.optimizer
+    return getattr(opt, "optimizer", opt)
+
+
+def _zero12_state(engine: Any, param: Any, key: str) -> torch.Tensor:
+    """Full Adam state ``key`` of a ZeRO-1/2 (or bf16) parameter, summed from each rank's fragment.
+
+    Reads the base optimizer's state of the flat partition directly: DeepSpeed's
+    fragment links are set up lazily and can miss a partition.
+    """
+    import torch.distributed as dist
+
+    mapping = param._hp_mapping
+    out = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+    if mapping is not None:
+        flat = engine.optimizer.single_partition_of_fp32_groups[mapping.param_group_index]
+        hp, lp = mapping.get_hp_fragment_address(), mapping.lp_fragment_address
+        saved = _base_optimizer(engine).state.get(flat, {}).get(key)
+        if saved is not None:
+            out.narrow(0, lp.start, lp.numel).copy_(saved.narrow(0, hp.start, hp.numel))
+    dist.all_reduce(out, group=param._dp_group)
+    return out.view(param.shape)
+
+
+def _full(engine: Any, param: Any, key: str | None) -> torch.Tensor | None:
+    """Full fp32 value (``key`` None) or optimizer state of ``param``; collective under ZeRO."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    if hasattr(param, "ds_id"):
+        value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+    elif hasattr(param, "_hp_mapping"):
+        if key is None:
+            value = safe_get_full_fp32_param(param)
+        elif hasattr(engine.optimizer, "single_partition_of_fp32_groups"):
+            value = _zero12_state(engine, param, key)
+        else:
+            value = safe_get_full_optimizer_state(param, key)
+    else:
+        return None
+    return None if value is None else value.detach().float().cpu().clone()
+
+
+def gather_state(engine: Any) -> dict[str, Any]:
+    """Per-parameter fp32 weights and Adam moments of this rank's shard (every rank must call)."""
+    base = _base_optimizer(engine)
+    params: dict[str, dict[str, torch.Tensor]] = {}
+    for name, p in engine.module.named_parameters():
+        entry: dict[str, torch.Tensor] = {}
+        fp32 = _full(engine, p, None)
+        entry["fp32"] = fp32 if fp32 is not None else p.detach().float().cpu().clone()
+        plain = base.state.get(p, {}) if fp32 is None else {}
+        for key in _MOMENTS:
+            value = _full(engine, p, key) if fp32 is not None else plain.get(key)
+            if value is not None:
+                entry[key] = value.detach().float().cpu().clone()
+        params[name] = entry
+    steps = [float(s["step"]) for s in base.state.values() if "step" in s]
+    return {"params": params, "step": max(steps) if steps else 0.0}
+
+
+def save_portable(
+    engine: Any, tag_dir: Path, stage: int, tp_rank: int, write: bool, extra: dict[str, Any]
+) -> None:
+    """Gather (collectively) and, where ``write``, store this shard's portable state."""
+    state = gather_state(engine)
+    if not write:
+        return
+    state.update(extra)
+    path = tag_dir / portable_name(stage, tp_rank)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
+    path = tag_dir / portable_name(stage, tp_rank)
+    if not path.is_file():
+        raise NeoxError(
+            f"{tag_dir} has no layout-free state ({path.name}), so it only resumes under the layout it was saved with",
+            hint="resume with its original process count and zero stage (portable_checkpoint was off when it was saved)",
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_module_weights(module: Any, state: dict[str, Any]) -> None:
+    """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module."""
+    named = dict(module.named_parameters())
+    missing = sorted(set(named) ^ set(state["params"]))
+    if missing:
+        raise NeoxError(
+            f"the checkpoint's parameters do not match this model ({len(missing)} differ, e.g. {missing[0]})",
+            hint="resume with the same model settings, model_parallel_size, pipe_parallel_size and pipe_partition_method",
+        )
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(state["params"][name]["fp32"].to(p.dtype))
+
+
+def load_optimizer_state(engine: Any, state: dict[str, Any]) -> None:
+    """Set fp32 master weights, Adam moments and step counts in a freshly built engine."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    base = _base_optimizer(engine)
+    step = float(state["step"])
+    flats = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+    for flat in getattr(engine.optimizer, "fp32_partitioned_groups_flat", []):
+        # ZeRO-3 writes moments into existing state, which Adam only creates at its first step.
+        slot = base.state[flat]
+        for key in _MOMENTS:
+            slot.setdefault(key, torch.zeros_like(flat))
+        slot.setdefault("step", torch.tensor(step, dtype=torch.float32))
+    for name, p in engine.module.named_parameters():
+        saved = state["params"][name]
+        if flats is not None and hasattr(p, "_hp_mapping"):
+            # ZeRO-1/2: Adam's state lives on flat partitions and is created at the first step;
+            # create it now and fill in this rank's fragment of each parameter.
+            safe_set_full_fp32_param(p, saved["fp32"].to(p.device))
+            mapping = p._hp_mapping
+            if mapping is None:
+                continue
+            flat = flats[mapping.param_group_index]
+            slot = base.state[flat]
+            hp, lp = mapping.get_hp_fragment_address(), mapping.lp_fragment_address
+            for key in _MOMENTS:
+                if key in saved:
+                    if key not in slot:
+                        slot[key] = torch.zeros_like(flat)
+                    src = saved[key].to(flat.device, flat.dtype).reshape(-1).narrow(0, lp.start, lp.numel)
+                    slot[key].narrow(0, hp.start, hp.numel).copy_(src)
+            slot.setdefault("step", torch.tensor(step, dtype=torch.float32))
+        elif hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            safe_set_full_fp32_param(p, saved["fp32"].to(p.device))
+            for key in _MOMENTS:
+                if key in saved:
+                    safe_set_full_optimizer_state(p, saved[key].to(p.device), key)
+        elif any(k in saved for k in _MOMENTS):
+            base.state[p] = {
+                "step": torch.tensor(step, dtype=torch.float32),
+                **{k: saved[k].to(p.device, p.dtype).clone() for k in _MOMENTS if k in saved},
+            }
+    for entry in base.state.values():
+        if "step" in entry:
+            old = entry["step"]
+            entry["step"] = (
+                torch.tensor(step, dtype=old.dtype, device=old.device) if torch.is_tensor(old) else step
+            )
