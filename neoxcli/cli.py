@@ -18,6 +18,7 @@ from neoxcli.commands import convert as convert_cmd
 from neoxcli.commands import evaluate as eval_cmd
 from neoxcli.commands import generate as generate_cmd
 from neoxcli.commands import hostfile as hostfile_cmd
+from neoxcli.commands import mup as mup_cmd
 from neoxcli.commands import prepare as prepare_cmd
 from neoxcli.commands import train as train_cmd
 
@@ -44,7 +45,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """Pretrain, sample, evaluate and export GPT-NeoX-style language models."""
 
@@ -56,6 +59,7 @@ eval_cmd.register(app)
 convert_cmd.register(app)
 hostfile_cmd.register(app)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(mup_cmd.app, name="mup")
 
 
 def debug_enabled() -> bool:

@@ -105,7 +105,9 @@ def test_bad_argument_is_a_usage_error_without_traceback() -> None:
 
 def test_dry_run_prints_and_exits_zero(tmp_path: Path) -> None:
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"num_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "seq_length": 16}))
+    cfg.write_text(
+        json.dumps({"num_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "seq_length": 16})
+    )
     proc = _run("train", str(cfg), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()

@@ -137,7 +137,17 @@ def test_resume_is_exact(trained) -> None:
 
 def test_generate_is_deterministic_under_seed(trained, capsys: pytest.CaptureFixture[str]) -> None:
     tmp, *_ = trained
-    args = ["generate", "-c", str(tmp / "run"), "--prompt", "the quick", "--max-new-tokens", "20", "--seed", "7"]
+    args = [
+        "generate",
+        "-c",
+        str(tmp / "run"),
+        "--prompt",
+        "the quick",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "7",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert main(args) == 0

@@ -23,4 +23,6 @@ def register(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated lm-eval task names."),
         text: Path | None = typer.Option(None, "--text", help="A text file for perplexity / bits-per-byte."),
     ) -> None:
-        raise not_available("eval", "evaluation lands with the evaluation work; use `neox generate` meanwhile.")
+        raise not_available(
+            "eval", "evaluation lands with the evaluation work; use `neox generate` meanwhile."
+        )
