@@ -83,3 +83,87 @@ def test_missing_directory_is_a_user_error(tmp_path: Path) -> None:
 
     with pytest.raises(NeoxError):
         load_gpt_neox_checkpoint(tmp_path / "nope", CFG)
+
+
+PYTHIA_STYLE_YAML = """\
+# as GPT-NeoX copies it into global_stepN/configs/
+{
+  "num-layers": 2,
+  "hidden-size": 32,
+  "num-attention-heads": 4,
+  "seq-length": 16,
+  "max-position-embeddings": 16,
+  "pos-emb": "rotary",
+  "rotary-pct": 0.25,
+  "no-weight-tying": true,
+  "gpt-j-residual": true,
+  "output-layer-parallelism": "column",
+  "tokenizer-type": "HFTokenizer",
+  "vocab-file": "/data/gone/20B_tokenizer.json",
+  "make-vocab-size-divisible-by": 64,
+  "model-parallel-size": 2,
+  "train-iters": 100,
+}
+"""
+
+
+def _write_gpt_neox_run(root: Path, model: GPTModel) -> Path:
+    """A GPT-NeoX save directory: latest, flat TP=2 shards and the run's YAML under configs/."""
+    step = root / "global_step10"
+    (step / "configs").mkdir(parents=True)
+    theirs = _theirs(model)
+    for rank in range(2):
+        shard = {k: _shard(k, v, rank, 2) for k, v in theirs.items()}
+        torch.save({"module": shard}, step / f"mp_rank_{rank:02d}_model_states.pt")
+    (step / "configs" / "pythia-tiny.yml").write_text(PYTHIA_STYLE_YAML)
+    (root / "latest").write_text("global_step10")
+    return step
+
+
+def test_neox_convert_from_gpt_neox_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GPT-NeoX run -> `neox convert --from neox` -> our checkpoint: identical logits in one process."""
+    from neoxcli.cli import main
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+    from neoxcli.training.checkpoint import load_for_inference
+
+    tok = tmp_path / "tok.json"
+    train_bpe_tokenizer(["def f(x):\n    return x + 1\n"] * 20, vocab_size=300, out_path=tok, min_frequency=1)
+    torch.manual_seed(3)
+    model = GPTModel(CFG, 320).eval()  # 300 tokens padded to a multiple of 64
+    src = tmp_path / "neox-run"
+    _write_gpt_neox_run(src, model)
+    out = tmp_path / "imported"
+
+    # The run's tokenizer path is not on this machine: one clear error, nothing written.
+    assert main(["convert", str(src), "--from", "neox", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "/data/gone/20B_tokenizer.json" in err and "--vocab-file" in err
+    assert not out.exists()
+
+    assert main(["convert", str(src), "--from", "neox", str(out), "--vocab-file", str(tok)]) == 0
+    assert "neox checkpoint" in capsys.readouterr().out
+    assert (out / "latest").read_text() == "global_step10"
+    loaded, tokenizer, cfg = load_for_inference(out)
+    assert cfg.parallel.model_parallel_size == 1 and cfg.model.num_layers == 2
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+    # A config that does not describe the weights is refused, naming the mismatch.
+    bad = tmp_path / "bad.yml"
+    bad.write_text(PYTHIA_STYLE_YAML.replace('"hidden-size": 32', '"hidden-size": 64'))
+    code = main(
+        [
+            "convert",
+            str(src),
+            "--from",
+            "neox",
+            str(tmp_path / "x"),
+            "--config",
+            str(bad),
+            "--vocab-file",
+            str(tok),
+        ]
+    )
+    assert code == 2 and not (tmp_path / "x").exists()
+    assert "error:" in capsys.readouterr().err

@@ -10,6 +10,8 @@ HELP = """Convert checkpoints to or from Hugging Face Transformers format.
 
 --to hf writes config.json, model.safetensors and the tokenizer files. The architecture follows from the model: RMSNorm + SwiGLU -> LlamaForCausalLM; learned positions, sequential residual -> GPT2LMHeadModel; rotary with a parallel residual -> GPTNeoXForCausalLM (GPTJForCausalLM when the block shares one LayerNorm). --arch forces one. Features the target cannot express are refused, never exported as a different model.
 
+--from neox reads a checkpoint saved by EleutherAI's GPT-NeoX (flat or pipeline files, tensor-parallel shards merged) with the run's YAML that GPT-NeoX copies into global_stepN/configs/ (or --config FILES), into a neox checkpoint loadable in one process.
+
 --from hf reads GPTNeoXForCausalLM, GPTJForCausalLM, LlamaForCausalLM and GPT2LMHeadModel directories (with their tokenizer.json) into a neox checkpoint: OUT/latest -> global_step0/ with the model states, config.yml and tokenizer.json, which `neox generate` and `neox eval` load.
 
 Output is written to a temporary directory and renamed into place when complete.
@@ -19,6 +21,7 @@ Examples:
     neox convert runs/quickstart --to hf out/hf-model --dtype bf16
     neox convert runs/quickstart --to hf out/hf-model --push-to-hub me/my-model
     neox convert path/to/hf-model --from hf runs/imported
+    neox convert gpt-neox/checkpoints --from neox runs/pythia --vocab-file 20B_tokenizer.json
 """
 
 
@@ -30,7 +33,9 @@ def register(app: typer.Typer) -> None:
         ),
         output: Path = typer.Argument(..., help="Directory to write (must not exist, or be empty)."),
         to: str | None = typer.Option(None, "--to", metavar="FORMAT", help="Target format: hf."),
-        from_: str | None = typer.Option(None, "--from", metavar="FORMAT", help="Source format: hf."),
+        from_: str | None = typer.Option(
+            None, "--from", metavar="FORMAT", help="Source format: hf, or neox (GPT-NeoX's own checkpoints)."
+        ),
         dtype: str | None = typer.Option(
             None,
             "--dtype",
@@ -51,6 +56,19 @@ def register(app: typer.Typer) -> None:
             help="After --to hf, upload to this Hub repository (token from HF_TOKEN or `hf auth login`).",
         ),
         private: bool = typer.Option(False, "--private", help="Create the Hub repository as private."),
+        config: list[Path] = typer.Option(
+            [],
+            "--config",
+            help="With --from neox: the run's config files (default: those in the checkpoint).",
+        ),
+        vocab_file: str | None = typer.Option(
+            None,
+            "--vocab-file",
+            help="With --from neox: the tokenizer file, where the run's path is not here.",
+        ),
+        merge_file: str | None = typer.Option(
+            None, "--merge-file", help="With --from neox: GPT2BPETokenizer's merges file."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     ) -> None:
         from neoxcli.errors import NeoxError
@@ -60,9 +78,32 @@ def register(app: typer.Typer) -> None:
                 "give exactly one of --to hf or --from hf", hint="e.g. neox convert CKPT --to hf OUT"
             )
         fmt = (to or from_ or "").lower()
+        if from_ is not None and fmt in ("neox", "gpt-neox", "gpt_neox"):
+            if push_to_hub or arch:
+                raise NeoxError("--push-to-hub and --arch apply to --to hf only")
+            from neoxcli.convert.neox_checkpoint import import_gpt_neox
+
+            summary = import_gpt_neox(
+                source,
+                output,
+                config_files=config or None,
+                vocab_file=vocab_file,
+                merge_file=merge_file,
+                tag=tag,
+                dtype=dtype or "fp32",
+                overwrite=overwrite,
+            )
+            typer.echo(
+                f"wrote the GPT-NeoX checkpoint as a neox checkpoint ({summary['parameters']:,} parameters) "
+                f"to {summary['out_dir']}"
+            )
+            return
+        if config or vocab_file or merge_file:
+            raise NeoxError("--config, --vocab-file and --merge-file apply to --from neox only")
         if fmt not in ("hf", "huggingface", "transformers"):
             raise NeoxError(
-                f"unknown format {fmt!r}", hint="the supported format is hf (Hugging Face Transformers)"
+                f"unknown format {fmt!r}",
+                hint="formats: hf (Hugging Face Transformers); --from also takes neox (GPT-NeoX checkpoints)",
             )
         from neoxcli.convert import cli_ops
 

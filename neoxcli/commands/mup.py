@@ -19,7 +19,11 @@ import typer
 
 app = typer.Typer(
     name="mup",
-    help="muP tools: check that activations stay width-independent (coord-check).",
+    help=(
+        "muP tools: check that activations stay width-independent (coord-check).\n\n"
+        "\b\nExamples:\n    neox config mup gpt3-1.3b -o gpt3-1.3b-mup.yml\n"
+        "    neox mup coord-check gpt3-1.3b-mup.yml --widths 64,128,256,512 -o coord.png"
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -339,7 +343,7 @@ COORD_HELP = """Train a few steps at several widths and report activation sizes,
 
 For each width (head size, depth and the muP base width kept from the config) the model trains --steps AdamW steps with the config's learning rate (or --lr) on the same batches, recording the mean |x| of the embedding output, every block's output and the logits. Under muP these stay roughly constant across widths; under the standard parametrisation they grow. Prints the table; -o also saves a PNG (needs matplotlib).
 
-\\b
+\b
 Examples:
     neox mup coord-check model-mup.yml --widths 64,128,256,512 -o coord.png
     neox mup coord-check model.yml --widths 64,128,256 --steps 5 --data data/enwik8/enwik8_text_document

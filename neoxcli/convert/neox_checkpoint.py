@@ -108,3 +108,126 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
             )
             out[pre + "dense_4h_to_h.weight"] = out.pop(pre + "w2.weight")
     return out
+
+
+def find_gpt_neox_configs(step_dir: Path) -> list[Path]:
+    """The YAML/JSON files GPT-NeoX copies into ``global_stepN/configs/`` when it saves."""
+    where = step_dir / "configs"
+    if not where.is_dir():
+        return []
+    return sorted(p for p in where.iterdir() if p.suffix in (".yml", ".yaml", ".json") and p.is_file())
+
+
+def import_gpt_neox(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    config_files: list[Path] | None = None,
+    vocab_file: str | None = None,
+    merge_file: str | None = None,
+    tag: str | None = None,
+    dtype: str | None = "fp32",
+    overwrite: bool = False,
+) -> dict[str, object]:
+    """Write a checkpoint saved by GPT-NeoX as ours (``OUT/latest`` -> ``global_stepN``).
+
+    The model shape comes from the run's YAML: the copies GPT-NeoX keeps in the
+    checkpoint (``configs/``) or ``config_files``. Tensor- and pipeline-parallel
+    shards are merged, so the result loads in one process. Nothing is written
+    unless the merged weights load into the configured model exactly.
+    """
+    from neoxcli.config import dump_config, load_config, padded_vocab_size
+    from neoxcli.convert.cli_ops import atomic_dir, parse_dtype, vocab_divisor
+    from neoxcli.data.tokenizer import CharLevelTokenizer, build_tokenizer
+    from neoxcli.model import GPTModel
+    from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME
+
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"checkpoint directory not found: {src}")
+    if tag is None and (src / "latest").is_file():
+        tag = (src / "latest").read_text().strip()
+    step_dir = src / tag if tag else src
+    if not step_dir.is_dir():
+        raise DataError(f"checkpoint directory not found: {step_dir}")
+    configs = list(config_files or find_gpt_neox_configs(step_dir))
+    if not configs:
+        raise DataError(
+            f"{step_dir} has no configs/ directory with the run's YAML",
+            hint="pass the GPT-NeoX config files the model was trained with: --config model.yml",
+        )
+    sets = []
+    if vocab_file:
+        sets.append(f"vocab_file={vocab_file}")
+    if merge_file:
+        sets.append(f"merge_file={merge_file}")
+    cfg = load_config(configs, sets, warn=lambda _msg: None)
+    tok_cfg = cfg.tokenizer
+    file_based = tok_cfg.tokenizer_type.lower() in ("hftokenizer", "gpt2bpetokenizer")
+    if file_based and tok_cfg.vocab_file and not Path(tok_cfg.vocab_file).exists():
+        raise DataError(
+            f"the run's tokenizer file {tok_cfg.vocab_file} is not on this machine",
+            hint="point to a copy with --vocab-file (and --merge-file for GPT2BPETokenizer)",
+        )
+    tokenizer = build_tokenizer(tok_cfg.tokenizer_type, tok_cfg.vocab_file, tok_cfg.merge_file)
+
+    state = load_gpt_neox_checkpoint(src, cfg.model, tag)
+    rows = state["layers.0.word_embeddings.weight"].shape[0]
+    divisor = vocab_divisor(tokenizer.vocab_size, rows)
+    model_cfg = cfg.model.model_copy(update={"make_vocab_size_divisible_by": divisor})
+    torch_dtype = parse_dtype(dtype)
+    module = {}
+    for key, value in state.items():
+        t = value.detach().to("cpu")
+        if torch_dtype is not None and t.is_floating_point():
+            t = t.to(torch_dtype)
+        module[key] = t.contiguous().clone()
+    model = GPTModel(model_cfg, padded_vocab_size(tokenizer.vocab_size, divisor))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = sorted(set(expected) ^ set(module)) or [
+        f"{k}: {tuple(module[k].shape)} in the checkpoint, {shape} in the config's model"
+        for k, shape in expected.items()
+        if tuple(module[k].shape) != shape
+    ]
+    if problems:
+        raise ConversionError(
+            f"the GPT-NeoX weights in {step_dir} do not match the config's model "
+            f"({len(problems)} tensors differ, e.g. {problems[0]})",
+            hint="pass the config files the model was trained with (--config)",
+        )
+    model.load_state_dict(module)
+    del model
+
+    iteration = int(m.group(1)) if (m := re.search(r"(\d+)$", step_dir.name)) else 0
+    out_tag = f"global_step{iteration}"
+    final_tag_dir = Path(out_dir).resolve() / out_tag
+    keep_type = isinstance(tokenizer, CharLevelTokenizer) or not hasattr(tokenizer, "backend")
+    new_tok = (
+        tok_cfg
+        if keep_type
+        else tok_cfg.model_copy(
+            update={
+                "tokenizer_type": "HFTokenizer",
+                "vocab_file": str(final_tag_dir / TOKENIZER_NAME),
+                "merge_file": None,
+            }
+        )
+    )
+    parallel = cfg.parallel.model_copy(update={"model_parallel_size": 1, "pipe_parallel_size": 0})
+    new_cfg = cfg.model_copy(update={"model": model_cfg, "tokenizer": new_tok, "parallel": parallel})
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        tag_dir = tmp / out_tag
+        tag_dir.mkdir()
+        torch.save({"module": module, "iteration": iteration}, tag_dir / "mp_rank_00_model_states.pt")
+        if not keep_type:
+            tokenizer.backend.save(str(tag_dir / TOKENIZER_NAME))  # type: ignore[attr-defined]
+        header = f"# imported from a GPT-NeoX checkpoint: {step_dir}\n"
+        (tag_dir / CONFIG_NAME).write_text(header + dump_config(new_cfg))
+        (tmp / "latest").write_text(out_tag)
+    return {
+        "out_dir": str(out_dir),
+        "tag": out_tag,
+        "parameters": sum(t.numel() for t in module.values()),
+        "vocab_rows": rows,
+        "configs": [str(p) for p in configs],
+    }
