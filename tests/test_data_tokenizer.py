@@ -97,11 +97,45 @@ def test_hub_tokenizer_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
         build_tokenizer("SomeOrg/some-model-that-is-not-cached")
 
 
-def test_tiktoken_missing_or_works() -> None:
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match="tiktoken"):
-            build_tokenizer("TiktokenTokenizer", None)
-        return
-    pytest.skip("tiktoken installed; encodings need a download or a local ranks file")
+def test_tiktoken_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if it were not installed
+    with pytest.raises(DataError, match="pip install tiktoken|tiktoken package"):
+        build_tokenizer("TiktokenTokenizer", None)
+
+
+def _write_ranks(path: Path) -> None:
+    """A tiktoken ranks file: every byte, then three merges (he, ll, hell)."""
+    import base64
+
+    ranks = [bytes([i]) for i in range(256)] + [b"he", b"ll", b"hell"]
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
+
+
+def test_tiktoken_local_ranks_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("tiktoken", reason="tiktoken not installed (pip install tiktoken)")
+    from neoxcli.data.indexed import IndexedDataset
+    from neoxcli.data.prepare import prepare
+
+    ranks = tmp_path / "tiny.tiktoken"
+    _write_ranks(ranks)
+    tok = build_tokenizer("TiktokenTokenizer", ranks)
+    assert (tok.vocab_size, tok.eod_id) == (260, 259)
+    assert tok.encode("hello") == [258, ord("o")]
+    text = "hello, shell! héllo ☃"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode_batch(["hello", "ll"]) == [[258, ord("o")], [257]]
+
+    src = tmp_path / "docs.jsonl"
+    docs = ["hello world", "shell hell", "ünïcode"]
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    result = prepare([src], tmp_path / "out", tok, workers=1, append_eod=True)
+    ds = IndexedDataset(result.outputs[0].prefix)
+    assert [ds.get(i).tolist() for i in range(len(ds))] == [tok.encode(d) + [259] for d in docs]
+
+
+def test_tiktoken_unknown_encoding_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("tiktoken", reason="tiktoken not installed (pip install tiktoken)")
+    with pytest.raises(DataError, match="no-such-encoding"):
+        build_tokenizer("TiktokenTokenizer", "no-such-encoding")
