@@ -186,6 +186,33 @@ def test_dtype_and_forced_arch(
     assert not (tmp_path / "j").exists() and not list(tmp_path.glob("j.tmp-*"))
 
 
+def test_tensor_parallel_checkpoint_exports_like_one_shard(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DeepSpeed's per-rank files of a model_parallel_size=2 run are merged before export."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from neoxcli.parallel.reshard import model_specs, split_shard
+
+    model_cfg = ModelConfig(**{**BASE, **ARCHS["llama"][1]})  # GQA and a gated MLP: the uneven cuts
+    model = write_neox_checkpoint(tmp_path / "one", model_cfg, tokenizer_file)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    tag = tmp_path / "two" / "global_step3"
+    (tag / "mp_rank_00_model_states.pt").unlink()
+    full = {n: {"w": p.detach()} for n, p in model.named_parameters()}
+    for rank in range(2):
+        shard = split_shard(full, full, model_specs(model_cfg), rank, 2, model_cfg.num_layers)
+        module = {n: e["w"] for n, e in shard.items()}
+        torch.save({"module": module, "iteration": 3}, tag / f"mp_rank_{rank:02d}_model_states.pt")
+    for name in ("one", "two"):
+        code, _out, err = convert(capsys, str(tmp_path / name), "--to", "hf", str(tmp_path / f"hf-{name}"))
+        assert code == 0, err
+    one, two = (load_file(str(tmp_path / f"hf-{n}" / "model.safetensors")) for n in ("one", "two"))
+    assert set(one) == set(two) and all(torch.equal(one[k], two[k]) for k in one)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

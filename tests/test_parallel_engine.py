@@ -5,11 +5,14 @@ same processes (a launch costs ~10 s here, a layout ~2 s):
 
 * launch A trains 10 steps under ZeRO-1, ZeRO-2, ZeRO-3 (data parallel 2),
   tensor parallel 2 and pipeline parallel 2, saving at step 5;
-* launch B resumes each of them from step 5 under the same layout, and a
-  1-process ZeRO-0 checkpoint under ZeRO-3 with data parallel 2.
+* launch B resumes each of them from step 5 under the same layout, and
+  re-splits checkpoints for another layout: the 1-process ZeRO-0 one under
+  ZeRO-3 with data parallel 2, tensor parallel 2 and pipeline parallel 2, and
+  the tensor-parallel one under pipeline parallel 2.
 
 A 1-process reference run (in this process) gives the golden losses, and
-more 1-process resumes cover ZeRO-stage and data-parallel-size changes.
+more 1-process resumes cover ZeRO-stage and data-parallel-size changes and
+tensor/pipeline-parallel checkpoints continued by one process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3": {"zero_optimization": {"stage": 3}},
     "tp2": {"model_parallel_size": 2},
     "pp2": {"pipe_parallel_size": 2, "zero_optimization": {"stage": 0}},
+}
+
+# Resumes from step 5 under another tensor/pipeline layout: name -> (source run, overrides).
+RESPLIT_2: dict[str, tuple[str, dict[str, Any]]] = {
+    "ref-to-tp2": ("ref", {"model_parallel_size": 2, "sample_at_end": True}),
+    "ref-to-pp2": ("ref", {"pipe_parallel_size": 2}),
+    "tp2-to-pp2": ("tp2", {"model_parallel_size": 1, "pipe_parallel_size": 2}),
+}
+RESPLIT_1: dict[str, tuple[str, dict[str, Any]]] = {
+    "tp2-to-tp1": ("tp2", {"model_parallel_size": 1}),
+    "pp2-to-pp1": ("pp2", {"pipe_parallel_size": 1}),
 }
 
 
@@ -149,7 +163,8 @@ def _train_here(config: Path) -> dict[str, Any]:
     from neoxcli.training.trainer import train
 
     result = train(load_config([config]))
-    return {"losses": {str(r["iteration"]): r["loss"] for r in result.history}, "valid": result.valid_loss}
+    losses = {str(r["iteration"]): r["loss"] for r in result.history}
+    return {"losses": losses, "valid": result.valid_loss, "sample": result.sample}
 
 
 def _worker(out: Path, configs: list[str]) -> None:
@@ -168,10 +183,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     first = _launch(root, [_config(root, name, **over) for name, over in LAYOUTS.items()], "launch-a")
     resumes = [_resume_config(root, name, f"{name}-resumed") for name in LAYOUTS]
     resumes.append(_resume_config(root, "ref", "ref-to-zero3-dp2", zero_optimization={"stage": 3}))
+    resumes += [_resume_config(root, source, name, **over) for name, (source, over) in RESPLIT_2.items()]
     second = _launch(root, resumes, "launch-b")
     for source, name, over in (
         ("zero1", "zero1-to-zero2-dp1", {"zero_optimization": {"stage": 2}}),
         ("zero3", "zero3-to-zero0-dp1", {"zero_optimization": {"stage": 0}}),
+        *((source, name, over) for name, (source, over) in RESPLIT_1.items()),
     ):
         results[name] = _train_here(_resume_config(root, source, name, **over))
     results.update(first)
@@ -230,13 +247,87 @@ def test_checkpoint_files_follow_the_layout(runs: dict[str, Any]) -> None:
     assert json.loads((z3 / "layout.json").read_text()) == {"tp": 1, "pp": 1, "dp": 2, "zero_stage": 3}
 
 
-def test_tensor_parallel_change_is_refused(runs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", [*RESPLIT_2, *RESPLIT_1])
+def test_resume_across_tensor_and_pipeline_sizes(runs: dict[str, Any], name: str) -> None:
+    """Weights and Adam moments re-split for the new layout: steps 6..10 follow the 1-process run."""
+    source = (RESPLIT_2 | RESPLIT_1)[name][0]
+    resumed = runs[name]["losses"]
+    assert sorted(int(k) for k in resumed) == list(range(6, 11))
+    assert _max_diff(runs["ref"]["losses"], resumed) <= TOL
+    assert _max_diff(runs[source]["losses"], resumed) <= TOL
+    assert abs(runs[name]["valid"] - runs["ref"]["valid"]) <= TOL
+
+
+def test_sharded_run_samples_at_the_end(runs: dict[str, Any]) -> None:
+    sample = runs["ref-to-tp2"]["sample"]
+    assert isinstance(sample, str) and sample
+
+
+def test_layout_change_without_portable_files_is_refused(runs: dict[str, Any]) -> None:
     from neoxcli.errors import NeoxError
 
     root: Path = runs["root"]
-    config = _resume_config(root, "tp2", "tp2-to-tp1", model_parallel_size=1)
-    with pytest.raises(NeoxError, match=r"tp 2 -> 1.*not supported"):
+    config = _resume_config(root, "tp2", "tp2-no-portable", model_parallel_size=1)
+    for path in (root / "runs" / "tp2-no-portable" / "global_step5").glob("portable_*.pt"):
+        path.unlink()
+    with pytest.raises(
+        NeoxError, match=r"tp2-no-portable/global_step5 was saved with model_parallel_size 2"
+    ) as err:
         _train_here(config)
+    assert "model_parallel_size: 2" in (err.value.hint or "")
+
+
+def test_pipeline_names_match_a_real_pipeline(runs: dict[str, Any]) -> None:
+    """``shard_names`` (used to re-split offline) names exactly what DeepSpeed's stages saved."""
+    from neoxcli.config import load_config
+    from neoxcli.parallel.reshard import shard_names
+
+    root: Path = runs["root"]
+    cfg = load_config([root / "pp2.yml"])
+    tag = root / "runs" / "pp2" / "global_step5"
+    for stage in range(2):
+        saved = torch.load(tag / f"portable_pp{stage:02d}_tp00.pt", weights_only=False)["params"]
+        method = cfg.parallel.pipe_partition_method
+        assert sorted(shard_names(cfg.model, 512, 1, 2, method, stage)) == sorted(saved)
+
+
+def test_sharded_checkpoints_load_for_inference(runs: dict[str, Any], tmp_path: Path) -> None:
+    """Merged TP/PP checkpoints give the 1-process model's logits and greedy text, both ways of merging agree."""
+    from neoxcli.cli import main
+    from neoxcli.parallel.reshard import merge_module_files
+    from neoxcli.training.checkpoint import load_for_inference, load_module_state
+
+    root: Path = runs["root"] / "runs"
+    ref, tokenizer, _ = load_for_inference(root / "ref")
+    x = torch.tensor([tokenizer.encode("the quick brown fox jumps over")])
+    with torch.no_grad():
+        expected = ref(x)
+    texts = {}
+    for name in ("ref", "tp2", "pp2", "tp2-to-tp1"):
+        model, _, cfg = load_for_inference(root / name)
+        with torch.no_grad():
+            diff = (model(x) - expected).abs().max().item()
+        assert diff <= 1e-4, f"{name}: max |dlogit| {diff:.2e}"
+        tag = root / name / "global_step10"
+        if name in ("tp2", "pp2"):
+            # DeepSpeed's per-rank module files (fp32 here) merge to the portable files' weights.
+            portable, deepspeed_files = load_module_state(tag, cfg.model), merge_module_files(tag, cfg.model)
+            assert set(portable) == set(deepspeed_files)
+            assert all(torch.equal(portable[k], deepspeed_files[k]) for k in portable)
+        out = tmp_path / f"{name}.jsonl"
+        args = [
+            "generate",
+            "-c",
+            str(root / name),
+            "--greedy",
+            "--prompt",
+            "the quick",
+            "--output-file",
+            str(out),
+        ]
+        assert main([*args, "--max-new-tokens", "24"]) == 0
+        texts[name] = json.loads(out.read_text())["text"]
+    assert len(set(texts.values())) == 1, texts
 
 
 if __name__ == "__main__":

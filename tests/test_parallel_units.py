@@ -58,7 +58,9 @@ def test_refusals_are_clear() -> None:
     assert check_partition_method("type:transformer|mlp") == "type:transformer|mlp"
     from pathlib import Path
 
-    assert check_resume_layout(Layout(dp=2, zero_stage=1), Layout(dp=1, zero_stage=3), Path("x")) is True
-    assert check_resume_layout(Layout(tp=2), Layout(tp=2), Path("x")) is False
-    with pytest.raises(NeoxError, match="pp 2 -> 1"):
-        check_resume_layout(Layout(pp=2), Layout(), Path("x"))
+    assert (
+        check_resume_layout(Layout(dp=2, zero_stage=1), Layout(dp=1, zero_stage=3), Path("x")) == "portable"
+    )
+    assert check_resume_layout(Layout(tp=2), Layout(tp=2), Path("x")) is None
+    with pytest.raises(NeoxError, match="pipe_parallel_size 2"):
+        check_resume_layout(Layout(pp=2), Layout(), Path("x"))  # no layout-free files to re-split

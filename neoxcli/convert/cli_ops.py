@@ -186,7 +186,7 @@ def export_hf(
         raise NeoxError(f"{tag_dir} has no {CONFIG_NAME}; was it written by neox?")
     cfg = load_config([cfg_path], warn=lambda _msg: None)
     model_type = parse_arch(arch) if arch else choose_arch(cfg.model)
-    state = load_module_state(tag_dir)
+    state = load_module_state(tag_dir, cfg.model)
     hf_config, hf_state = to_hf(model_type, cfg.model, state)
 
     tok_path = tag_dir / TOKENIZER_NAME

@@ -28,6 +28,7 @@ from neoxcli.errors import NeoxError
 from neoxcli.model.gpt import Block, EmbeddingLayer, GPTModel, Head
 
 PARTITION_METHODS = ("parameters", "uniform")
+TIED_KEY = "embed"  # DeepSpeed registers the tied embedding as tied_modules.{TIED_KEY}
 
 
 def _positions(x: Tensor) -> Tensor:
@@ -74,26 +75,27 @@ def check_partition_method(method: str) -> str:
     )
 
 
-def build_pipeline(
-    model: GPTModel,
-    topology: Any,
-    loss_fn: Any,
-    partition_method: str = "type:transformer|mlp",
-) -> Any:
-    """A ``PipelineModule`` holding this rank's stage of ``model`` (already tensor-sharded if TP > 1)."""
-    from deepspeed.pipe import PipelineModule, TiedLayerSpec
+def pipeline_layers(model: GPTModel) -> list[Any]:
+    """``model.layers`` as pipeline layer specs, index for index.
+
+    Layer ``i`` of the pipeline is ``model.layers[i]``, so a stage's parameter
+    names are ``{i}.embedding.*``, ``{i}.block.*`` or ``{i}.<the layer's own
+    names>``, and ``tied_modules.embed.embedding.*`` for a tied embedding
+    (``neoxcli.parallel.reshard`` maps them back to ``layers.{i}.*``).
+    """
+    from deepspeed.pipe import TiedLayerSpec
 
     embedding, head = model.layers[0], model.layers[-1]
     assert isinstance(embedding, EmbeddingLayer) and isinstance(head, Head)
     layers: list[Any] = []
+    tied = "embedding.word_embeddings.weight"
     if head.tied:
         if head.bias is not None:
             raise NeoxError(
                 "pipeline parallelism does not support a tied output head with a bias",
                 hint="set no_weight_tying: true, or use_bias_in_output_layer: false",
             )
-        tied = "embedding.word_embeddings.weight"
-        layers.append(TiedLayerSpec("embed", EmbeddingPipe, embedding, head, tied_weight_attr=tied))
+        layers.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, embedding, head, tied_weight_attr=tied))
     else:
         layers.append(EmbeddingPipe(embedding))
     layers += [TransformerBlockPipe(block) for block in model.blocks]
@@ -101,11 +103,47 @@ def build_pipeline(
     if head.tied:
         layers.append(
             TiedLayerSpec(
-                "embed", EmbeddingPipe, embedding, head, forward_fn=_tied_head, tied_weight_attr=tied
+                TIED_KEY, EmbeddingPipe, embedding, head, forward_fn=_tied_head, tied_weight_attr=tied
             )
         )
     else:
         layers.append(head)
+    return layers
+
+
+def stage_bounds(layers: list[Any], stages: int, partition_method: str) -> list[int]:
+    """Layer boundaries ``[b0, b1, ..., b_stages]`` of each stage, exactly as ``PipelineModule`` cuts them.
+
+    Needed without a process group (to re-split a checkpoint for another
+    layout), so it runs DeepSpeed's own partitioning code on the same specs.
+    """
+    from types import SimpleNamespace
+
+    from deepspeed.runtime import utils as ds_utils
+    from deepspeed.runtime.pipe.module import PipelineModule
+
+    method = check_partition_method(partition_method).lower()
+    probe = SimpleNamespace(_layer_specs=layers)
+    if method == "uniform":
+        parts = ds_utils.partition_uniform(num_items=len(layers), num_parts=stages)
+    elif method == "parameters":
+        parts = ds_utils.partition_balanced(PipelineModule._count_layer_params(probe), stages)
+    else:
+        hits = set(PipelineModule._find_layer_type(probe, method.split(":")[1]))
+        parts = ds_utils.partition_balanced([int(i in hits) for i in range(len(layers))], stages)
+    return [int(b) for b in parts]
+
+
+def build_pipeline(
+    model: GPTModel,
+    topology: Any,
+    loss_fn: Any,
+    partition_method: str = "type:transformer|mlp",
+) -> Any:
+    """A ``PipelineModule`` holding this rank's stage of ``model`` (already tensor-sharded if TP > 1)."""
+    from deepspeed.pipe import PipelineModule
+
+    layers = pipeline_layers(model)
 
     class GPTPipe(PipelineModule):
         cfg = model.cfg

@@ -1,4 +1,4 @@
-"""Layout-free training state, so a run can resume under another ZeRO stage or data-parallel size.
+"""Layout-free training state, so a run can resume under another parallel layout.
 
 DeepSpeed's own files partition fp32 weights and Adam moments by ZeRO stage
 and data-parallel rank, and its loader refuses any other data-parallel size.
@@ -8,8 +8,10 @@ for every parameter of that shard, the full fp32 value and Adam's
 ``exp_avg``/``exp_avg_sq``, plus the step count, the LR scheduler and the
 run's client state. Loading it sets exactly those values under the new layout,
 so training continues as it would have (up to the summation order of the new
-gradient all-reduce). Tensor- and pipeline-parallel sizes must stay the same:
-they change which parameters a file holds.
+gradient all-reduce). With the same tensor- and pipeline-parallel sizes each
+shard reads its own file (ZeRO stage or data-parallel size changed); when they
+change, ``neoxcli.parallel.reshard`` merges all files into the full model and
+cuts out the new shard, weights and moments alike.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def load_module_weights(module: Any, state: dict[str, Any]) -> None:
     if missing:
         raise NeoxError(
             f"the checkpoint's parameters do not match this model ({len(missing)} differ, e.g. {missing[0]})",
-            hint="resume with the same model settings, model_parallel_size, pipe_parallel_size and pipe_partition_method",
+            hint="resume with the model settings the checkpoint was trained with",
         )
     with torch.no_grad():
         for name, p in named.items():

@@ -1,10 +1,14 @@
 """Checkpoint layout and loading.
 
 A checkpoint directory looks like GPT-NeoX's: ``{save}/latest`` names the tag,
-``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_00_model_states.pt``
-and optimizer shards) plus ``config.yml`` (the resolved config) and the
-tokenizer. ``latest`` is written last, atomically, once everything else is on
-disk, so a crash mid-save never leaves a pointer to a half-written checkpoint.
+``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_XX_model_states.pt``
+per tensor-parallel rank, per-layer files under pipeline parallelism, optimizer
+shards) plus ``config.yml`` (the resolved config), the tokenizer,
+``layout.json`` and the layout-free ``portable_pp*_tp*.pt`` files
+(``neoxcli.parallel.portable``). ``latest`` is written last, atomically, once
+everything else is on disk, so a crash mid-save never leaves a pointer to a
+half-written checkpoint. Loading for inference merges the shards of any
+tensor/pipeline layout (``neoxcli.parallel.reshard``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neoxcli.errors import NeoxError
+
+if TYPE_CHECKING:
+    from neoxcli.config.schema import ModelConfig
 
 CONFIG_NAME = "config.yml"
 TOKENIZER_NAME = "tokenizer.json"
@@ -88,7 +95,7 @@ def resolve_checkpoint(path: str | Path, tag: str | None = None) -> Path:
         if not tagged.is_dir():
             raise NeoxError(f"checkpoint {p} has no tag {tag!r}")
         return tagged
-    if (p / CONFIG_NAME).is_file() and any(p.glob("mp_rank_*_model_states.pt")):
+    if (p / CONFIG_NAME).is_file() and (any(p.glob("*model_states.pt")) or any(p.glob("portable_*.pt"))):
         return p
     latest = read_latest(p)
     if latest is None:
@@ -102,28 +109,52 @@ def resolve_checkpoint(path: str | Path, tag: str | None = None) -> Path:
     return tagged
 
 
-def load_module_state(tag_dir: Path) -> dict[str, Any]:
-    """The model weights of a (non-ZeRO-3) DeepSpeed checkpoint, without importing DeepSpeed."""
+def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """The full model's weights from a checkpoint of any tensor/pipeline layout, without DeepSpeed.
+
+    A single shard's DeepSpeed module file is returned as stored. Several
+    shards (``model_parallel_size`` or ``pipe_parallel_size`` > 1) are merged
+    from their layout-free files (fp32) or else from DeepSpeed's per-rank
+    module files; merging needs the model config (``model_cfg``, default: the
+    checkpoint's config.yml).
+    """
     import torch
 
-    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
-    if not files:
-        raise NeoxError(f"no model states (mp_rank_*_model_states.pt) in {tag_dir}")
-    if len(files) > 1:
+    from neoxcli.parallel import reshard
+
+    flat = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    layered = sorted(tag_dir.glob("layer_*-model_*-model_states.pt"))
+    portable = reshard.portable_files(tag_dir)
+    if not (flat or layered or portable):
         raise NeoxError(
-            f"{tag_dir} holds {len(files)} tensor-parallel shards",
-            hint="merge them first with `neox convert --reshard`",
+            f"no model states (mp_rank_*_model_states.pt or layer_*-model_states.pt) in {tag_dir}"
         )
-    # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
-    # the file is one this tool (or the user's own GPT-NeoX run) wrote.
-    state = torch.load(files[0], map_location="cpu", weights_only=False)
-    module = state.get("module")
-    if not module:
-        raise NeoxError(
-            f"{files[0]} holds no full model weights (ZeRO-3 partitions them)",
-            hint="consolidate with DeepSpeed's zero_to_fp32.py, or save with ZeRO stage 0-2",
-        )
-    return {k: v for k, v in module.items()}
+    if len(flat) == 1 and not layered:
+        # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
+        # the file is one this tool (or the user's own GPT-NeoX run) wrote.
+        module = torch.load(flat[0], map_location="cpu", weights_only=False).get("module")
+        if module:
+            return dict(module)
+        if not portable:
+            raise NeoxError(
+                f"{flat[0]} holds no full model weights (ZeRO-3 partitions them)",
+                hint="consolidate with DeepSpeed's zero_to_fp32.py, or save with portable_checkpoint: true",
+            )
+    if model_cfg is None:
+        model_cfg = _saved_model_config(tag_dir)
+    if portable:
+        merged = reshard.merge_portable(tag_dir, model_cfg, moments=False)["params"]
+        return {name: entry["fp32"] for name, entry in merged.items()}
+    return reshard.merge_module_files(tag_dir, model_cfg)
+
+
+def _saved_model_config(tag_dir: Path) -> ModelConfig:
+    from neoxcli.config import load_config
+
+    cfg_path = tag_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise NeoxError(f"{tag_dir} has no {CONFIG_NAME}, which merging its shards needs")
+    return load_config([cfg_path], warn=lambda _msg: None).model
 
 
 def load_for_inference(path: str | Path, tag: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
@@ -145,7 +176,7 @@ def load_for_inference(path: str | Path, tag: str | None = None, device: str = "
         str(tok_path) if tok_path.is_file() else cfg.tokenizer.vocab_file,
         cfg.tokenizer.merge_file,
     )
-    state = load_module_state(tag_dir)
+    state = load_module_state(tag_dir, cfg.model)
     vocab = padded_vocab_size(
         tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
     )

@@ -193,25 +193,44 @@ def check_layout(layout: Layout, precision: str) -> None:
         )
 
 
-def check_resume_layout(saved: Layout, layout: Layout, where: Path) -> bool:
-    """True when resuming needs the layout-free state (ZeRO stage or data-parallel size changed).
+def check_resume_layout(
+    saved: Layout,
+    layout: Layout,
+    where: Path,
+    saved_partition: str | None = None,
+    partition: str | None = None,
+) -> str | None:
+    """How to resume a checkpoint saved under ``saved`` with ``layout``.
 
-    Tensor- and pipeline-parallel sizes change which weights each rank holds;
-    resuming across those is refused with a clear error.
+    None: same layout, DeepSpeed's own files. ``"portable"``: ZeRO stage or
+    data-parallel size changed, each shard reads its layout-free file.
+    ``"reshard"``: tensor- or pipeline-parallel size (or the pipeline's
+    partition method) changed, so every rank merges all shards' layout-free
+    files and cuts out its own; refused here when they were not saved.
     """
-    changed = [
-        f"{name} {getattr(saved, name)} -> {getattr(layout, name)}"
-        for name in ("tp", "pp")
-        if getattr(saved, name) != getattr(layout, name)
-    ]
-    if changed:
-        raise NeoxError(
-            f"{where} was saved with another tensor/pipeline layout ({', '.join(changed)}); "
-            "resuming across tensor- or pipeline-parallel sizes is not supported",
-            hint="resume with the model_parallel_size and pipe_parallel_size it was saved with "
-            "(the ZeRO stage and data-parallel size may change)",
-        )
-    return saved != layout
+    cuts = (saved.tp, saved.pp) != (layout.tp, layout.pp)
+    if not cuts and layout.pp > 1 and saved_partition is not None and partition is not None:
+        cuts = saved_partition.strip().lower() != partition.strip().lower()
+    if cuts:
+        from neoxcli.parallel.reshard import require_portable
+
+        require_portable(where, saved, layout)
+        return "reshard"
+    return "portable" if saved != layout else None
+
+
+def _saved_partition(tag_dir: Path) -> str | None:
+    """``pipe_partition_method`` of the run that wrote ``tag_dir`` (from its config.yml)."""
+    import yaml
+
+    path = tag_dir / ckpt.CONFIG_NAME
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    section = data.get("parallel") if isinstance(data, dict) else None
+    value = section.get("pipe_partition_method") if isinstance(section, dict) else None
+    return value if isinstance(value, str) else None
 
 
 Reporter = Callable[[str, dict[str, Any]], None]
@@ -282,10 +301,16 @@ def train(
     load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
     resume_tag = ckpt.read_latest(load_dir) if load_dir is not None else None
     portable: dict[str, Any] | None = None
+    mode: str | None = None
     if load_dir is not None and resume_tag:
-        saved_layout = read_layout(load_dir / resume_tag)
-        if saved_layout is not None and check_resume_layout(saved_layout, layout, load_dir / resume_tag):
-            portable = load_portable(load_dir / resume_tag, grid.stage, grid.tp_rank)
+        tag_dir = load_dir / resume_tag
+        saved_layout = read_layout(tag_dir)
+        if saved_layout is not None:
+            mode = check_resume_layout(
+                saved_layout, layout, tag_dir, _saved_partition(tag_dir), cfg.parallel.pipe_partition_method
+            )
+        if mode == "portable":
+            portable = load_portable(tag_dir, grid.stage, grid.tp_rank)
 
     # Every rank builds the full model from the seed, then keeps its shard: all
     # layouts start from the weights a single process would train.
@@ -298,6 +323,14 @@ def train(
         from neoxcli.parallel.pipeline import build_pipeline
 
         model = build_pipeline(model, grid.topology(), loss_fn, cfg.parallel.pipe_partition_method)
+    if mode == "reshard":
+        # Tensor/pipeline layout changed: the full state from every saved shard, cut for this rank.
+        from neoxcli.parallel.reshard import reshard_portable
+
+        assert load_dir is not None and resume_tag
+        portable = reshard_portable(
+            load_dir / resume_tag, model, cfg.model, plan.padded_vocab, layout.tp, grid.tp_rank
+        )
     if portable is not None:
         load_module_weights(model, portable)
     optimizer = build_optimizer(cfg, model, device.type)
@@ -351,7 +384,7 @@ def train(
     iteration, consumed = 0, 0
     client: dict[str, Any] | None = None
     if portable is not None:
-        # ZeRO stage or data-parallel size changed: weights, moments and steps from the layout-free state.
+        # Layout changed: weights, moments and steps from the layout-free state.
         load_optimizer_state(engine, portable)
         scheduler.load_state_dict(portable["lr_scheduler"])
         client = portable["client"]
@@ -364,9 +397,17 @@ def train(
     if client is not None:
         iteration = int(client["iteration"])
         consumed = int(client["consumed_samples"])
-        if client.get("rng") and client.get("world_size") == dist.world_size:
-            _set_rng_state(client["rng"][dist.rank] if isinstance(client["rng"], list) else client["rng"])
-        how = " (layout changed: restored from the layout-free state)" if portable is not None else ""
+        rng = client.get("rng")
+        if isinstance(rng, list) and rng:
+            # Every rank starts from the same seed, so with another process count rank 0's state
+            # is the one each rank would have reached.
+            _set_rng_state(rng[dist.rank] if client.get("world_size") == dist.world_size else rng[0])
+        elif rng:
+            _set_rng_state(rng)
+        how = {
+            "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
+            "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
+        }.get(mode or "", "")
         emit("info", {"message": f"resumed from {load_dir}/{resume_tag} at iteration {iteration}{how}"})
     portable = None
 
@@ -526,10 +567,17 @@ def train(
     result.tokens_per_s = done * tokens_per_iter / elapsed if elapsed > 0 else 0.0
 
     result.model = engine.module
-    if cfg.logging.sample_at_end and (layout.tp > 1 or layout.pp > 1):
-        emit("info", {"message": "no end-of-run sample under tensor or pipeline parallelism"})
-    elif dist.is_main and cfg.logging.sample_at_end:
-        result.sample = _sample(engine.module, tokenizer, cfg, device)
+    if cfg.logging.sample_at_end and dist.is_main:
+        if layout.tp == 1 and layout.pp == 1:
+            result.sample = _sample(engine.module, tokenizer, cfg, device)
+        elif result.checkpoint is not None:
+            # This rank holds one shard; sample from the full model merged from the checkpoint just saved.
+            full = GPTModel(cfg.model, plan.padded_vocab)
+            full.load_state_dict(ckpt.load_module_state(result.checkpoint, cfg.model))
+            result.sample = _sample(full.to(device=device, dtype=torch.float32), tokenizer, cfg, device)
+        else:
+            note = "no end-of-run sample: a sharded model is sampled from its checkpoint (set save:)"
+            emit("info", {"message": note})
     emit("end", {"result": result})
     return result
 
