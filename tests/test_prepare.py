@@ -342,6 +342,55 @@ def test_download_preset_from_local_server(server: tuple[str, Path], tmp_path: P
         prepare_preset("enwik9", tmp_path)
 
 
+def test_tar_and_json_gz_presets_from_local_server(server: tuple[str, Path], tmp_path: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    url, root = server
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (
+            (
+                "openwebtext2/a.jsonl.zst",
+                b"".join(json.dumps({"text": f"owt {i}"}).encode() + b"\n" for i in range(3)),
+            ),
+            ("openwebtext2/notes.png", b"\x89PNG not text"),
+            ("openwebtext2/b.jsonl.zst", json.dumps({"text": "owt last"}).encode() + b"\n"),
+        ):
+            if name.endswith(".zst"):
+                data = zstandard.ZstdCompressor().compress(data)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (root / "openwebtext2.jsonl.zst.tar").write_bytes(buf.getvalue())
+    res = prepare_preset(
+        "openwebtext2",
+        tmp_path / "owt",
+        tokenizer=CharLevelTokenizer(),
+        urls=[f"{url}/openwebtext2.jsonl.zst.tar"],
+    )
+    assert res.documents == 4 and res.skipped_members == {".png": 1}
+    assert _docs(Path(res.prefix)) == ["owt 0\x00", "owt 1\x00", "owt 2\x00", "owt last\x00"]
+    again = prepare_preset(
+        "openwebtext2",
+        tmp_path / "owt",
+        tokenizer=CharLevelTokenizer(),
+        urls=[f"{url}/openwebtext2.jsonl.zst.tar"],
+    )
+    assert again.skipped and again.skipped_members == {".png": 1}
+    for i in range(2):  # c4's files: JSON lines in .json.gz
+        lines = "".join(json.dumps({"text": f"c4 {i}.{j}", "url": "u"}) + "\n" for j in range(2))
+        (root / f"c4-train.{i:05}-of-01024.json.gz").write_bytes(gzip.compress(lines.encode()))
+    res = prepare_preset(
+        "c4",
+        tmp_path / "c4",
+        tokenizer=CharLevelTokenizer(),
+        urls=[f"{url}/c4-train.{i:05}-of-01024.json.gz" for i in range(2)],
+    )
+    assert _docs(Path(res.prefix)) == ["c4 0.0\x00", "c4 0.1\x00", "c4 1.0\x00", "c4 1.1\x00"]
+
+
 def test_encode_ids_stay_in_dtype(tmp_path: Path) -> None:
     ds_prefix = tmp_path / "x"
     src = _jsonl(tmp_path / "a.jsonl")

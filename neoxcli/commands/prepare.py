@@ -17,8 +17,9 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-HELP = """Tokenize .jsonl, .jsonl.zst, .json or .txt files (or - for stdin) into a GPT-NeoX
-mmap dataset ({output_prefix}_{key}_document.bin/.idx), or prepare a named preset.
+HELP = """Tokenize .jsonl, .json or .txt files, plain or compressed (.gz, .zst), tar archives
+of them (.tar, .tar.gz, .tgz, .tar.zst; streamed member by member) or - for stdin into a
+GPT-NeoX mmap dataset ({output_prefix}_{key}_document.bin/.idx), or prepare a named preset.
 
 Examples:
 
@@ -27,6 +28,8 @@ Examples:
     neox prepare data/*.jsonl.zst --output-prefix data/mine --tokenizer HFTokenizer --vocab-file 20B_tokenizer.json --append-eod --workers 2
 
     neox prepare corpus.txt --output-prefix data/corpus --train-tokenizer --vocab-size 8192
+
+    neox prepare c4-train.00000-of-01024.json.gz books.tar.gz -o data/mix --append-eod
 
     neox prepare inspect data/mine_text_document
 
@@ -170,6 +173,8 @@ def _install_sigterm() -> None:
 def _print_summary(console: Any, result: Any, tok: Any) -> None:
     from rich.table import Table
 
+    from neoxcli.data.prepare import skipped_members_note
+
     table = Table(title="neox prepare", show_header=True, header_style="bold")
     for col in ("dataset", "documents", "tokens", "empty"):
         table.add_column(col, justify="left" if col == "dataset" else "right")
@@ -183,6 +188,9 @@ def _print_summary(console: Any, result: Any, tok: Any) -> None:
     )
     for ex in result.bad_examples:
         console.print(f"  skipped {ex}")
+    note = skipped_members_note(result.skipped_members)
+    if note:
+        console.print(note)
 
 
 def register(app: typer.Typer) -> None:
@@ -196,7 +204,9 @@ def register(app: typer.Typer) -> None:
 
     @group.command(RUN, cls=_RunCommand, hidden=True, help=HELP)
     def tokenize_cmd(
-        inputs: list[str] = typer.Argument(None, help="Files, directories, globs, or - for stdin."),
+        inputs: list[str] = typer.Argument(
+            None, help="Files, directories, globs, tar archives, or - for stdin."
+        ),
         preset: str | None = typer.Option(
             None, "--preset", help="A named dataset: python-stdlib, enwik8, pile, ..."
         ),
@@ -351,6 +361,7 @@ def _run_preset(
     max_docs: int | None,
     overwrite: bool,
 ) -> None:
+    from neoxcli.data.prepare import skipped_members_note
     from neoxcli.data.presets import STDLIB, prepare_preset
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.errors import DataError
@@ -378,3 +389,6 @@ def _run_preset(
         f"{res.name}: {state}: {res.documents:,} documents, {res.tokens:,} tokens\n"
         f"  data_path: {res.prefix}\n  tokenizer: {res.tokenizer_type} {res.tokenizer_path or ''}"
     )
+    note = skipped_members_note(res.skipped_members)
+    if note:
+        view.console.print(f"  {note}")

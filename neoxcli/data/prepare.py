@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,8 @@ class PrepareResult:
     bytes_read: int = 0
     seconds: float = 0.0
     dtype: str = "uint16"
+    #: archive members holding nothing we read, by suffix (``.png``, ``.zip``, ``no suffix``)
+    skipped_members: dict[str, int] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -386,8 +388,8 @@ def prepare(
     progress: Callable[[Progress], None] | None = None,
     batch_bytes: int = 1 << 20,
 ) -> PrepareResult:
-    """Tokenize ``.jsonl``/``.jsonl.zst``/``.json``/``.txt`` files (or ``-``) into
-    ``{output_prefix}_{key}_document.bin/.idx``, one dataset per key."""
+    """Tokenize ``.jsonl``/``.json``/``.txt`` files (plain, ``.gz`` or ``.zst``), tar archives
+    of them, or ``-`` into ``{output_prefix}_{key}_document.bin/.idx``, one dataset per key."""
     files = expand_inputs(inputs)
     keys = tuple(jsonl_keys) or ("text",)
     if len(set(keys)) != len(keys):
@@ -395,6 +397,7 @@ def prepare(
     prefixes = [output_prefix_for(output_prefix, k) for k in keys]
     sizes = [input_size(p) for p in files]
     state = {"done": 0, "file": None}
+    skipped: Counter[str] = Counter()
 
     def records() -> Iterator[Record | BadInput]:
         for path, size in zip(files, sizes, strict=True):
@@ -403,6 +406,7 @@ def prepare(
             try:
                 yield from iter_records(f, keys)
             finally:
+                skipped.update(f.skipped)
                 f.close()
                 state["file"] = None
                 state["done"] = int(state["done"]) + size
@@ -410,11 +414,11 @@ def prepare(
     def position() -> tuple[int, str]:
         f = state["file"]
         if isinstance(f, InputFile):
-            return int(state["done"]) + f.position(), f.name
+            return int(state["done"]) + f.position(), f.source
         return int(state["done"]), ""
 
     Path(os.fspath(output_prefix)).parent.mkdir(parents=True, exist_ok=True)
-    return tokenize_records(
+    result = tokenize_records(
         records(),
         prefixes,
         keys,
@@ -429,6 +433,17 @@ def prepare(
         progress=progress,
         batch_bytes=batch_bytes,
     )
+    result.skipped_members = dict(skipped)
+    return result
+
+
+def skipped_members_note(counts: dict[str, int]) -> str:
+    """One line naming the archive members that held nothing to read, so none vanish unnoticed."""
+    if not counts:
+        return ""
+    total = sum(counts.values())
+    kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{total:,} archive member{'s' if total != 1 else ''} skipped (not .jsonl/.json/.txt): {kinds}"
 
 
 def read_texts(

@@ -4,7 +4,8 @@
 interpreter's standard library (tests and site-packages excluded, sorted
 paths), read at run time, with a byte-level BPE trained on it. The other
 presets are GPT-NeoX's download list: fetched with resume and a progress
-callback, then tokenized like any other input.
+callback, then tokenized like any other input (``.json.gz`` and tar archives
+included, streamed member by member).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class PreparedDataset:
     skipped: bool = False
     files: int = 0
     vocab_size: int = 0
+    #: archive members holding nothing to read, by suffix (see ``skipped_members_note``)
+    skipped_members: dict[str, int] = field(default_factory=dict)
 
     def tokenizer(self) -> Tokenizer:
         return build_tokenizer(self.tokenizer_type, str(self.tokenizer_path) if self.tokenizer_path else None)
@@ -371,17 +374,13 @@ def _prepare_download(
             True,
             old["files"],
             tok.vocab_size,
+            old.get("skipped_members", {}),
         )
     manifest_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
     files: list[Path] = []
     for url in urls or list(preset.urls):
         name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-        if name.endswith((".tar", ".tar.gz", ".tgz")):
-            raise DataError(
-                f"preset {preset.name}: tar archives are not supported yet ({name})",
-                hint="download and extract it yourself, then run `neox prepare` on the extracted .jsonl/.txt files",
-            )
         cb = (lambda d, t, _n=name: download_progress(_n, d, t)) if download_progress else None
         files.append(download(url, out_dir / "raw" / name, cb, preset.sha256.get(name)))
     zips = [f for f in files if f.suffix == ".zip"]
@@ -422,6 +421,7 @@ def _prepare_download(
             "tokens": res.tokens,
             "seconds": round(seconds, 3),
             "prefix": Path(prefix).name,
+            "skipped_members": res.skipped_members,
         },
     )
     return PreparedDataset(
@@ -435,6 +435,7 @@ def _prepare_download(
         False,
         len(files),
         tok.vocab_size,
+        res.skipped_members,
     )
 
 

@@ -1,35 +1,49 @@
-"""Input documents for ``neox prepare``: files, globs, directories and stdin.
+"""Input documents for ``neox prepare``: files, globs, directories, archives and stdin.
 
-Formats: ``.jsonl`` (one JSON object per line), ``.jsonl.zst`` (streamed, never
-fully decompressed), ``.json`` (a JSON array, or JSON lines), ``.txt`` (one
-document per file, as GPT-NeoX reads it) and ``-`` for stdin (JSON lines when
-it starts with ``{``, else one text document). Every bad line is reported
-with its file and line number.
+Formats: ``.jsonl`` (one JSON object per line), ``.json`` (a JSON array, or
+JSON lines, as c4's ``.json.gz`` files are), ``.txt`` (one document per file,
+as GPT-NeoX reads it), each plain, ``.gz`` or ``.zst``, and tar archives
+(``.tar``, ``.tar.gz``/``.tgz``, ``.tar.zst``) of such files. Compressed data
+and archives are streamed, never fully decompressed: the preset corpora are
+far larger than memory. ``-`` reads stdin (JSON lines when it starts with
+``{``, else one text document; gzip or zstd is recognised by its magic bytes).
+Every bad line is reported with its file (``archive.tar:member`` inside an
+archive) and line number.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import io
 import json
 import os
+import posixpath
 import sys
+import tarfile
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, cast
 
 from neoxcli.errors import DataError
 
-SUFFIXES = (".jsonl.zst", ".jsonl", ".json", ".txt", ".jsonl.zstd", ".json.zst", ".txt.zst")
+_KINDS = {".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".tar": "tar"}
+_COMPRESSIONS = {"": None, ".gz": "gz", ".zst": "zst", ".zstd": "zst"}
+#: what directory and archive scans pick up (any explicitly named file is read)
+SUFFIXES = (*(k + c for k in _KINDS for c in _COMPRESSIONS), ".tgz")
 STDIN = "-"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class BadInput(Exception):
-    """One unusable input record: ``file:line: reason``."""
+    """One unusable input record: ``file:line: reason`` (``file: reason`` when no line applies)."""
 
-    def __init__(self, source: str, line: int, reason: str) -> None:
-        super().__init__(f"{source}:{line}: {reason}")
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        super().__init__(f"{source}:{line}: {reason}" if line is not None else f"{source}: {reason}")
         self.source = source
         self.line = line
         self.reason = reason
@@ -44,9 +58,32 @@ class Record:
     line: int
 
 
-def _is_supported(name: str) -> bool:
+class Format(NamedTuple):
+    """How to read a file: ``kind`` is jsonl, json, txt or tar; ``compression`` gz, zst or None."""
+
+    kind: str
+    compression: str | None
+
+
+def format_of(name: str) -> Format | None:
+    """The format a file name announces, or None when its suffix is not one we read."""
     low = name.lower()
-    return any(low.endswith(s) for s in SUFFIXES)
+    if low.endswith(".tgz"):
+        return Format("tar", "gz")
+    for csuf, comp in _COMPRESSIONS.items():
+        if csuf and not low.endswith(csuf):
+            continue
+        base = low[: len(low) - len(csuf)]
+        for ksuf, kind in _KINDS.items():
+            if base.endswith(ksuf):
+                return Format(kind, comp)
+        if csuf:
+            return None
+    return None
+
+
+def _is_supported(name: str) -> bool:
+    return format_of(name) is not None
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -68,7 +105,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
             found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and _is_supported(p.name))
             if not found:
                 raise DataError(
-                    f"no .jsonl, .jsonl.zst, .json or .txt files under {item}",
+                    f"no .jsonl, .json or .txt files (plain, .gz or .zst) or tar archives under {item}",
                 )
             for p in found:
                 add(p)
@@ -146,31 +183,41 @@ class _ZstdRaw(io.RawIOBase):
         super().close()
 
 
+def _decompressed(fh: IO[bytes], compression: str | None) -> IO[bytes]:
+    """A buffered stream of ``fh``'s decompressed bytes (``fh`` itself when uncompressed)."""
+    if compression == "zst":
+        return io.BufferedReader(_ZstdRaw(fh), buffer_size=1 << 20)
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    return fh
+
+
 class InputFile:
-    """An open input with a byte position (compressed bytes for .zst) for progress."""
+    """An open input with a byte position (compressed bytes read) for progress.
+
+    ``source`` names what is being read now (``archive.tar:member`` inside an
+    archive) and ``skipped`` counts archive members by suffix that hold no
+    documents we read.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.name = "<stdin>" if path == STDIN else path
-        low = path.lower()
-        self.zst = low.endswith((".zst", ".zstd"))
+        self.source = self.name
+        self.skipped: Counter[str] = Counter()
         self._raw_file: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
-        if self.zst:
-            self._zraw: _ZstdRaw | None = _ZstdRaw(self._raw_file)
-            self.stream: IO[bytes] = io.BufferedReader(self._zraw, buffer_size=1 << 20)
-        else:
-            self._zraw = None
-            self.stream = self._raw_file
-        base = (
-            low[: -len(".zst")]
-            if low.endswith(".zst")
-            else low[: -len(".zstd")]
-            if low.endswith(".zstd")
-            else low
-        )
-        self.kind = "jsonl" if base.endswith(".jsonl") else "json" if base.endswith(".json") else "txt"
         if path == STDIN:
-            self.kind = "stdin"
+            peek = getattr(self._raw_file, "peek", None)
+            head = peek(4)[:4] if peek is not None else b""
+            compression = "gz" if head[:2] == _GZIP_MAGIC else "zst" if head == _ZSTD_MAGIC else None
+            fmt = Format("stdin", compression)
+        else:
+            fmt = format_of(path) or Format("txt", _compression_of(path))
+        self.kind = fmt.kind
+        self.compression = fmt.compression
+        self.stream = _decompressed(self._raw_file, fmt.compression)
+        raw = getattr(self.stream, "raw", None)
+        self._zraw: _ZstdRaw | None = raw if isinstance(raw, _ZstdRaw) else None
 
     def position(self) -> int:
         if self._zraw is not None:
@@ -179,13 +226,19 @@ class InputFile:
             return 0
         try:
             return self._raw_file.tell()
-        except OSError:
+        except (OSError, ValueError):
             return 0
 
     def close(self) -> None:
         if self.path != STDIN:
             self.stream.close()
             self._raw_file.close()
+
+
+def _compression_of(name: str) -> str | None:
+    """Compression of a file whose suffix is otherwise unknown (it is then read as text)."""
+    low = name.lower()
+    return next((c for s, c in _COMPRESSIONS.items() if s and low.endswith(s)), None)
 
 
 def _texts_of(obj: Any, keys: Sequence[str], source: str, line: int) -> list[str]:
@@ -213,18 +266,41 @@ def _decode_line(raw: bytes, source: str, line: int) -> Any:
         raise BadInput(source, line, f"invalid JSON: {exc}") from None
 
 
+def _read_error(exc: Exception) -> str | None:
+    """Why a compressed stream or archive could not be read; None for anything else (a bug)."""
+    if isinstance(exc, TruncatedZstd):
+        return "truncated .zst stream (the file ends inside a frame)"
+    if isinstance(exc, EOFError):
+        return "truncated .gz stream (the file ends inside a gzip member)"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return f"corrupt .gz data: {exc}"
+    if isinstance(exc, tarfile.TarError):
+        return f"truncated or corrupt tar archive: {exc}"
+    if type(exc).__module__.startswith("zstandard"):
+        return f"corrupt .zst data: {exc}"
+    return None
+
+
 def iter_records(f: InputFile, keys: Sequence[str]) -> Iterator[Record | BadInput]:
     """Documents of one input; bad records are yielded as ``BadInput`` (the caller decides)."""
     keys = tuple(keys)
-    name = f.name
+    if f.kind == "tar":
+        yield from _iter_tar(f.stream, f.name, f, keys)
+    else:
+        yield from _iter_stream(f.stream, f.kind, f.name, keys)
+
+
+def _iter_stream(
+    stream: IO[bytes], kind: str, name: str, keys: tuple[str, ...]
+) -> Iterator[Record | BadInput]:
+    """Documents of one decompressed jsonl/json/txt stream (or stdin, sniffed)."""
     lineno = 0
     try:
-        kind = f.kind
         if kind == "stdin":
-            head = f.stream.peek(64)[:64] if hasattr(f.stream, "peek") else b""
+            head = stream.peek(64)[:64] if hasattr(stream, "peek") else b""
             kind = "jsonl" if head.lstrip()[:1] == b"{" else "txt"
         if kind == "txt":
-            data = f.stream.read()
+            data = stream.read()
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -234,9 +310,9 @@ def iter_records(f: InputFile, keys: Sequence[str]) -> Iterator[Record | BadInpu
             yield Record([text] * len(keys), name, 1)
             return
         if kind == "json":
-            head = f.stream.peek(256)[:256] if hasattr(f.stream, "peek") else b""
+            head = stream.peek(256)[:256] if hasattr(stream, "peek") else b""
             if head.lstrip()[:1] == b"[":
-                data = f.stream.read()
+                data = stream.read()
                 try:
                     items = json.loads(data)
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -248,7 +324,7 @@ def iter_records(f: InputFile, keys: Sequence[str]) -> Iterator[Record | BadInpu
                     except BadInput as bad:
                         yield bad
                 return
-        for raw in f.stream:
+        for raw in stream:
             lineno += 1
             if not raw.strip():
                 continue
@@ -257,10 +333,135 @@ def iter_records(f: InputFile, keys: Sequence[str]) -> Iterator[Record | BadInpu
                 yield Record(_texts_of(obj, keys, name, lineno), name, lineno)
             except BadInput as bad:
                 yield bad
-    except TruncatedZstd:
-        yield BadInput(name, lineno + 1, "truncated .zst stream (the file ends inside a frame)")
     except Exception as exc:
-        if type(exc).__module__.startswith("zstandard"):
-            yield BadInput(name, lineno + 1, f"corrupt .zst data: {exc}")
-        else:
+        reason = _read_error(exc)
+        if reason is None:
             raise
+        yield BadInput(name, lineno + 1, reason)
+
+
+# ------------------------------------------------------------------ tar archives
+
+
+class _Guard(io.RawIOBase):
+    """Reads through to ``stream`` and notes a failed read: an archive cannot go on past one."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.failed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except Exception:
+            self.failed = True
+            raise
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+# tarfile's header errors: in the module since Python 3.2 though not in its __all__; were they
+# ever gone, every header error would count as the end marker, which is what tarfile itself does
+_END_MARKER: type[Exception] = getattr(tarfile, "EOFHeaderError", tarfile.HeaderError)
+_NO_HEADER: type[Exception] | None = getattr(tarfile, "EmptyHeaderError", None)
+_SHORT_HEADER: type[Exception] | None = getattr(tarfile, "TruncatedHeaderError", None)
+
+
+class _EndNotingTarInfo(tarfile.TarInfo):
+    """Records why the member list ended: tarfile takes a short or bad header there for the end."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _EndNotingTarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as exc:
+            tarfile_.neox_end = exc  # type: ignore[attr-defined]
+            raise
+
+
+def _skip_label(member: tarfile.TarInfo) -> str | None:
+    """Why a member holds no documents we read (its suffix, for the summary); None when it does."""
+    base = posixpath.basename(member.name)
+    if base.startswith("._") or member.name.startswith("__MACOSX/"):
+        return "macOS metadata"
+    if not member.isreg():
+        return "link or special file"
+    if format_of(member.name) is None:
+        return posixpath.splitext(base)[1].lower() or "no suffix"
+    return None
+
+
+def _end_problem(tf: tarfile.TarFile, last: str | None) -> str | None:
+    """A member list that ends anywhere but at the end-of-archive marker means a damaged archive."""
+    end = getattr(tf, "neox_end", None)
+    if end is None or last is None or isinstance(end, _END_MARKER):
+        return None
+    if _NO_HEADER is not None and isinstance(end, _NO_HEADER):
+        return f"truncated tar archive: it ends after member {last} without the end-of-archive marker"
+    if _SHORT_HEADER is not None and isinstance(end, _SHORT_HEADER):
+        return f"truncated tar archive: it ends inside the member header after {last}"
+    return f"corrupt tar archive: bad member header after {last}: {end}"
+
+
+def _iter_tar(
+    stream: IO[bytes], label: str, f: InputFile, keys: tuple[str, ...]
+) -> Iterator[Record | BadInput]:
+    """Members of a (decompressed) tar stream in archive order, each read like a file of its type.
+
+    Nested archives are read the same way. Members are forgotten once read, so an
+    archive of millions of files streams in constant memory.
+    """
+    guard = _Guard(stream)
+    last: str | None = None
+    try:
+        with tarfile.open(fileobj=guard, mode="r|", tarinfo=_EndNotingTarInfo) as tf:
+            while True:
+                member = tf.next()
+                tf.members.clear()  # type: ignore[attr-defined]  # stream mode never looks back
+                if member is None:
+                    break
+                last = member.name
+                if member.isdir():
+                    continue
+                why = _skip_label(member)
+                fmt = format_of(member.name) if why is None else None
+                fh = tf.extractfile(member) if fmt is not None else None
+                if fmt is None or fh is None:
+                    f.skipped[why or "unreadable"] += 1
+                    continue
+                source = f"{label}:{member.name}"
+                f.source = source
+                member_guard = _Guard(fh)
+                inner = (
+                    _decompressed(cast(IO[bytes], member_guard), fmt.compression)
+                    if fmt.compression
+                    else cast(IO[bytes], io.BufferedReader(member_guard, 1 << 16))
+                )
+                try:
+                    if fmt.kind == "tar":
+                        yield from _iter_tar(inner, source, f, keys)
+                    else:
+                        yield from _iter_stream(inner, fmt.kind, source, keys)
+                finally:
+                    inner.close()
+                if guard.failed or member_guard.failed:  # the error was this archive's, not the member's
+                    return
+            problem = _end_problem(tf, last)
+            if problem:
+                yield BadInput(label, None, problem)
+                return
+        while guard.read(1 << 16):  # lets a compressed stream notice a truncated end
+            pass
+    except Exception as exc:
+        reason = _read_error(exc)
+        if reason is None:
+            raise
+        if last is None and isinstance(exc, tarfile.ReadError):
+            reason = f"not a tar archive ({exc})"
+        yield BadInput(label, None, reason + (f", after member {last}" if last else ""))
