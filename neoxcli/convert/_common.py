@@ -121,3 +121,14 @@ def split_qkv(qkv: Tensor, num_heads: int, kv_heads: int) -> tuple[Tensor, Tenso
     k = grouped[:, q_per_kv].reshape(kv_heads * head_dim, *rest)
     v = grouped[:, q_per_kv + 1].reshape(kv_heads * head_dim, *rest)
     return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def cast_state(state: StateDict, dtype: torch.dtype | None) -> StateDict:
+    """CPU, contiguous, unshared copies (floating tensors cast to ``dtype`` when given), ready to save."""
+    out: StateDict = {}
+    for key, value in state.items():
+        t = value.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        out[key] = t.contiguous().clone()
+    return out

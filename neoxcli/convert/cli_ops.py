@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from neoxcli.config.schema import ModelConfig
-from neoxcli.convert._common import ConversionError, StateDict
+from neoxcli.convert._common import ConversionError, StateDict, cast_state
 from neoxcli.errors import DataError, NeoxError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -306,12 +306,7 @@ def import_hf(
             tokenizer_type="HFTokenizer", vocab_file=str(final_tag_dir / TOKENIZER_NAME)
         ),
     )
-    module = {}
-    for key, value in state.items():
-        t = value.detach().to("cpu")
-        if torch_dtype is not None and t.is_floating_point():
-            t = t.to(torch_dtype)
-        module[key] = t.contiguous().clone()
+    module = cast_state(state, torch_dtype)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tag_dir = tmp / tag
         tag_dir.mkdir()

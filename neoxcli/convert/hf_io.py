@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from neoxcli.convert._common import StateDict
+from neoxcli.convert._common import StateDict, cast_state
 from neoxcli.errors import DataError
 
 
@@ -43,12 +43,7 @@ def save_hf_dir(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for key, value in state_dict.items():
-        t = value.detach().to("cpu")
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        tensors[key] = t.contiguous().clone()
+    tensors = cast_state(state_dict, dtype)
     config = dict(config)
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from neoxcli.config.schema import ModelConfig
-from neoxcli.convert._common import ConversionError, StateDict
+from neoxcli.convert._common import ConversionError, StateDict, cast_state
 from neoxcli.errors import DataError
 
 _ROW_PARALLEL = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
@@ -176,12 +176,7 @@ def import_gpt_neox(
     divisor = vocab_divisor(tokenizer.vocab_size, rows)
     model_cfg = cfg.model.model_copy(update={"make_vocab_size_divisible_by": divisor})
     torch_dtype = parse_dtype(dtype)
-    module = {}
-    for key, value in state.items():
-        t = value.detach().to("cpu")
-        if torch_dtype is not None and t.is_floating_point():
-            t = t.to(torch_dtype)
-        module[key] = t.contiguous().clone()
+    module = cast_state(state, torch_dtype)
     model = GPTModel(model_cfg, padded_vocab_size(tokenizer.vocab_size, divisor))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = sorted(set(expected) ^ set(module)) or [
