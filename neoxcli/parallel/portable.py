@@ -92,8 +92,12 @@ def _full(engine: Any, param: Any, key: str | None) -> torch.Tensor | None:
     return None if value is None else value.detach().float().cpu().clone()
 
 
-def gather_state(engine: Any) -> dict[str, Any]:
-    """Per-parameter fp32 weights and Adam moments of this rank's shard (every rank must call)."""
+def gather_state(engine: Any, keep: bool = True) -> dict[str, Any]:
+    """Per-parameter fp32 weights and Adam moments of this rank's shard (every rank must call).
+
+    Ranks that will not write pass ``keep=False``: they join each collective but
+    drop the gathered tensors at once, so only the writer ever holds a full shard.
+    """
     base = _base_optimizer(engine)
     params: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in engine.module.named_parameters():
@@ -103,9 +107,10 @@ def gather_state(engine: Any) -> dict[str, Any]:
         plain = base.state.get(p, {}) if fp32 is None else {}
         for key in _MOMENTS:
             value = _full(engine, p, key) if fp32 is not None else plain.get(key)
-            if value is not None:
+            if value is not None and keep:
                 entry[key] = value.detach().float().cpu().clone()
-        params[name] = entry
+        if keep:
+            params[name] = entry
     steps = [float(s["step"]) for s in base.state.values() if "step" in s]
     return {"params": params, "step": max(steps) if steps else 0.0}
 
@@ -114,7 +119,7 @@ def save_portable(
     engine: Any, tag_dir: Path, stage: int, tp_rank: int, write: bool, extra: dict[str, Any]
 ) -> None:
     """Gather (collectively) and, where ``write``, store this shard's portable state."""
-    state = gather_state(engine)
+    state = gather_state(engine, keep=write)
     if not write:
         return
     state.update(extra)
