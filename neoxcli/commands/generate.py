@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 print()
             results.append({"prompt": p or "", "text": text})
         if output_file is not None:
-            from neoxcli.training.checkpoint import atomic_write_text
+            from neoxcli.fileio import atomic_write_text
 
             atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
             print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)

@@ -124,7 +124,7 @@ def convert_config_file(
     from neoxcli.config import load_config
     from neoxcli.config.loader import _read, dump_yaml
     from neoxcli.errors import ConfigError
-    from neoxcli.training.checkpoint import atomic_write_text
+    from neoxcli.fileio import atomic_write_text
 
     cfg = load_config([in_path], warn=lambda _m: None)
     hidden, old_lr, old_min = cfg.model.hidden_size, cfg.train.optimizer.lr, cfg.train.min_lr

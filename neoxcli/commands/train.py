@@ -39,8 +39,8 @@ class ConsoleReporter:
         plan = d["plan"]
         self.console.print(
             f"[bold cyan]neox[/]: {d['params'] / 1e6:.2f}M parameters on {d['device']} "
-            f"x{d['world_size']}, {plan.precision}, batch {plan.train_batch} "
-            f"(micro {plan.micro_batch} x accum {plan.grad_accum} x dp {plan.dp_size}), "
+            f"x{d['world_size']}, {plan.precision}, batch {plan.train_batch_size} "
+            f"(micro {plan.micro_batch} x accum {plan.gradient_accumulation_steps} x dp {plan.dp_size}), "
             f"{d['iterations']} iterations"
         )
         if self.live:

@@ -21,12 +21,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neoxcli.data.indexed import dataset_exists
 from neoxcli.data.prepare import PrepareResult, Progress, output_prefix_for, prepare, tokenize_records
 from neoxcli.data.readers import Record
 from neoxcli.data.tokenizer import Tokenizer, build_tokenizer, train_bpe_tokenizer
 from neoxcli.errors import DataError
+from neoxcli.fileio import atomic_write_text
 
 STDLIB = "python-stdlib"
 STDLIB_VOCAB = 8192
@@ -156,10 +158,17 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+def _up_to_date(manifest_path: Path, want: dict[str, Any], prefix: str, force: bool) -> dict[str, Any] | None:
+    """The manifest of an earlier run with the same settings whose dataset is still there, else None."""
+    if force:
+        return None
+    old = _read_manifest(manifest_path)
+    if old is None or any(old.get(k) != v for k, v in want.items()) or not dataset_exists(prefix):
+        return None
+    return old
 
 
 def _prepare_stdlib(
@@ -180,14 +189,8 @@ def _prepare_stdlib(
         "vocab_size": vocab_size,
         "max_files": max_files,
     }
-    old = _read_manifest(manifest_path)
-    if (
-        not force
-        and old is not None
-        and all(old.get(k) == v for k, v in want.items())
-        and dataset_exists(prefix)
-        and tok_path.is_file()
-    ):
+    old = _up_to_date(manifest_path, want, prefix, force)
+    if old is not None and tok_path.is_file():
         return PreparedDataset(
             STDLIB,
             prefix,
@@ -356,13 +359,8 @@ def _prepare_download(
     prefix = output_prefix_for(out_dir / preset.name, "text")
     manifest_path = _manifest_path(out_dir, preset.name)
     want = {"preset": preset.name, "tokenizer": asdict(tok.spec), "max_docs": max_docs}
-    old = _read_manifest(manifest_path)
-    if (
-        not force
-        and old is not None
-        and all(old.get(k) == v for k, v in want.items())
-        and dataset_exists(prefix)
-    ):
+    old = _up_to_date(manifest_path, want, prefix, force)
+    if old is not None:
         return PreparedDataset(
             preset.name,
             prefix,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from neoxcli.errors import NeoxError
+from neoxcli.fileio import atomic_write_text
 from neoxcli.launchers.hostlist import expand_nodelist, parse_tasks_per_node, split_nodelist
 
 _LINE = re.compile(r"(\S+)\s+slots\s*=\s*([0-9]+)")
@@ -116,25 +116,9 @@ def write_hostfile(hosts: Iterable[Host], path: str | os.PathLike[str]) -> None:
     if not directory.is_dir():
         raise NeoxError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        atomic_write_text(path, text, keep_mode=True)
     except OSError as exc:
         raise NeoxError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NeoxError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-        raise
 
 
 # --- Slurm -------------------------------------------------------------------------------------

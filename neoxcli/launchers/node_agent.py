@@ -116,32 +116,37 @@ def launcher_rank(env: Mapping[str, str]) -> str:
         return "?"
 
 
-def _stop(procs: Sequence[subprocess.Popen[bytes]], sig: int, grace_s: float) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left."""
     for proc in procs:
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
     for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        # Also the group of a leader that already exited: its children may linger.
+        _signal_group(proc, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
 
 
-def _status(code: int) -> tuple[str, int]:
-    if code < 0:
+def describe_status(returncode: int) -> tuple[str, int]:
+    """``(text, exit code)`` for a Popen return code: negative means killed by that signal."""
+    if returncode < 0:
         try:
-            name = signal.Signals(-code).name
+            name = signal.Signals(-returncode).name
         except ValueError:
-            name = str(-code)
-        return f"was killed by signal {name}", 128 - code
-    return f"exited with code {code}", code
+            name = str(-returncode)
+        return f"was killed by signal {name}", 128 - returncode
+    return f"exited with code {returncode}", returncode
 
 
 class ExitWatcher:
@@ -207,10 +212,10 @@ def supervise_ranks(
             failed = watcher.first_failure()
             if failed is not None:
                 index, code = failed
-                what, exit_code = _status(code)
+                what, exit_code = describe_status(code)
                 # Report first: the launcher can start stopping other hosts while we stop ours.
                 print(f"neox: rank {ranks[index]} on host {host} {what}", file=sys.stderr, flush=True)
-                _stop(procs, signal.SIGTERM, grace_s)
+                stop_all(procs, grace_s)
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
                 return 0
@@ -218,7 +223,7 @@ def supervise_ranks(
                 raise _Stop(signal.SIGHUP, "the launcher went away")
             time.sleep(poll_s)
     except _Stop as stop:
-        _stop(procs, signal.SIGTERM, grace_s)
+        stop_all(procs, grace_s)
         print(f"neox: host {host}: {stop.why}; stopped {len(procs)} rank(s)", file=sys.stderr, flush=True)
         return 128 + stop.signum
 

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import IO
 
 from neoxcli.launchers.base import LaunchCommand
-from neoxcli.launchers.node_agent import ExitWatcher, die_with_parent
+from neoxcli.launchers.node_agent import (
+    STOP_GRACE_S,
+    ExitWatcher,
+    describe_status,
+    die_with_parent,
+    stop_all,
+)
 
 # Written by neoxcli.launchers.node_agent when a rank fails; found anywhere in a line, because
 # pdsh and srun prefix lines with the host or task.
@@ -29,7 +35,6 @@ FAILURE_LINE = re.compile(
     r"neox: rank (?P<rank>\d+) on host (?P<host>\S+) "
     r"(?P<what>exited with code (?P<code>-?\d+)|was killed by signal (?P<signal>\w+))"
 )
-STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -39,17 +44,6 @@ class Failure:
     who: str
     what: str
     code: int
-
-
-def describe_status(returncode: int) -> tuple[str, int]:
-    """``(text, exit code)`` for a Popen return code: negative means killed by that signal."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return f"was killed by signal {name}", 128 - returncode
-    return f"exited with code {returncode}", returncode
 
 
 def failure_from_line(line: str) -> Failure | None:
@@ -104,28 +98,6 @@ class _Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    for proc in procs:
-        # Also the group of a leader that already exited: its children may linger.
-        _signal_group(proc, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.wait()
 
 
 def supervise(

@@ -36,7 +36,7 @@ def portable_name(stage: int, tp_rank: int) -> str:
 
 def write_layout(tag_dir: Path, layout: Layout) -> None:
     """Record the layout a checkpoint was saved under (read before any engine exists)."""
-    from neoxcli.training.checkpoint import atomic_write_text
+    from neoxcli.fileio import atomic_write_text
 
     atomic_write_text(tag_dir / LAYOUT_NAME, json.dumps(layout.as_dict()) + "\n")
 

@@ -13,14 +13,13 @@ tensor/pipeline layout (``neoxcli.parallel.reshard``).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neoxcli.errors import NeoxError
+from neoxcli.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from neoxcli.config.schema import ModelConfig
@@ -32,21 +31,6 @@ _STEP_RE = re.compile(r"^global_step(\d+)$")
 
 def tag_for(iteration: int) -> str:
     return f"global_step{iteration}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_latest(save_dir: Path, tag: str) -> None:

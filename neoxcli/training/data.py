@@ -68,17 +68,8 @@ def build_datasets(
     from neoxcli.data.gpt_dataset import build_train_valid_test
 
     train_n, valid_n, test_n = sample_counts(cfg, train_batch)
-    d = cfg.data
     return build_train_valid_test(
-        data_path=d.data_path,
-        split=d.split,
-        train_data_paths=d.train_data_paths,
-        valid_data_paths=d.valid_data_paths,
-        test_data_paths=d.test_data_paths,
-        train_data_weights=d.train_data_weights,
-        valid_data_weights=d.valid_data_weights,
-        test_data_weights=d.test_data_weights,
-        label_data_paths=d.label_data_paths,
+        cfg.data,
         seq_length=cfg.model.seq_length,
         seed=cfg.train.seed,
         train_samples=train_n,

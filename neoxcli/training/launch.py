@@ -36,7 +36,7 @@ def run_dir(cfg: NeoXConfig, local: bool) -> Path:
 
 def write_run_config(cfg: NeoXConfig, path: Path) -> Path:
     from neoxcli.config import dump_config
-    from neoxcli.training.checkpoint import atomic_write_text
+    from neoxcli.fileio import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, dump_config(cfg))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neoxcli.config.derived import Derived
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import NeoxError
 from neoxcli.parallel.grid import Layout, ParallelGrid
@@ -38,47 +39,20 @@ class TrainResult:
     model: Any = field(default=None, repr=False)
 
 
-@dataclass
-class Plan:
-    """The numbers the loop needs, derived once from the config and the job size."""
-
-    micro_batch: int
-    grad_accum: int
-    train_batch: int
-    dp_size: int
-    zero_stage: int
-    precision: str
-    vocab_size: int
-    padded_vocab: int
-    warmup_iters: float
-    decay_iters: int
-
-
-def make_plan(cfg: NeoXConfig, world_size: int, vocab_size: int, bf16_ok: bool) -> Plan:
+def make_plan(cfg: NeoXConfig, world_size: int, vocab_size: int, bf16_ok: bool) -> Derived:
+    """The numbers the loop needs (batch triplet, precision, schedule), derived once for this job."""
     from neoxcli.config import resolve
 
-    d = resolve(cfg, world_size=world_size, vocab_size=vocab_size, bf16_supported=bf16_ok)
-    return Plan(
-        micro_batch=d.micro_batch,
-        grad_accum=d.gradient_accumulation_steps,
-        train_batch=d.train_batch_size,
-        dp_size=d.dp_size,
-        zero_stage=d.zero_stage,
-        precision=d.precision,
-        vocab_size=vocab_size,
-        padded_vocab=d.padded_vocab_size,
-        warmup_iters=d.warmup_iters,
-        decay_iters=d.lr_decay_iters,
-    )
+    return resolve(cfg, world_size=world_size, vocab_size=vocab_size, bf16_supported=bf16_ok)
 
 
-def deepspeed_config(cfg: NeoXConfig, plan: Plan) -> dict[str, Any]:
+def deepspeed_config(cfg: NeoXConfig, plan: Derived) -> dict[str, Any]:
     """The DeepSpeed config dict; everything else about the run stays in neox's own config."""
     zero = dict(cfg.parallel.zero_optimization or {"stage": 0})
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,
-        "gradient_accumulation_steps": plan.grad_accum,
-        "train_batch_size": plan.train_batch,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "train_batch_size": plan.train_batch_size,
         "gradient_clipping": cfg.train.gradient_clipping,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -315,7 +289,7 @@ def train(
     # Every rank builds the full model from the seed, then keeps its shard: all
     # layouts start from the weights a single process would train.
     seed_everything(cfg.train.seed)
-    model = GPTModel(cfg.model, plan.padded_vocab)
+    model = GPTModel(cfg.model, plan.padded_vocab_size)
     if layout.tp > 1:
         apply_tensor_parallel(model, grid.tp_group, grid.tp_rank, layout.tp)
     loss_fn = make_loss_fn(grid.tp_group if layout.tp > 1 else None)
@@ -329,7 +303,7 @@ def train(
 
         assert load_dir is not None and resume_tag
         portable = reshard_portable(
-            load_dir / resume_tag, model, cfg.model, plan.padded_vocab, layout.tp, grid.tp_rank
+            load_dir / resume_tag, model, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
         )
     if portable is not None:
         load_module_weights(model, portable)
@@ -339,7 +313,7 @@ def train(
         max_lr=cfg.train.optimizer.lr,
         min_lr=cfg.train.min_lr,
         warmup_iters=plan.warmup_iters,
-        decay_iters=plan.decay_iters,
+        decay_iters=plan.lr_decay_iters,
         style=cfg.train.lr_decay_style,
     )
     from deepspeed.utils import groups as ds_groups
@@ -375,7 +349,7 @@ def train(
     dp_rank = grid.dp_rank
     train_ds, valid_ds, _test_ds = build_datasets(
         cfg,
-        train_batch=plan.train_batch,
+        train_batch=plan.train_batch_size,
         cache_dir=cache_dir,
         rank=dist.rank,
         barrier=torch.distributed.barrier,
@@ -412,7 +386,7 @@ def train(
     portable = None
 
     sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
-    tokens_per_iter = plan.train_batch * cfg.model.seq_length
+    tokens_per_iter = plan.train_batch_size * cfg.model.seq_length
     n_params = sum(p.numel() for p in model.parameters())
     emit(
         "start",
@@ -443,11 +417,14 @@ def train(
         with torch.no_grad():
             for it in range(cfg.train.eval_iters):
                 if layout.pp > 1:
-                    micro = (ev.batch(it * plan.train_batch, m) for m in range(plan.grad_accum))
+                    micro = (
+                        ev.batch(it * plan.train_batch_size, m)
+                        for m in range(plan.gradient_accumulation_steps)
+                    )
                     losses.append(float(engine.eval_batch(micro)))
                     continue
-                for m in range(plan.grad_accum):
-                    x, y = ev.batch(it * plan.train_batch, m)
+                for m in range(plan.gradient_accumulation_steps):
+                    x, y = ev.batch(it * plan.train_batch_size, m)
                     losses.append(float(loss_fn(engine(x.to(device)), y.to(device))))
         engine.train()
         return all_mean(float(np.mean(losses)))
@@ -518,16 +495,16 @@ def train(
             step_losses = []
             if layout.pp > 1:
                 # The pipeline engine runs all micro steps and the optimizer step itself.
-                micro = (sampler.batch(consumed, m) for m in range(plan.grad_accum))
+                micro = (sampler.batch(consumed, m) for m in range(plan.gradient_accumulation_steps))
                 step_losses.append(float(engine.train_batch(micro)))
-            for m in range(plan.grad_accum if layout.pp == 1 else 0):
+            for m in range(plan.gradient_accumulation_steps if layout.pp == 1 else 0):
                 x, y = sampler.batch(consumed, m)
                 logits = engine(x.to(device))
                 loss = loss_fn(logits, y.to(device))
                 engine.backward(loss)
                 engine.step()
                 step_losses.append(float(loss.detach()))
-            consumed += plan.train_batch
+            consumed += plan.train_batch_size
             iteration += 1
             train_loss = all_mean(float(np.mean(step_losses)))
             if not math.isfinite(train_loss):
@@ -572,7 +549,7 @@ def train(
             result.sample = _sample(engine.module, tokenizer, cfg, device)
         elif result.checkpoint is not None:
             # This rank holds one shard; sample from the full model merged from the checkpoint just saved.
-            full = GPTModel(cfg.model, plan.padded_vocab)
+            full = GPTModel(cfg.model, plan.padded_vocab_size)
             full.load_state_dict(ckpt.load_module_state(result.checkpoint, cfg.model))
             result.sample = _sample(full.to(device=device, dtype=torch.float32), tokenizer, cfg, device)
         else:
