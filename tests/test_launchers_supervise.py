@@ -27,8 +27,10 @@ RANK_SCRIPT = """
 import json, os, sys, time
 rank = os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "x"))
 out = os.environ["OUT"]
-with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
+tmp = os.path.join(out, f".rank-{rank}.tmp")
+with open(tmp, "w") as f:
     json.dump({"pid": os.getpid(), "env": dict(os.environ)}, f)
+os.replace(tmp, os.path.join(out, f"rank-{rank}.json"))  # readers never see a half-written file
 if rank == os.environ.get("FAIL_RANK"):
     time.sleep(float(os.environ.get("FAIL_AFTER", "0.3")))
     sys.exit(int(os.environ.get("FAIL_CODE", "3")))

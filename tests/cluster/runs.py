@@ -32,9 +32,11 @@ if _is_worker():
     if _where:
         _keep = [k for k in os.environ if k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "OMP_",
                  "OMPI_COMM_WORLD", "SLURM_PROCID", "SLURM_NTASKS", "JSM_", "TIER_", "GLOO_"))]
-        with open(os.path.join(_where, f"{socket.gethostname()}-{os.getpid()}.json"), "w") as _f:
+        _name = os.path.join(_where, f"{socket.gethostname()}-{os.getpid()}")
+        with open(_name + ".tmp", "w") as _f:
             json.dump({"host": socket.gethostname(), "rank": _rank,
                        "env": {k: os.environ[k] for k in _keep}}, _f)
+        os.replace(_name + ".tmp", _name + ".json")
     _path = os.environ.get("NEOX_TEST_FAIL_AFTER")
     if _path and _rank == os.environ.get("NEOX_TEST_FAIL_RANK"):
         def _die():
