@@ -1,14 +1,16 @@
 """Engine tier for parallel training: real 2-process runs through DeepSpeed over gloo.
 
-Two launches of 2 ranks, each running several layouts one after another in the
-same processes (a launch costs ~10 s here, a layout ~2 s):
+Two launches of 2 ranks and one of 4, each running several layouts one after
+another in the same processes (a launch costs ~10 s here, a layout ~2 s):
 
 * launch A trains 10 steps under ZeRO-1, ZeRO-2, ZeRO-3 (data parallel 2),
   tensor parallel 2 and pipeline parallel 2, saving at step 5;
 * launch B resumes each of them from step 5 under the same layout, and
   re-splits checkpoints for another layout: the 1-process ZeRO-0 one under
   ZeRO-3 with data parallel 2, tensor parallel 2 and pipeline parallel 2, and
-  the tensor-parallel one under pipeline parallel 2.
+  the tensor-parallel one under pipeline parallel 2;
+* launch C (4 ranks) trains the combinations TP2xPP2, TP2xDP2 and PP2xDP2
+  and re-splits the 1-process checkpoint for TP2xPP2.
 
 A 1-process reference run (in this process) gives the golden losses, and
 more 1-process resumes cover ZeRO-stage and data-parallel-size changes and
@@ -58,6 +60,16 @@ RESPLIT_2: dict[str, tuple[str, dict[str, Any]]] = {
 RESPLIT_1: dict[str, tuple[str, dict[str, Any]]] = {
     "tp2-to-tp1": ("tp2", {"model_parallel_size": 1}),
     "pp2-to-pp1": ("pp2", {"pipe_parallel_size": 1}),
+    "tp2pp2-to-1": ("tp2pp2", {"model_parallel_size": 1, "pipe_parallel_size": 1}),
+}
+# Combinations that need 4 processes (two on each of this machine's cores).
+LAYOUTS_4: dict[str, dict[str, Any]] = {
+    "tp2pp2": {"model_parallel_size": 2, "pipe_parallel_size": 2, "zero_optimization": {"stage": 0}},
+    "tp2dp2": {"model_parallel_size": 2, "zero_optimization": {"stage": 1}},
+    "pp2dp2": {"pipe_parallel_size": 2, "zero_optimization": {"stage": 1}},
+}
+RESPLIT_4: dict[str, tuple[str, dict[str, Any]]] = {
+    "ref-to-tp2pp2": ("ref", {"model_parallel_size": 2, "pipe_parallel_size": 2}),
 }
 
 
@@ -185,6 +197,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     resumes.append(_resume_config(root, "ref", "ref-to-zero3-dp2", zero_optimization={"stage": 3}))
     resumes += [_resume_config(root, source, name, **over) for name, (source, over) in RESPLIT_2.items()]
     second = _launch(root, resumes, "launch-b")
+    combos = [_config(root, name, **over) for name, over in LAYOUTS_4.items()]
+    combos += [_resume_config(root, source, name, **over) for name, (source, over) in RESPLIT_4.items()]
+    results.update(_launch(root, combos, "launch-c", nproc=4))
     for source, name, over in (
         ("zero1", "zero1-to-zero2-dp1", {"zero_optimization": {"stage": 2}}),
         ("zero3", "zero3-to-zero0-dp1", {"zero_optimization": {"stage": 0}}),
@@ -203,7 +218,7 @@ def _max_diff(a: dict[Any, float], b: dict[Any, float]) -> float:
     return max(abs(a[k] - b[k]) for k in keys)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [*LAYOUTS, *LAYOUTS_4])
 def test_layout_matches_one_process(runs: dict[str, Any], layout: str) -> None:
     ref, got = runs["ref"], runs[layout]
     assert sorted(map(int, got["losses"])) == list(range(1, 11))
@@ -242,15 +257,20 @@ def test_checkpoint_files_follow_the_layout(runs: dict[str, Any]) -> None:
     pp = root / "runs" / "pp2" / "global_step5"
     assert (pp / "layer_00-model_00-model_states.pt").is_file()
     assert {p.name for p in pp.glob("portable_*.pt")} == {"portable_pp00_tp00.pt", "portable_pp01_tp00.pt"}
+    both = root / "runs" / "tp2pp2" / "global_step5"
+    assert {p.name for p in both.glob("portable_*.pt")} == {
+        f"portable_pp{stage:02d}_tp{tp:02d}.pt" for stage in range(2) for tp in range(2)
+    }
+    assert (both / "layer_00-model_01-model_states.pt").is_file()
     z3 = root / "runs" / "zero3" / "global_step5"
     assert len(list(z3.glob("*optim_states.pt"))) == 2
     assert json.loads((z3 / "layout.json").read_text()) == {"tp": 1, "pp": 1, "dp": 2, "zero_stage": 3}
 
 
-@pytest.mark.parametrize("name", [*RESPLIT_2, *RESPLIT_1])
+@pytest.mark.parametrize("name", [*RESPLIT_2, *RESPLIT_1, *RESPLIT_4])
 def test_resume_across_tensor_and_pipeline_sizes(runs: dict[str, Any], name: str) -> None:
     """Weights and Adam moments re-split for the new layout: steps 6..10 follow the 1-process run."""
-    source = (RESPLIT_2 | RESPLIT_1)[name][0]
+    source = (RESPLIT_2 | RESPLIT_1 | RESPLIT_4)[name][0]
     resumed = runs[name]["losses"]
     assert sorted(int(k) for k in resumed) == list(range(6, 11))
     assert _max_diff(runs["ref"]["losses"], resumed) <= TOL
@@ -303,13 +323,13 @@ def test_sharded_checkpoints_load_for_inference(runs: dict[str, Any], tmp_path: 
     with torch.no_grad():
         expected = ref(x)
     texts = {}
-    for name in ("ref", "tp2", "pp2", "tp2-to-tp1"):
+    for name in ("ref", "tp2", "pp2", "tp2pp2", "tp2-to-tp1"):
         model, _, cfg = load_for_inference(root / name)
         with torch.no_grad():
             diff = (model(x) - expected).abs().max().item()
         assert diff <= 1e-4, f"{name}: max |dlogit| {diff:.2e}"
         tag = root / name / "global_step10"
-        if name in ("tp2", "pp2"):
+        if name in ("tp2", "pp2", "tp2pp2"):
             # DeepSpeed's per-rank module files (fp32 here) merge to the portable files' weights.
             portable, deepspeed_files = load_module_state(tag, cfg.model), merge_module_files(tag, cfg.model)
             assert set(portable) == set(deepspeed_files)
