@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except exits as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
-    except aborts:
+    except aborts as exc:
+        # Click turns any EOFError into Abort; only an interrupt is the user's doing.
+        if isinstance(exc.__cause__, EOFError):
+            raise exc.__cause__ from None
         print("aborted", file=sys.stderr)
         return 130
     except click_errors as exc:

@@ -163,3 +163,49 @@ def test_generate_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.
     assert main(["generate", "-c", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: checkpoint not found")
+
+
+def _resume_from_step15(tmp: Path, name: str) -> Path:
+    from neoxcli.training.checkpoint import write_latest
+
+    run = tmp / name
+    run.mkdir()
+    shutil.copytree(tmp / "run" / "global_step15", run / "global_step15")
+    write_latest(run, "global_step15")
+    return run
+
+
+def _one_error(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len([line for line in err if line.startswith("error:")]) == 1, err
+    return err
+
+
+def test_resume_from_a_broken_checkpoint_is_one_error(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `latest` naming nothing, a truncated file and another model size each give one line, exit 2."""
+    tmp, *_ = trained
+    run = _resume_from_step15(tmp, "broken")
+    args = ["train", str(tmp / "tiny.yml"), "--set", f"save={run}", "--set", f"load={run}"]
+    args += ["--set", "sample_at_end=false"]
+
+    (run / "latest").write_text("global_step99")
+    assert main(args) == 2
+    err = _one_error(capsys)
+    assert err[0] == f"error: {run / 'latest'} names 'global_step99', which is not a directory in {run}"
+
+    (run / "latest").write_text("global_step15")
+    assert main([*args, "--set", "hidden_size=128"]) == 2
+    err = _one_error(capsys)
+    assert err[0].startswith(
+        f"error: checkpoint {run / 'global_step15'} does not fit this model: size mismatch"
+    )
+    assert (
+        err[1]
+        == "hint: the checkpoint was trained with other model settings: hidden_size: 64 there, 128 here"
+    )
+
+    (run / "global_step15" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    assert main(args) == 2  # a bare EOFError used to be reported as "aborted", exit 130
+    err = _one_error(capsys)
+    assert err[0].startswith(f"error: checkpoint {run / 'global_step15'} is unreadable")
+    assert not (run / "global_step16").exists() and (run / "latest").read_text() == "global_step15"

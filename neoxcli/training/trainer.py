@@ -6,12 +6,14 @@ the metrics files and the small extra files of each checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import pickle
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,52 @@ def check_resume_layout(
     return "portable" if saved != layout else None
 
 
+@contextlib.contextmanager
+def reading_checkpoint(tag_dir: Path, model_cfg: Any = None) -> Iterator[None]:
+    """Turn a truncated or mismatched checkpoint file into one error naming the checkpoint.
+
+    Without this an empty ``.pt`` surfaces as a bare ``EOFError`` (which the CLI
+    framework even reports as a user abort) and a shape mismatch as a torch traceback.
+    """
+    try:
+        yield
+    except (EOFError, pickle.UnpicklingError) as exc:
+        raise NeoxError(
+            f"checkpoint {tag_dir} is unreadable ({type(exc).__name__}: {exc}): a file in it is truncated or corrupt",
+            hint="resume from an earlier checkpoint by writing its tag (e.g. global_step100) into 'latest'",
+        ) from exc
+    except RuntimeError as exc:
+        text = str(exc)
+        if "PytorchStreamReader" in text or "central directory" in text:
+            raise NeoxError(
+                f"checkpoint {tag_dir} is unreadable: a file in it is truncated or corrupt ({text.splitlines()[0]})",
+                hint="resume from an earlier checkpoint by writing its tag (e.g. global_step100) into 'latest'",
+            ) from exc
+        if not any(m in text for m in ("size mismatch", "Missing key", "Unexpected key")):
+            raise
+        detail = next((line.strip() for line in text.splitlines()[1:] if line.strip()), text.strip())
+        raise NeoxError(
+            f"checkpoint {tag_dir} does not fit this model: {detail if len(detail) <= 200 else detail[:200] + '…'}",
+            hint=_model_differences(tag_dir, model_cfg)
+            or "the model settings must match the ones the checkpoint was trained with (see its config.yml)",
+        ) from exc
+
+
+def _model_differences(tag_dir: Path, model_cfg: Any) -> str | None:
+    """Name the model settings that differ from the checkpoint's config.yml, if it can be read."""
+    if model_cfg is None:
+        return None
+    try:
+        saved = ckpt._saved_model_config(tag_dir).model_dump()
+    except Exception:  # noqa: BLE001 - only a better hint is lost
+        return None
+    now = model_cfg.model_dump()
+    diffs = [f"{k}: {saved[k]!r} there, {now[k]!r} here" for k in saved if k in now and saved[k] != now[k]]
+    if not diffs:
+        return None
+    return "the checkpoint was trained with other model settings: " + "; ".join(diffs[:5])
+
+
 def _saved_partition(tag_dir: Path) -> str | None:
     """``pipe_partition_method`` of the run that wrote ``tag_dir`` (from its config.yml)."""
     import yaml
@@ -274,6 +322,11 @@ def train(
     grid = ParallelGrid(layout, dist.rank)
     load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
     resume_tag = ckpt.read_latest(load_dir) if load_dir is not None else None
+    if load_dir is not None and resume_tag and not (load_dir / resume_tag).is_dir():
+        raise NeoxError(
+            f"{load_dir / 'latest'} names {resume_tag!r}, which is not a directory in {load_dir}",
+            hint="write the tag of an existing checkpoint into 'latest', or remove it to start from scratch",
+        )
     portable: dict[str, Any] | None = None
     mode: str | None = None
     if load_dir is not None and resume_tag:
@@ -284,7 +337,8 @@ def train(
                 saved_layout, layout, tag_dir, _saved_partition(tag_dir), cfg.parallel.pipe_partition_method
             )
         if mode == "portable":
-            portable = load_portable(tag_dir, grid.stage, grid.tp_rank)
+            with reading_checkpoint(tag_dir, cfg.model):
+                portable = load_portable(tag_dir, grid.stage, grid.tp_rank)
 
     # Every rank builds the full model from the seed, then keeps its shard: all
     # layouts start from the weights a single process would train.
@@ -302,9 +356,10 @@ def train(
         from neoxcli.parallel.reshard import reshard_portable
 
         assert load_dir is not None and resume_tag
-        portable = reshard_portable(
-            load_dir / resume_tag, model, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
-        )
+        with reading_checkpoint(load_dir / resume_tag, cfg.model):
+            portable = reshard_portable(
+                load_dir / resume_tag, model, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
+            )
     if portable is not None:
         load_module_weights(model, portable)
     optimizer = build_optimizer(cfg, model, device.type)
@@ -365,7 +420,8 @@ def train(
         engine.global_steps = int(client["iteration"])
         engine.global_samples = int(client["consumed_samples"])
     elif load_dir is not None and resume_tag:
-        path, client = engine.load_checkpoint(str(load_dir), tag=resume_tag)
+        with reading_checkpoint(load_dir / resume_tag, cfg.model):
+            path, client = engine.load_checkpoint(str(load_dir), tag=resume_tag)
         if path is None:
             raise NeoxError(f"could not load checkpoint {load_dir}/{resume_tag}")
     if client is not None:
