@@ -209,3 +209,14 @@ def test_resume_from_a_broken_checkpoint_is_one_error(trained, capsys: pytest.Ca
     err = _one_error(capsys)
     assert err[0].startswith(f"error: checkpoint {run / 'global_step15'} is unreadable")
     assert not (run / "global_step16").exists() and (run / "latest").read_text() == "global_step15"
+
+
+def test_finished_run_says_nothing_is_left(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp, *_ = trained
+    run = tmp / "finished"
+    shutil.copytree(tmp / "run", run)
+    args = ["train", str(tmp / "tiny.yml"), "--set", f"save={run}", "--set", f"load={run}"]
+    assert main([*args, "--set", "sample_at_end=false"]) == 0
+    out = capsys.readouterr()
+    assert "nothing left to train: train_iters is 30; raise it to continue" in out.out + out.err
+    assert (run / "latest").read_text() == "global_step30" and not (run / "global_step31").exists()

@@ -439,6 +439,11 @@ def train(
             "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
         }.get(mode or "", "")
         emit("info", {"message": f"resumed from {load_dir}/{resume_tag} at iteration {iteration}{how}"})
+        if iteration >= cfg.train.train_iters:
+            emit(
+                "info",
+                {"message": f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue"},
+            )
     portable = None
 
     sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
