@@ -442,7 +442,9 @@ def train(
         if iteration >= cfg.train.train_iters:
             emit(
                 "info",
-                {"message": f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue"},
+                {
+                    "message": f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue"
+                },
             )
     portable = None
 
