@@ -227,6 +227,32 @@ def test_from_list_errors(capsys: pytest.CaptureFixture[str], spec: str, fragmen
     assert_user_error(*run(capsys, "--from-list", spec)[::2], fragment)
 
 
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two; Arabic-Indic three
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (("--from-list", "h1:{d}"), {}, "invalid host entry"),
+        (("--lsf",), {"LSB_MCPU_HOSTS": "h1 4 h2 {d}"}, "cannot parse LSB_MCPU_HOSTS"),
+        (("--slurm",), {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "{d}"}, "SLURM_GPUS_ON_NODE"),
+        (("--slurm",), {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "gpu:{d}"}, "SLURM_GPUS_PER_NODE"),
+    ],
+)
+def test_counts_are_ascii_digits_only(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    digit: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    fragment: str,
+) -> None:
+    """str.isdigit() accepts these, but int() rejects the first and misreads the second."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(d=digit))
+    code, out, err = run(capsys, *(a.format(d=digit) for a in args))
+    assert out == ""
+    assert_user_error(code, err, fragment)
+
+
 # --- argument errors -----------------------------------------------------------------------------
 
 
@@ -374,6 +400,8 @@ def test_filter_hosts(include: str | None, exclude: str | None, expected: dict[s
         ("worker-0:a", None, "bad slot 'a'"),
         ("worker-0:", None, "bad slot ''"),
         ("worker-0@@worker-1", None, "empty entry"),
+        ("worker-0:\u00b2", None, "bad slot"),  # a digit to str.isdigit(), not to int()
+        (None, "worker-0:\u0663", "bad slot"),  # Arabic-Indic 3: no slot index in a hostfile's syntax
         (None, "worker-0@worker-1@worker-2", "no hosts are left"),
     ],
 )

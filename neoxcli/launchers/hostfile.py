@@ -54,6 +54,15 @@ def _unique(hosts: list[Host], source: str) -> list[Host]:
     return hosts
 
 
+def _is_count(text: str) -> bool:
+    """Whether ``text`` is a count in ASCII digits.
+
+    ``str.isdigit`` alone also accepts ``'²'`` (which ``int`` rejects with a
+    traceback) and ``'٣'`` (which ``int`` reads as 3); hostfiles allow ``[0-9]`` only.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def _check_slots(slots: int | None) -> None:
     if slots is not None and (isinstance(slots, bool) or slots < 1):
         raise NeoxError(f"slots must be at least 1, got {slots}", hint="pass --slots N with N >= 1")
@@ -136,7 +145,7 @@ def _gpus_per_node(env: Mapping[str, str]) -> int | None:
     """GPUs per node from the GPU environment, or None when it names none."""
     on_node = env.get("SLURM_GPUS_ON_NODE", "").strip()
     if on_node:
-        if not on_node.isdigit():
+        if not _is_count(on_node):
             raise NeoxError(f"SLURM_GPUS_ON_NODE={on_node!r} is not a number", hint="pass --slots N")
         if int(on_node) > 0:
             return int(on_node)
@@ -145,7 +154,7 @@ def _gpus_per_node(env: Mapping[str, str]) -> int | None:
         total = 0
         for item in per_node.split(","):
             count = item.strip().rsplit(":", 1)[-1]  # "4", "gpu:4", "a100:4", "gpu:a100:4"
-            if not count.isdigit():
+            if not _is_count(count):
                 raise NeoxError(
                     f"cannot read a GPU count from SLURM_GPUS_PER_NODE={per_node!r}",
                     hint="expected a form like 4, gpu:4 or a100:4; or pass --slots N",
@@ -259,7 +268,7 @@ def hosts_from_lsf(
     elif mcpu:
         source = "LSB_MCPU_HOSTS"
         fields = mcpu.split()
-        if len(fields) % 2 or not all(count.isdigit() for count in fields[1::2]):
+        if len(fields) % 2 or not all(_is_count(count) for count in fields[1::2]):
             raise NeoxError(
                 f"cannot parse LSB_MCPU_HOSTS={mcpu!r}",
                 hint="expected host and slot count pairs, such as 'batch1 1 node1 42 node2 42'",
@@ -287,7 +296,7 @@ def _parse_entry(entry: str, default: int) -> list[Host]:
     name, sep, count = entry.rpartition(":")
     if not sep:
         name, count = entry, ""
-    elif not count.isdigit() or not name:
+    elif not _is_count(count) or not name:
         raise NeoxError(
             f"invalid host entry {entry!r}",
             hint="write HOST or HOST:SLOTS, comma-separated, such as h1,h2:4,node[01-04]:8",
@@ -344,7 +353,7 @@ def _parse_filter(spec: str, hosts: Mapping[str, int], option: str) -> dict[str,
         indices = set(range(count)) if not sep else set()
         for part in slot_text.split(",") if sep else []:
             part = part.strip()
-            if not part.isdigit():
+            if not _is_count(part):
                 raise NeoxError(
                     f"{option} {spec!r}: bad slot {part!r} for host {name!r}",
                     hint="slots are indices such as host:0,2",
