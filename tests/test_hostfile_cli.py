@@ -146,6 +146,24 @@ def test_pbs_errors(
     assert_user_error(*run(capsys, "--pbs")[::2], "lists no hosts")
 
 
+@pytest.mark.parametrize("var", ["PBS_NODEFILE", "LSB_DJOB_HOSTFILE"])
+def test_scheduler_host_files_bom_and_binary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, var: str
+) -> None:
+    """A byte-order mark is not part of the first host; a binary file is a user error, not a traceback."""
+    option = "--pbs" if var == "PBS_NODEFILE" else "--lsf"
+    nodes = tmp_path / "nodes"
+    nodes.write_bytes(b"\xef\xbb\xbfc1\r\nc1\r\nc2\r\nc2\r\n")
+    monkeypatch.setenv(var, str(nodes))
+    code, out, err = run(capsys, option)
+    assert code == 0, err
+    assert out == "c1 slots=2\nc2 slots=2\n"
+    nodes.write_bytes(b"c1\n\xff\xfe\n")
+    code, out, err = run(capsys, option)
+    assert out == ""
+    assert_user_error(code, err, f"cannot read {var}", "not UTF-8")
+
+
 def test_lsf_hostfile_drops_batch_host(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -351,6 +369,20 @@ def test_read_hostfile_errors(tmp_path: Path, text: str, fragment: str) -> None:
         hf.read_hostfile(path)
     assert fragment in info.value.message
     assert str(path) in info.value.message
+
+
+def test_byte_order_mark_is_not_part_of_a_host_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Windows editors start UTF-8 files with U+FEFF; it must not end up in the first host's name."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_bytes(b"\xef\xbb\xbfworker-1 slots=4\r\nworker-2 slots=4\r\n")
+    assert hf.read_hostfile(hostfile) == [Host("worker-1", 4), Host("worker-2", 4)]
+    listing = tmp_path / "hosts.txt"
+    listing.write_bytes(b"\xef\xbb\xbfr1n[1-2]:2\r\n")
+    code, out, _ = run(capsys, "--from-list", str(listing))
+    assert code == 0
+    assert out == "r1n1 slots=2\nr1n2 slots=2\n"
 
 
 def test_read_missing_hostfile(tmp_path: Path) -> None:

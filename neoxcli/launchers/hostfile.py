@@ -21,6 +21,9 @@ from neoxcli.launchers.hostlist import expand_nodelist, parse_tasks_per_node, sp
 
 _LINE = re.compile(r"(\S+)\s+slots\s*=\s*([0-9]+)")
 _FORMAT_HINT = "each line is `HOST slots=N`; lines starting with # are comments"
+# Files are read as UTF-8 with an optional byte-order mark: editors on Windows write one,
+# and kept as text it would become part of the first host's name.
+_ENCODING = "utf-8-sig"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def read_hostfile(path: str | os.PathLike[str]) -> list[Host]:
     """Read a DeepSpeed hostfile (``host slots=N`` per line, ``#`` comments, blank lines)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=_ENCODING)
     except FileNotFoundError:
         raise NeoxError(
             f"hostfile {str(path)!r} does not exist", hint="write one with `neox hostfile`"
@@ -215,9 +218,13 @@ def _count_hosts(names: Iterable[str]) -> list[tuple[str, int]]:
 
 def _read_lines(path: str, var: str) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding=_ENCODING)
     except OSError as exc:
         raise NeoxError(f"cannot read {var}={path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise NeoxError(
+            f"cannot read {var}={path!r}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
 
 
@@ -317,7 +324,7 @@ def hosts_from_list(spec: str | os.PathLike[str], slots: int | None = None) -> l
     source = "the host list"
     if text and os.path.isfile(text):
         try:
-            content = Path(text).read_text(encoding="utf-8")
+            content = Path(text).read_text(encoding=_ENCODING)
         except (OSError, UnicodeDecodeError) as exc:
             raise NeoxError(f"cannot read host list {text!r}: {exc}") from None
         if re.search(r"\sslots\s*=", content):
