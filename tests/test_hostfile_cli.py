@@ -104,6 +104,8 @@ def test_slurm_without_tasks_per_node_gives_one_slot(monkeypatch: pytest.MonkeyP
         ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_TASKS_PER_NODE": "2(x"}, ("tasks-per-node",)),
         ({"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "gpu:lots"}, ("SLURM_GPUS_PER_NODE",)),
         ({"SLURM_JOB_NODELIST": "n1,n1"}, ("appears twice",)),
+        ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_TASKS_PER_NODE": "2(x99999999999)"}, ("more than",)),
+        ({"SLURM_JOB_NODELIST": "n1", "SLURM_TASKS_PER_NODE": "99999999999"}, ("at most 4096",)),
     ],
 )
 def test_slurm_errors(
@@ -239,6 +241,8 @@ def test_from_list_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
         ("n[2-1]", "runs backwards"),
         (",", "names no hosts"),
         ("h1:0", "at least 1"),
+        ("h1:99999999999", "at most 4096"),
+        ("h1:" + "9" * 5000, "invalid host entry"),
     ],
 )
 def test_from_list_errors(capsys: pytest.CaptureFixture[str], spec: str, fragment: str) -> None:
@@ -280,6 +284,7 @@ def test_counts_are_ascii_digits_only(
         ((), "choose one host source"),
         (("--slurm", "--pbs"), "not --slurm and --pbs"),
         (("--from-list", "h1", "--slots", "0"), "slots must be at least 1, got 0"),
+        (("--from-list", "h1", "--slots", "99999999999"), "slots must be at most 4096"),
         (("--from-list", "h1", "--keep-launch-host"), "only applies with --lsf"),
     ],
 )
@@ -359,6 +364,8 @@ def test_read_hostfile(tmp_path: Path) -> None:
         ("a slots=1\nb slots=x\n", ":2: cannot parse"),
         ("a slots=1\n\na slots=2\n", ":3: host 'a' is already listed on line 1"),
         ("a slots=0\n", ":1: host 'a' has 0 slots"),
+        ("a slots=99999999999\n", ":1: host 'a' has 99999999999 slots; at most 4096"),
+        ("a slots=" + "9" * 5000 + "\n", ":1: cannot parse"),
         ("# nothing\n", "lists no hosts"),
     ],
 )
@@ -390,7 +397,9 @@ def test_read_missing_hostfile(tmp_path: Path) -> None:
         hf.read_hostfile(tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("name", "slots"), [("", 1), ("a b", 1), ("a#b", 1), ("a", 0), ("a", True)])
+@pytest.mark.parametrize(
+    ("name", "slots"), [("", 1), ("a b", 1), ("a#b", 1), ("a", 0), ("a", True), ("a", hf.MAX_SLOTS + 1)]
+)
 def test_host_validates(name: str, slots: int) -> None:
     with pytest.raises(NeoxError):
         Host(name, slots)

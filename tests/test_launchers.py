@@ -714,6 +714,38 @@ def test_load_config_accepts_launcher_keys(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("launcher", "override"),
+    [
+        ("local", "num_gpus=99999999999"),
+        ("slurm", "num_gpus=99999999999"),  # no allocation: Slurm-picked placeholders
+        ("slurm", "num_nodes=99999999999"),
+    ],
+)
+def test_huge_counts_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], launcher: str, override: str
+) -> None:
+    """Once a plan of 10**11 ranks or nodes was built in memory (MemoryError, or the OOM killer)."""
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text("train_iters: 1\n")
+    code = main(["train", str(cfg_file), "--launcher", launcher, "--set", override, "--dry-run"])
+    err = capsys.readouterr().err
+    key = override.split("=")[0]
+    assert code == 2 and f"launcher.{key}: must be <=" in err and "Traceback" not in err
+
+
+def test_config_bounds_match_the_hostfile_limits() -> None:
+    from neoxcli.config.schema import LauncherConfig
+    from neoxcli.launchers.hostfile import MAX_SLOTS
+    from neoxcli.launchers.hostlist import MAX_HOSTS
+
+    def upper(name: str) -> int:
+        (bound,) = [m.le for m in LauncherConfig.model_fields[name].metadata if hasattr(m, "le")]
+        return int(bound)
+
+    assert upper("num_gpus") == MAX_SLOTS and upper("num_nodes") == MAX_HOSTS
+
+
 def test_missing_launcher_program_is_a_user_error_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

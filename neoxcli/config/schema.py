@@ -255,8 +255,10 @@ class LauncherConfig(Section):
     hostfile: str | None = None
     include: str | None = None
     exclude: str | None = None
-    num_nodes: int = -1
-    num_gpus: int | None = None
+    # Upper bounds: neoxcli.launchers.hostlist.MAX_HOSTS and neoxcli.launchers.hostfile.MAX_SLOTS,
+    # so a typo is a config error instead of a launch plan too large to build.
+    num_nodes: int = Field(-1, le=1 << 20)
+    num_gpus: int | None = Field(None, le=4096)
     master_addr: str | None = None
     master_port: int = 29500
     launcher_args: list[str] = Field(default_factory=list)

@@ -19,7 +19,12 @@ from neoxcli.errors import NeoxError
 from neoxcli.fileio import atomic_write_text
 from neoxcli.launchers.hostlist import expand_nodelist, parse_tasks_per_node, split_nodelist
 
-_LINE = re.compile(r"(\S+)\s+slots\s*=\s*([0-9]+)")
+#: Most slots (ranks) one host may have: far more than any machine's GPUs or cores, and small
+#: enough that a typo (slots=99999999999) is an error rather than an out-of-memory kill.
+MAX_SLOTS = 4096
+#: Longest count in digits; int() refuses text of more than 4300 digits with a ValueError.
+_MAX_DIGITS = 18
+_LINE = re.compile(rf"(\S+)\s+slots\s*=\s*([0-9]{{1,{_MAX_DIGITS}}})")
 _FORMAT_HINT = "each line is `HOST slots=N`; lines starting with # are comments"
 # Files are read as UTF-8 with an optional byte-order mark: editors on Windows write one,
 # and kept as text it would become part of the first host's name.
@@ -43,6 +48,8 @@ class Host:
                 f"host {self.name!r} has {self.slots!r} slots; it needs at least 1",
                 hint="leave a host out with exclude instead of giving it 0 slots",
             )
+        if self.slots > MAX_SLOTS:
+            raise NeoxError(f"host {self.name!r} has {self.slots} slots; at most {MAX_SLOTS} are allowed")
 
 
 def _unique(hosts: list[Host], source: str) -> list[Host]:
@@ -62,13 +69,16 @@ def _is_count(text: str) -> bool:
 
     ``str.isdigit`` alone also accepts ``'²'`` (which ``int`` rejects with a
     traceback) and ``'٣'`` (which ``int`` reads as 3); hostfiles allow ``[0-9]`` only.
+    Longer counts than ``_MAX_DIGITS`` are refused before ``int`` sees them.
     """
-    return text.isascii() and text.isdigit()
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS
 
 
 def _check_slots(slots: int | None) -> None:
     if slots is not None and (isinstance(slots, bool) or slots < 1):
         raise NeoxError(f"slots must be at least 1, got {slots}", hint="pass --slots N with N >= 1")
+    if slots is not None and slots > MAX_SLOTS:
+        raise NeoxError(f"slots must be at most {MAX_SLOTS}, got {slots}")
 
 
 # --- hostfiles ---------------------------------------------------------------------------------
@@ -93,6 +103,8 @@ def parse_hostfile(text: str, source: str = "<hostfile>") -> list[Host]:
             )
         if slots < 1:
             raise NeoxError(f"{where}: host {name!r} has 0 slots", hint="remove the line, or use exclude")
+        if slots > MAX_SLOTS:
+            raise NeoxError(f"{where}: host {name!r} has {slots} slots; at most {MAX_SLOTS} are allowed")
         seen[name] = lineno
         hosts.append(Host(name, slots))
     return hosts
