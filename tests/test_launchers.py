@@ -734,6 +734,29 @@ def test_huge_counts_are_config_errors(
     assert code == 2 and f"launcher.{key}: must be <=" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("master_port=70000", "launcher.master_port: must be <= 65535"),
+        ("master_port=0", "launcher.master_port: must be >= 1"),
+        ("master_port=-1", "launcher.master_port: must be >= 1"),
+        ("ssh_port=0", "launcher.ssh_port: must be >= 1"),
+        ("ssh_port=65536", "launcher.ssh_port: must be <= 65535"),
+    ],
+)
+def test_ports_out_of_range_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, problem: str
+) -> None:
+    """Once printed as MASTER_PORT=70000 or ssh -p 0, to fail only on the hosts."""
+    (tmp_path / "hosts").write_text("node1 slots=1\nnode2 slots=1\n")
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text("train_iters: 1\n")
+    argv = ["train", str(cfg_file), "--launcher", "pdsh", "--hostfile", str(tmp_path / "hosts")]
+    code = main([*argv, "--set", override, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and problem in err and "Traceback" not in err and out == ""
+
+
 def test_config_bounds_match_the_hostfile_limits() -> None:
     from neoxcli.config.schema import LauncherConfig
     from neoxcli.launchers.hostfile import MAX_SLOTS
