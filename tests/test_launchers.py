@@ -392,6 +392,15 @@ def test_slurm_num_gpus_and_exclude_in_allocation() -> None:
     assert "--nodes=1" in argv and "--ntasks=1" in argv and "--nodelist=node02" in argv
 
 
+@pytest.mark.parametrize("num_gpus", [0, -1])
+def test_num_gpus_zero_or_negative_means_every_slot_in_an_allocation(num_gpus: int) -> None:
+    """As with a hostfile (and in DeepSpeed); it used to fail with 'pass --slots N', a `neox hostfile` flag."""
+    cfg = make_cfg(num_gpus=num_gpus)
+    assert SlurmLauncher(PY).resolve_hosts(cfg, SLURM_JOB) == nodes(("node01", 2), ("node02", 2))
+    lsf = {"LSB_MCPU_HOSTS": "batch1 1 node1 42 node2 42"}
+    assert JsrunLauncher(PY).resolve_hosts(cfg, lsf) == nodes(("node1", 42), ("node2", 42))
+
+
 def test_slurm_without_allocation_lets_slurm_pick() -> None:
     cfg = make_cfg(num_nodes=3, num_gpus=2)
     launcher = SlurmLauncher(PY)

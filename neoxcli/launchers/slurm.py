@@ -28,6 +28,7 @@ from neoxcli.launchers.base import (
     LaunchPlan,
     Node,
     check_host_names,
+    requested_slots,
     uniform_slots,
 )
 from neoxcli.launchers.hostfile import Host, hosts_from_slurm
@@ -72,7 +73,7 @@ class SlurmLauncher(Launcher):
     description = "srun inside a Slurm allocation, or sbatch a batch script (sbatch: true / --sbatch)"
 
     def default_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Host]:
-        return hosts_from_slurm(env, config.launcher.num_gpus)
+        return hosts_from_slurm(env, requested_slots(config))
 
     def resolve_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Node]:
         lc = config.launcher
