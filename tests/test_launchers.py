@@ -432,7 +432,7 @@ def test_sbatch_plan_and_script_run_through_sh(monkeypatch: pytest.MonkeyPatch, 
         "--job-name=neox",
         "--nodes=2",
         "--ntasks-per-node=1",
-        f"--output={run_config.parent / 'slurm-%j.out'}",
+        "--output=" + str(run_config.parent).replace("%", "%%") + "/slurm-%j.out",
         "--time=5",
         str(script_path),
     ]
@@ -455,6 +455,17 @@ def test_sbatch_plan_and_script_run_through_sh(monkeypatch: pytest.MonkeyPatch, 
     assert record["argv"][:4] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert record["argv"][-1] == str(run_config)
     assert_no_sentinels(tmp_path)
+
+
+def test_sbatch_output_pattern_keeps_percent_signs_of_the_run_directory(tmp_path: Path) -> None:
+    """sbatch expands %x (job name), %j, %u... anywhere in --output; the run directory's own % must stay."""
+    run_config = tmp_path / "lr 50%x %j %5u" / "run-config.yml"
+    cfg = make_cfg(sbatch=True)
+    launcher = SlurmLauncher(PY)
+    plan = launcher.build(cfg, launcher.resolve_hosts(cfg, {}), run_config, {})
+    (output,) = [a for a in plan.commands[0].argv if a.startswith("--output=")]
+    assert output == f"--output={tmp_path}/lr 50%%x %%j %%5u/slurm-%j.out"
+    assert f"job output: {run_config.parent}/slurm-<jobid>.out" in plan.notes
 
 
 def test_sbatch_submission_prints_job_id(

@@ -64,6 +64,15 @@ def render_template(template: str, values: Mapping[str, str], source: str = "the
     return _PLACEHOLDER.sub(fill, template)
 
 
+def filename_pattern(directory: Path, name: str) -> str:
+    """``directory/name`` for sbatch's ``--output``, which expands ``%j``, ``%x``, ``%5u``... in the whole path.
+
+    Every ``%`` of the directory is doubled (``%%`` is a literal ``%``), so a run
+    directory such as ``runs/50%xp`` is not rewritten into one that does not exist.
+    """
+    return str(directory).replace("%", "%%") + "/" + name
+
+
 def in_allocation(env: Mapping[str, str]) -> bool:
     return bool(env.get("SLURM_JOB_NODELIST", "").strip() or env.get("SLURM_NODELIST", "").strip())
 
@@ -169,7 +178,7 @@ class SlurmLauncher(Launcher):
             "--job-name=neox",
             f"--nodes={len(hosts)}",
             f"--ntasks-per-node={slots}",
-            f"--output={run_dir / 'slurm-%j.out'}",
+            "--output=" + filename_pattern(run_dir, "slurm-%j.out"),
         ]
         if all(node.name for node in hosts):
             argv.append("--nodelist=" + compress_nodelist(node.name for node in hosts))
