@@ -249,6 +249,17 @@ def test_from_list_errors(capsys: pytest.CaptureFixture[str], spec: str, fragmen
     assert_user_error(*run(capsys, "--from-list", spec)[::2], fragment)
 
 
+def test_from_list_path_that_is_not_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A missing list file was read as one host named like the path, and written as a hostfile."""
+    missing = str(tmp_path / "hosts.txt")
+    code, out, err = run(capsys, "--from-list", missing, "-o", str(tmp_path / "hostfile"))
+    assert out == ""
+    assert_user_error(code, err, f"host list file {missing!r} does not exist")
+    code, out, err = run(capsys, "--from-list", str(tmp_path))
+    assert_user_error(code, err, "is a directory")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two; Arabic-Indic three
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),

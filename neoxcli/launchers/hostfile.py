@@ -343,6 +343,14 @@ def hosts_from_list(spec: str | os.PathLike[str], slots: int | None = None) -> l
             return read_hostfile(text)
         source = repr(text)
         text = "\n".join(line.split("#", 1)[0] for line in content.splitlines())
+    elif "/" in text:
+        # No host name holds '/': this is a path, and reading it as a host would write a
+        # hostfile naming the path (`--from-list ./hosts.txt` with the file missing).
+        why = "is a directory" if os.path.isdir(text) else "does not exist"
+        raise NeoxError(
+            f"host list file {text!r} {why}",
+            hint="give a file of HOST[:SLOTS] entries, or the entries themselves",
+        )
     hosts: list[Host] = []
     for entry in split_nodelist(text):
         hosts.extend(_parse_entry(entry, default))
