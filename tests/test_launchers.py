@@ -661,6 +661,16 @@ def test_unknown_launcher_lists_available() -> None:
     with pytest.raises(NeoxError, match="unknown launcher 'nope'") as info:
         registry.get_launcher("nope")
     assert info.value.hint is not None and "jsrun, local, mpi, pdsh, slurm" in info.value.hint
+    assert "did you mean" not in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("SLURM", "slurm"), ("slrum", "slurm"), ("Pdsh", "pdsh"), ("jsrn", "jsrun")]
+)
+def test_unknown_launcher_suggests_the_close_one(typed: str, meant: str) -> None:
+    with pytest.raises(NeoxError, match=f"unknown launcher {typed!r}") as info:
+        registry.get_launcher(typed)
+    assert info.value.hint is not None and info.value.hint.startswith(f"did you mean {meant!r}? available")
 
 
 def test_third_party_plugin_discovered_and_dry_run(
