@@ -351,11 +351,15 @@ def test_failed_write_leaves_old_file_and_no_temp(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostfile"]
 
 
-def test_output_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_output_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert_user_error(
         *run(capsys, "--from-list", "a", "-o", str(tmp_path / "nope" / "hf"))[::2], "does not exist"
     )
     assert_user_error(*run(capsys, "--from-list", "a", "-o", str(tmp_path))[::2], "cannot write")
+    monkeypatch.chdir(tmp_path)  # `-o ''` is the current directory to Path; it used to fail with EBUSY
+    assert_user_error(*run(capsys, "--from-list", "a", "-o", "")[::2], "cannot write '.': it is a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -139,6 +139,10 @@ def write_hostfile(hosts: Iterable[Host], path: str | os.PathLike[str]) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise NeoxError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+    if path.is_dir():  # `-o ''` arrives as '.', where the rename would fail with EBUSY
+        raise NeoxError(
+            f"cannot write {str(path)!r}: it is a directory", hint="give a file name, such as -o hostfile"
+        )
     try:
         atomic_write_text(path, text, keep_mode=True)
     except OSError as exc:
