@@ -104,6 +104,8 @@ def test_slurm_without_tasks_per_node_gives_one_slot(monkeypatch: pytest.MonkeyP
         ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_TASKS_PER_NODE": "2(x"}, ("tasks-per-node",)),
         ({"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "gpu:lots"}, ("SLURM_GPUS_PER_NODE",)),
         ({"SLURM_JOB_NODELIST": "n1,n1"}, ("appears twice",)),
+        ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_TASKS_PER_NODE": "2(x99999999999)"}, ("more than",)),
+        ({"SLURM_JOB_NODELIST": "n1", "SLURM_TASKS_PER_NODE": "99999999999"}, ("at most 4096",)),
     ],
 )
 def test_slurm_errors(
@@ -144,6 +146,24 @@ def test_pbs_errors(
     (tmp_path / "empty").write_text("\n")
     monkeypatch.setenv("PBS_NODEFILE", str(tmp_path / "empty"))
     assert_user_error(*run(capsys, "--pbs")[::2], "lists no hosts")
+
+
+@pytest.mark.parametrize("var", ["PBS_NODEFILE", "LSB_DJOB_HOSTFILE"])
+def test_scheduler_host_files_bom_and_binary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, var: str
+) -> None:
+    """A byte-order mark is not part of the first host; a binary file is a user error, not a traceback."""
+    option = "--pbs" if var == "PBS_NODEFILE" else "--lsf"
+    nodes = tmp_path / "nodes"
+    nodes.write_bytes(b"\xef\xbb\xbfc1\r\nc1\r\nc2\r\nc2\r\n")
+    monkeypatch.setenv(var, str(nodes))
+    code, out, err = run(capsys, option)
+    assert code == 0, err
+    assert out == "c1 slots=2\nc2 slots=2\n"
+    nodes.write_bytes(b"c1\n\xff\xfe\n")
+    code, out, err = run(capsys, option)
+    assert out == ""
+    assert_user_error(code, err, f"cannot read {var}", "not UTF-8")
 
 
 def test_lsf_hostfile_drops_batch_host(
@@ -221,10 +241,49 @@ def test_from_list_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
         ("n[2-1]", "runs backwards"),
         (",", "names no hosts"),
         ("h1:0", "at least 1"),
+        ("h1:99999999999", "at most 4096"),
+        ("h1:" + "9" * 5000, "invalid host entry"),
     ],
 )
 def test_from_list_errors(capsys: pytest.CaptureFixture[str], spec: str, fragment: str) -> None:
     assert_user_error(*run(capsys, "--from-list", spec)[::2], fragment)
+
+
+def test_from_list_path_that_is_not_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A missing list file was read as one host named like the path, and written as a hostfile."""
+    missing = str(tmp_path / "hosts.txt")
+    code, out, err = run(capsys, "--from-list", missing, "-o", str(tmp_path / "hostfile"))
+    assert out == ""
+    assert_user_error(code, err, f"host list file {missing!r} does not exist")
+    code, out, err = run(capsys, "--from-list", str(tmp_path))
+    assert_user_error(code, err, "is a directory")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two; Arabic-Indic three
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (("--from-list", "h1:{d}"), {}, "invalid host entry"),
+        (("--lsf",), {"LSB_MCPU_HOSTS": "h1 4 h2 {d}"}, "cannot parse LSB_MCPU_HOSTS"),
+        (("--slurm",), {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "{d}"}, "SLURM_GPUS_ON_NODE"),
+        (("--slurm",), {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "gpu:{d}"}, "SLURM_GPUS_PER_NODE"),
+    ],
+)
+def test_counts_are_ascii_digits_only(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    digit: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    fragment: str,
+) -> None:
+    """str.isdigit() accepts these, but int() rejects the first and misreads the second."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(d=digit))
+    code, out, err = run(capsys, *(a.format(d=digit) for a in args))
+    assert out == ""
+    assert_user_error(code, err, fragment)
 
 
 # --- argument errors -----------------------------------------------------------------------------
@@ -236,6 +295,7 @@ def test_from_list_errors(capsys: pytest.CaptureFixture[str], spec: str, fragmen
         ((), "choose one host source"),
         (("--slurm", "--pbs"), "not --slurm and --pbs"),
         (("--from-list", "h1", "--slots", "0"), "slots must be at least 1, got 0"),
+        (("--from-list", "h1", "--slots", "99999999999"), "slots must be at most 4096"),
         (("--from-list", "h1", "--keep-launch-host"), "only applies with --lsf"),
     ],
 )
@@ -291,11 +351,15 @@ def test_failed_write_leaves_old_file_and_no_temp(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostfile"]
 
 
-def test_output_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_output_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert_user_error(
         *run(capsys, "--from-list", "a", "-o", str(tmp_path / "nope" / "hf"))[::2], "does not exist"
     )
     assert_user_error(*run(capsys, "--from-list", "a", "-o", str(tmp_path))[::2], "cannot write")
+    monkeypatch.chdir(tmp_path)  # `-o ''` is the current directory to Path; it used to fail with EBUSY
+    assert_user_error(*run(capsys, "--from-list", "a", "-o", "")[::2], "cannot write '.': it is a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -315,6 +379,8 @@ def test_read_hostfile(tmp_path: Path) -> None:
         ("a slots=1\nb slots=x\n", ":2: cannot parse"),
         ("a slots=1\n\na slots=2\n", ":3: host 'a' is already listed on line 1"),
         ("a slots=0\n", ":1: host 'a' has 0 slots"),
+        ("a slots=99999999999\n", ":1: host 'a' has 99999999999 slots; at most 4096"),
+        ("a slots=" + "9" * 5000 + "\n", ":1: cannot parse"),
         ("# nothing\n", "lists no hosts"),
     ],
 )
@@ -327,12 +393,28 @@ def test_read_hostfile_errors(tmp_path: Path, text: str, fragment: str) -> None:
     assert str(path) in info.value.message
 
 
+def test_byte_order_mark_is_not_part_of_a_host_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Windows editors start UTF-8 files with U+FEFF; it must not end up in the first host's name."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_bytes(b"\xef\xbb\xbfworker-1 slots=4\r\nworker-2 slots=4\r\n")
+    assert hf.read_hostfile(hostfile) == [Host("worker-1", 4), Host("worker-2", 4)]
+    listing = tmp_path / "hosts.txt"
+    listing.write_bytes(b"\xef\xbb\xbfr1n[1-2]:2\r\n")
+    code, out, _ = run(capsys, "--from-list", str(listing))
+    assert code == 0
+    assert out == "r1n1 slots=2\nr1n2 slots=2\n"
+
+
 def test_read_missing_hostfile(tmp_path: Path) -> None:
     with pytest.raises(NeoxError, match="does not exist"):
         hf.read_hostfile(tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("name", "slots"), [("", 1), ("a b", 1), ("a#b", 1), ("a", 0), ("a", True)])
+@pytest.mark.parametrize(
+    ("name", "slots"), [("", 1), ("a b", 1), ("a#b", 1), ("a", 0), ("a", True), ("a", hf.MAX_SLOTS + 1)]
+)
 def test_host_validates(name: str, slots: int) -> None:
     with pytest.raises(NeoxError):
         Host(name, slots)
@@ -374,6 +456,8 @@ def test_filter_hosts(include: str | None, exclude: str | None, expected: dict[s
         ("worker-0:a", None, "bad slot 'a'"),
         ("worker-0:", None, "bad slot ''"),
         ("worker-0@@worker-1", None, "empty entry"),
+        ("worker-0:\u00b2", None, "bad slot"),  # a digit to str.isdigit(), not to int()
+        (None, "worker-0:\u0663", "bad slot"),  # Arabic-Indic 3: no slot index in a hostfile's syntax
         (None, "worker-0@worker-1@worker-2", "no hosts are left"),
     ],
 )

@@ -87,6 +87,7 @@ def test_expand_large_range() -> None:
         ("n[1-2]]", "without a matching"),
         (f"n[1-{MAX_RANGE + 1}]", "more than"),
         ("a[1-60000]b[1-60000]", "more than"),
+        ("n[1-" + "9" * 5000 + "]", "bad range"),  # more digits than int() converts
     ],
 )
 def test_expand_rejects_malformed(nodelist: str, why: str) -> None:
@@ -166,7 +167,14 @@ def test_tasks_per_node(value: str, expected: list[int]) -> None:
     assert parse_tasks_per_node(value) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "x", "2(x)", "2(3)", "2(x3", "2,,1", "0", "2(x0)", "-1", "2 (x3)"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        *("", "x", "2(x)", "2(3)", "2(x3", "2,,1", "0", "2(x0)", "-1", "2 (x3)"),
+        "2(x99999999999)",  # refused before a list of 10**11 counts is built
+        "1" * 5000,  # more digits than int() converts
+    ],
+)
 def test_tasks_per_node_rejects(bad: str) -> None:
     with pytest.raises(NeoxError) as info:
         parse_tasks_per_node(bad)

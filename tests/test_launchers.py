@@ -392,6 +392,15 @@ def test_slurm_num_gpus_and_exclude_in_allocation() -> None:
     assert "--nodes=1" in argv and "--ntasks=1" in argv and "--nodelist=node02" in argv
 
 
+@pytest.mark.parametrize("num_gpus", [0, -1])
+def test_num_gpus_zero_or_negative_means_every_slot_in_an_allocation(num_gpus: int) -> None:
+    """As with a hostfile (and in DeepSpeed); it used to fail with 'pass --slots N', a `neox hostfile` flag."""
+    cfg = make_cfg(num_gpus=num_gpus)
+    assert SlurmLauncher(PY).resolve_hosts(cfg, SLURM_JOB) == nodes(("node01", 2), ("node02", 2))
+    lsf = {"LSB_MCPU_HOSTS": "batch1 1 node1 42 node2 42"}
+    assert JsrunLauncher(PY).resolve_hosts(cfg, lsf) == nodes(("node1", 42), ("node2", 42))
+
+
 def test_slurm_without_allocation_lets_slurm_pick() -> None:
     cfg = make_cfg(num_nodes=3, num_gpus=2)
     launcher = SlurmLauncher(PY)
@@ -423,7 +432,7 @@ def test_sbatch_plan_and_script_run_through_sh(monkeypatch: pytest.MonkeyPatch, 
         "--job-name=neox",
         "--nodes=2",
         "--ntasks-per-node=1",
-        f"--output={run_config.parent / 'slurm-%j.out'}",
+        "--output=" + str(run_config.parent).replace("%", "%%") + "/slurm-%j.out",
         "--time=5",
         str(script_path),
     ]
@@ -446,6 +455,17 @@ def test_sbatch_plan_and_script_run_through_sh(monkeypatch: pytest.MonkeyPatch, 
     assert record["argv"][:4] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert record["argv"][-1] == str(run_config)
     assert_no_sentinels(tmp_path)
+
+
+def test_sbatch_output_pattern_keeps_percent_signs_of_the_run_directory(tmp_path: Path) -> None:
+    """sbatch expands %x (job name), %j, %u... anywhere in --output; the run directory's own % must stay."""
+    run_config = tmp_path / "lr 50%x %j %5u" / "run-config.yml"
+    cfg = make_cfg(sbatch=True)
+    launcher = SlurmLauncher(PY)
+    plan = launcher.build(cfg, launcher.resolve_hosts(cfg, {}), run_config, {})
+    (output,) = [a for a in plan.commands[0].argv if a.startswith("--output=")]
+    assert output == f"--output={tmp_path}/lr 50%%x %%j %%5u/slurm-%j.out"
+    assert f"job output: {run_config.parent}/slurm-<jobid>.out" in plan.notes
 
 
 def test_sbatch_submission_prints_job_id(
@@ -641,6 +661,16 @@ def test_unknown_launcher_lists_available() -> None:
     with pytest.raises(NeoxError, match="unknown launcher 'nope'") as info:
         registry.get_launcher("nope")
     assert info.value.hint is not None and "jsrun, local, mpi, pdsh, slurm" in info.value.hint
+    assert "did you mean" not in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("SLURM", "slurm"), ("slrum", "slurm"), ("Pdsh", "pdsh"), ("jsrn", "jsrun")]
+)
+def test_unknown_launcher_suggests_the_close_one(typed: str, meant: str) -> None:
+    with pytest.raises(NeoxError, match=f"unknown launcher {typed!r}") as info:
+        registry.get_launcher(typed)
+    assert info.value.hint is not None and info.value.hint.startswith(f"did you mean {meant!r}? available")
 
 
 def test_third_party_plugin_discovered_and_dry_run(
@@ -712,6 +742,61 @@ def test_load_config_accepts_launcher_keys(tmp_path: Path) -> None:
         and cfg.launcher.sbatch
         and cfg.launcher.sbatch_args == ["--time=10"]
     )
+
+
+@pytest.mark.parametrize(
+    ("launcher", "override"),
+    [
+        ("local", "num_gpus=99999999999"),
+        ("slurm", "num_gpus=99999999999"),  # no allocation: Slurm-picked placeholders
+        ("slurm", "num_nodes=99999999999"),
+    ],
+)
+def test_huge_counts_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], launcher: str, override: str
+) -> None:
+    """Once a plan of 10**11 ranks or nodes was built in memory (MemoryError, or the OOM killer)."""
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text("train_iters: 1\n")
+    code = main(["train", str(cfg_file), "--launcher", launcher, "--set", override, "--dry-run"])
+    err = capsys.readouterr().err
+    key = override.split("=")[0]
+    assert code == 2 and f"launcher.{key}: must be <=" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("master_port=70000", "launcher.master_port: must be <= 65535"),
+        ("master_port=0", "launcher.master_port: must be >= 1"),
+        ("master_port=-1", "launcher.master_port: must be >= 1"),
+        ("ssh_port=0", "launcher.ssh_port: must be >= 1"),
+        ("ssh_port=65536", "launcher.ssh_port: must be <= 65535"),
+    ],
+)
+def test_ports_out_of_range_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, problem: str
+) -> None:
+    """Once printed as MASTER_PORT=70000 or ssh -p 0, to fail only on the hosts."""
+    (tmp_path / "hosts").write_text("node1 slots=1\nnode2 slots=1\n")
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text("train_iters: 1\n")
+    argv = ["train", str(cfg_file), "--launcher", "pdsh", "--hostfile", str(tmp_path / "hosts")]
+    code = main([*argv, "--set", override, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and problem in err and "Traceback" not in err and out == ""
+
+
+def test_config_bounds_match_the_hostfile_limits() -> None:
+    from neoxcli.config.schema import LauncherConfig
+    from neoxcli.launchers.hostfile import MAX_SLOTS
+    from neoxcli.launchers.hostlist import MAX_HOSTS
+
+    def upper(name: str) -> int:
+        (bound,) = [m.le for m in LauncherConfig.model_fields[name].metadata if hasattr(m, "le")]
+        return int(bound)
+
+    assert upper("num_gpus") == MAX_SLOTS and upper("num_nodes") == MAX_HOSTS
 
 
 def test_missing_launcher_program_is_a_user_error_and_writes_nothing(

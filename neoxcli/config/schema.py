@@ -255,13 +255,15 @@ class LauncherConfig(Section):
     hostfile: str | None = None
     include: str | None = None
     exclude: str | None = None
-    num_nodes: int = -1
-    num_gpus: int | None = None
+    # Upper bounds: neoxcli.launchers.hostlist.MAX_HOSTS and neoxcli.launchers.hostfile.MAX_SLOTS,
+    # so a typo is a config error instead of a launch plan too large to build.
+    num_nodes: int = Field(-1, le=1 << 20)
+    num_gpus: int | None = Field(None, le=4096)
     master_addr: str | None = None
-    master_port: int = 29500
+    master_port: int = Field(29500, ge=1, le=65535)  # a TCP port: 0 would mean "any" to each rank
     launcher_args: list[str] = Field(default_factory=list)
     launcher_env: dict[str, str] = Field(default_factory=dict)
-    ssh_port: int | None = None
+    ssh_port: int | None = Field(None, ge=1, le=65535)
     mpi_flavor: Literal["auto", "openmpi", "mpich", "mvapich", "intel"] = Field(
         "auto", description="neox: the mpi launcher's dialect; auto asks `mpirun --version`"
     )

@@ -258,6 +258,12 @@ def check_host_names(hosts: Sequence[Node], launcher: str) -> None:
             )
 
 
+def requested_slots(config: NeoXConfig) -> int | None:
+    """``num_gpus`` as slots per host, or None when it asks for every slot (unset, 0 or -1, as DeepSpeed reads it)."""
+    gpus = config.launcher.num_gpus
+    return gpus if gpus is not None and gpus > 0 else None
+
+
 def select_nodes(
     hosts: Sequence[Host],
     include: str | None = None,

@@ -19,8 +19,16 @@ from neoxcli.errors import NeoxError
 from neoxcli.fileio import atomic_write_text
 from neoxcli.launchers.hostlist import expand_nodelist, parse_tasks_per_node, split_nodelist
 
-_LINE = re.compile(r"(\S+)\s+slots\s*=\s*([0-9]+)")
+#: Most slots (ranks) one host may have: far more than any machine's GPUs or cores, and small
+#: enough that a typo (slots=99999999999) is an error rather than an out-of-memory kill.
+MAX_SLOTS = 4096
+#: Longest count in digits; int() refuses text of more than 4300 digits with a ValueError.
+_MAX_DIGITS = 18
+_LINE = re.compile(rf"(\S+)\s+slots\s*=\s*([0-9]{{1,{_MAX_DIGITS}}})")
 _FORMAT_HINT = "each line is `HOST slots=N`; lines starting with # are comments"
+# Files are read as UTF-8 with an optional byte-order mark: editors on Windows write one,
+# and kept as text it would become part of the first host's name.
+_ENCODING = "utf-8-sig"
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class Host:
                 f"host {self.name!r} has {self.slots!r} slots; it needs at least 1",
                 hint="leave a host out with exclude instead of giving it 0 slots",
             )
+        if self.slots > MAX_SLOTS:
+            raise NeoxError(f"host {self.name!r} has {self.slots} slots; at most {MAX_SLOTS} are allowed")
 
 
 def _unique(hosts: list[Host], source: str) -> list[Host]:
@@ -54,9 +64,21 @@ def _unique(hosts: list[Host], source: str) -> list[Host]:
     return hosts
 
 
+def _is_count(text: str) -> bool:
+    """Whether ``text`` is a count in ASCII digits.
+
+    ``str.isdigit`` alone also accepts ``'²'`` (which ``int`` rejects with a
+    traceback) and ``'٣'`` (which ``int`` reads as 3); hostfiles allow ``[0-9]`` only.
+    Longer counts than ``_MAX_DIGITS`` are refused before ``int`` sees them.
+    """
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS
+
+
 def _check_slots(slots: int | None) -> None:
     if slots is not None and (isinstance(slots, bool) or slots < 1):
         raise NeoxError(f"slots must be at least 1, got {slots}", hint="pass --slots N with N >= 1")
+    if slots is not None and slots > MAX_SLOTS:
+        raise NeoxError(f"slots must be at most {MAX_SLOTS}, got {slots}")
 
 
 # --- hostfiles ---------------------------------------------------------------------------------
@@ -81,6 +103,8 @@ def parse_hostfile(text: str, source: str = "<hostfile>") -> list[Host]:
             )
         if slots < 1:
             raise NeoxError(f"{where}: host {name!r} has 0 slots", hint="remove the line, or use exclude")
+        if slots > MAX_SLOTS:
+            raise NeoxError(f"{where}: host {name!r} has {slots} slots; at most {MAX_SLOTS} are allowed")
         seen[name] = lineno
         hosts.append(Host(name, slots))
     return hosts
@@ -90,7 +114,7 @@ def read_hostfile(path: str | os.PathLike[str]) -> list[Host]:
     """Read a DeepSpeed hostfile (``host slots=N`` per line, ``#`` comments, blank lines)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=_ENCODING)
     except FileNotFoundError:
         raise NeoxError(
             f"hostfile {str(path)!r} does not exist", hint="write one with `neox hostfile`"
@@ -115,6 +139,10 @@ def write_hostfile(hosts: Iterable[Host], path: str | os.PathLike[str]) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise NeoxError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+    if path.is_dir():  # `-o ''` arrives as '.', where the rename would fail with EBUSY
+        raise NeoxError(
+            f"cannot write {str(path)!r}: it is a directory", hint="give a file name, such as -o hostfile"
+        )
     try:
         atomic_write_text(path, text, keep_mode=True)
     except OSError as exc:
@@ -136,7 +164,7 @@ def _gpus_per_node(env: Mapping[str, str]) -> int | None:
     """GPUs per node from the GPU environment, or None when it names none."""
     on_node = env.get("SLURM_GPUS_ON_NODE", "").strip()
     if on_node:
-        if not on_node.isdigit():
+        if not _is_count(on_node):
             raise NeoxError(f"SLURM_GPUS_ON_NODE={on_node!r} is not a number", hint="pass --slots N")
         if int(on_node) > 0:
             return int(on_node)
@@ -145,7 +173,7 @@ def _gpus_per_node(env: Mapping[str, str]) -> int | None:
         total = 0
         for item in per_node.split(","):
             count = item.strip().rsplit(":", 1)[-1]  # "4", "gpu:4", "a100:4", "gpu:a100:4"
-            if not count.isdigit():
+            if not _is_count(count):
                 raise NeoxError(
                     f"cannot read a GPU count from SLURM_GPUS_PER_NODE={per_node!r}",
                     hint="expected a form like 4, gpu:4 or a100:4; or pass --slots N",
@@ -206,9 +234,13 @@ def _count_hosts(names: Iterable[str]) -> list[tuple[str, int]]:
 
 def _read_lines(path: str, var: str) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding=_ENCODING)
     except OSError as exc:
         raise NeoxError(f"cannot read {var}={path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise NeoxError(
+            f"cannot read {var}={path!r}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
 
 
@@ -259,7 +291,7 @@ def hosts_from_lsf(
     elif mcpu:
         source = "LSB_MCPU_HOSTS"
         fields = mcpu.split()
-        if len(fields) % 2 or not all(count.isdigit() for count in fields[1::2]):
+        if len(fields) % 2 or not all(_is_count(count) for count in fields[1::2]):
             raise NeoxError(
                 f"cannot parse LSB_MCPU_HOSTS={mcpu!r}",
                 hint="expected host and slot count pairs, such as 'batch1 1 node1 42 node2 42'",
@@ -287,7 +319,7 @@ def _parse_entry(entry: str, default: int) -> list[Host]:
     name, sep, count = entry.rpartition(":")
     if not sep:
         name, count = entry, ""
-    elif not count.isdigit() or not name:
+    elif not _is_count(count) or not name:
         raise NeoxError(
             f"invalid host entry {entry!r}",
             hint="write HOST or HOST:SLOTS, comma-separated, such as h1,h2:4,node[01-04]:8",
@@ -308,13 +340,21 @@ def hosts_from_list(spec: str | os.PathLike[str], slots: int | None = None) -> l
     source = "the host list"
     if text and os.path.isfile(text):
         try:
-            content = Path(text).read_text(encoding="utf-8")
+            content = Path(text).read_text(encoding=_ENCODING)
         except (OSError, UnicodeDecodeError) as exc:
             raise NeoxError(f"cannot read host list {text!r}: {exc}") from None
         if re.search(r"\sslots\s*=", content):
             return read_hostfile(text)
         source = repr(text)
         text = "\n".join(line.split("#", 1)[0] for line in content.splitlines())
+    elif "/" in text:
+        # No host name holds '/': this is a path, and reading it as a host would write a
+        # hostfile naming the path (`--from-list ./hosts.txt` with the file missing).
+        why = "is a directory" if os.path.isdir(text) else "does not exist"
+        raise NeoxError(
+            f"host list file {text!r} {why}",
+            hint="give a file of HOST[:SLOTS] entries, or the entries themselves",
+        )
     hosts: list[Host] = []
     for entry in split_nodelist(text):
         hosts.extend(_parse_entry(entry, default))
@@ -344,7 +384,7 @@ def _parse_filter(spec: str, hosts: Mapping[str, int], option: str) -> dict[str,
         indices = set(range(count)) if not sep else set()
         for part in slot_text.split(",") if sep else []:
             part = part.strip()
-            if not part.isdigit():
+            if not _is_count(part):
                 raise NeoxError(
                     f"{option} {spec!r}: bad slot {part!r} for host {name!r}",
                     hint="slots are indices such as host:0,2",

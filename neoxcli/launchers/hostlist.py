@@ -34,8 +34,9 @@ MAX_RANGE = 65536
 MAX_HOSTS = 1 << 20
 
 _HINT = "expected a Slurm host list such as node[01-04,07], a1,b[2-3],c or rack[1-2]-node[01-02]"
-_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_TASKS = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?")
+# Numbers are at most 18 digits (Slurm's are 64-bit): int() refuses more than 4300 with a ValueError.
+_RANGE = re.compile(r"([0-9]{1,18})(?:-([0-9]{1,18}))?")
+_TASKS = re.compile(r"([0-9]{1,18})(?:\(x([0-9]{1,18})\))?")
 _SEPARATORS = ", \t\r\n"
 
 
@@ -201,5 +202,7 @@ def parse_tasks_per_node(value: str) -> list[int]:
         count, repeat = int(match.group(1)), int(match.group(2) or 1)
         if count < 1 or repeat < 1:
             raise NeoxError(f"invalid tasks-per-node value {value!r}: counts must be at least 1")
+        if len(counts) + repeat > MAX_HOSTS:  # checked before the list is built: 2(x99999999999)
+            raise NeoxError(f"invalid tasks-per-node value {value!r}: more than {MAX_HOSTS} hosts")
         counts.extend([count] * repeat)
     return counts

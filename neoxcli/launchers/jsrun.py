@@ -15,7 +15,14 @@ from pathlib import Path
 
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import NeoxError
-from neoxcli.launchers.base import LaunchCommand, Launcher, LaunchPlan, Node, uniform_slots
+from neoxcli.launchers.base import (
+    LaunchCommand,
+    Launcher,
+    LaunchPlan,
+    Node,
+    requested_slots,
+    uniform_slots,
+)
 from neoxcli.launchers.hostfile import Host, hosts_from_lsf
 
 
@@ -24,7 +31,7 @@ class JsrunLauncher(Launcher):
     description = "IBM jsrun on LSF clusters: one resource set per host"
 
     def default_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Host]:
-        return hosts_from_lsf(env, config.launcher.num_gpus)
+        return hosts_from_lsf(env, requested_slots(config))
 
     def build(
         self, config: NeoXConfig, hosts: Sequence[Node], run_config_path: Path, env: Mapping[str, str]

@@ -13,6 +13,7 @@ never installed still finds them.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -73,11 +74,16 @@ def _load(ref: PluginRef) -> object:
 
 def get_launcher(name: str) -> Launcher:
     """An instance of the launcher called ``name``; unknown names list the available ones."""
-    refs = discover().get(name)
+    found = discover()
+    refs = found.get(name)
     if not refs:
+        # Names are matched exactly; suggest the one meant by a typo or another case (SLURM, slrum).
+        by_lower = {known.lower(): known for known in found}
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+        guess = f"did you mean {by_lower[close[0]]!r}? " if close else ""
         raise NeoxError(
             f"unknown launcher {name!r}",
-            hint=f"available launchers: {', '.join(available())}; "
+            hint=f"{guess}available launchers: {', '.join(sorted(found))}; "
             f"others are added by packages registering a {GROUP!r} entry point",
         )
     if len(refs) > 1:

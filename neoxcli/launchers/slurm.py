@@ -28,6 +28,7 @@ from neoxcli.launchers.base import (
     LaunchPlan,
     Node,
     check_host_names,
+    requested_slots,
     uniform_slots,
 )
 from neoxcli.launchers.hostfile import Host, hosts_from_slurm
@@ -63,6 +64,15 @@ def render_template(template: str, values: Mapping[str, str], source: str = "the
     return _PLACEHOLDER.sub(fill, template)
 
 
+def filename_pattern(directory: Path, name: str) -> str:
+    """``directory/name`` for sbatch's ``--output``, which expands ``%j``, ``%x``, ``%5u``... in the whole path.
+
+    Every ``%`` of the directory is doubled (``%%`` is a literal ``%``), so a run
+    directory such as ``runs/50%xp`` is not rewritten into one that does not exist.
+    """
+    return str(directory).replace("%", "%%") + "/" + name
+
+
 def in_allocation(env: Mapping[str, str]) -> bool:
     return bool(env.get("SLURM_JOB_NODELIST", "").strip() or env.get("SLURM_NODELIST", "").strip())
 
@@ -72,7 +82,7 @@ class SlurmLauncher(Launcher):
     description = "srun inside a Slurm allocation, or sbatch a batch script (sbatch: true / --sbatch)"
 
     def default_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Host]:
-        return hosts_from_slurm(env, config.launcher.num_gpus)
+        return hosts_from_slurm(env, requested_slots(config))
 
     def resolve_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Node]:
         lc = config.launcher
@@ -168,7 +178,7 @@ class SlurmLauncher(Launcher):
             "--job-name=neox",
             f"--nodes={len(hosts)}",
             f"--ntasks-per-node={slots}",
-            f"--output={run_dir / 'slurm-%j.out'}",
+            "--output=" + filename_pattern(run_dir, "slurm-%j.out"),
         ]
         if all(node.name for node in hosts):
             argv.append("--nodelist=" + compress_nodelist(node.name for node in hosts))
