@@ -403,3 +403,63 @@ def test_ftfy_in_worker_processes(tmp_path: Path) -> None:
     res = prepare([src], tmp_path / "f", CharLevelTokenizer(), ftfy=True, workers=2)
     assert res.documents == 2
     assert _docs(tmp_path / "f_text_document") == ["doesn't", "plain"]
+
+
+def _deny_reading(monkeypatch: pytest.MonkeyPatch, module: object, denied: Path) -> None:
+    """``open`` in ``module`` fails on ``denied`` as on a file without read permission (also as root)."""
+    real_open = open
+
+    def fake_open(file: object, *args: object, **kwargs: object) -> object:
+        if Path(os.fspath(file)) == denied:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(file))  # type: ignore[arg-type]
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(module, "open", fake_open, raising=False)
+
+
+def test_unusable_paths_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import neoxcli.data.indexed as indexed_mod
+    import neoxcli.data.readers as readers_mod
+
+    src = _jsonl(tmp_path / "a.jsonl")
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a directory")
+    cases = [
+        (["prepare", str(src), "-o", str(in_the_way / "o"), *CHAR], "cannot create output directory"),
+        (
+            [
+                "prepare",
+                str(src),
+                "-o",
+                str(in_the_way / "t"),
+                "--train-tokenizer",
+                "--vocab-size",
+                "300",
+                "-q",
+            ],
+            "cannot create directory",
+        ),
+    ]
+    assert main(["prepare", str(src), "-o", str(tmp_path / "a"), *CHAR]) == 0
+    cases.append(
+        (["prepare", "merge", str(tmp_path / "a_text_document"), "-o", str(in_the_way / "m")], "cannot write")
+    )
+    capsys.readouterr()
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and str(in_the_way) in err and "Traceback" not in err
+    _deny_reading(monkeypatch, readers_mod, src)
+    assert main(["prepare", str(src), "-o", str(tmp_path / "b"), *CHAR]) == 2
+    assert f"error: cannot read {src}: Permission denied" in capsys.readouterr().err
+    _deny_reading(monkeypatch, indexed_mod, tmp_path / "a_text_document.idx")
+    assert main(["prepare", "inspect", str(tmp_path / "a_text_document")]) == 2
+    assert "error: cannot read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.jsonl",
+        "a_text_document.bin",
+        "a_text_document.idx",
+        "file",
+    ]

@@ -417,7 +417,11 @@ def prepare(
             return int(state["done"]) + f.position(), f.source
         return int(state["done"]), ""
 
-    Path(os.fspath(output_prefix)).parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(os.fspath(output_prefix)).parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise DataError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from None
     result = tokenize_records(
         records(),
         prefixes,
