@@ -463,3 +463,24 @@ def test_unusable_paths_are_one_error_line(
         "a_text_document.idx",
         "file",
     ]
+
+
+def test_ctrl_c_leaves_worker_processes_to_the_main_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C signals the whole process group; workers must neither die of it nor wedge the pool."""
+    import struct
+
+    import neoxcli.data.prepare as prep
+
+    monkeypatch.setattr(prep, "POOL_STOP_SECONDS", 0.2)
+    work = ([["abc"]], False, False)
+    with pytest.raises(KeyboardInterrupt), prep._worker_pool(1, CharLevelTokenizer().spec) as pool:
+        assert pool.apply_async(prep._worker_encode, (work,)).get(timeout=10)[0][1].tolist() == [3]
+        (worker,) = pool._pool  # type: ignore[attr-defined]
+        os.kill(worker.pid, signal.SIGINT)
+        assert pool.apply_async(prep._worker_encode, (work,)).get(timeout=10)[0][1].tolist() == [3]
+        assert worker.is_alive()  # the same worker served the second batch
+        # a worker killed mid-reply leaves a length header without its body in the result pipe
+        os.write(pool._outqueue._writer.fileno(), struct.pack("!i", 1 << 20))  # type: ignore[attr-defined]
+        t0 = time.monotonic()
+        raise KeyboardInterrupt
+    assert time.monotonic() - t0 < 3 and not worker.is_alive()
