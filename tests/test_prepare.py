@@ -228,6 +228,12 @@ def test_help_shows_example_and_subcommands(capsys: pytest.CaptureFixture[str]) 
     assert "Example" in capsys.readouterr().out
 
 
+def test_usage_errors_point_at_neox_prepare_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "a.jsonl", "-o", "x", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Try 'neox prepare -h' for help." in err and "_tokenize" not in err
+
+
 def test_train_tokenizer_option(tmp_path: Path) -> None:
     src = _jsonl(tmp_path / "a.jsonl", [{"text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(200)])
     assert (

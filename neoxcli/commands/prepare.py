@@ -78,8 +78,21 @@ def _looks_like_key(word: str) -> bool:
     return not any(c in word for c in "/\\.*?[")
 
 
+_Context: Any = TyperCommand.context_class  # typer's own click, or the click package
+
+
+class _RunContext(_Context):
+    """Names the hidden command ``neox prepare``, e.g. in a usage error's "Try ... -h" line."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else "neox prepare"
+
+
 class _RunCommand(TyperCommand):
     """Shows ``neox prepare`` (not the hidden name) in usage lines."""
+
+    context_class = _RunContext
 
     def format_usage(self, ctx: Any, formatter: Any) -> None:
         pieces = self.collect_usage_pieces(ctx)
