@@ -220,6 +220,25 @@ def test_inspect_and_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert _docs(Path(m)) == ["hello world", "héllo ✓", "third"]
 
 
+def test_merge_output_with_a_suffix_is_the_same_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o x.bin`` writes ``x.bin``/``x.idx``: the overwrite and output-is-input checks must see that."""
+    _jsonl(tmp_path / "a.jsonl")
+    _jsonl(tmp_path / "b.jsonl", [{"text": "third"}])
+    for name in ("a", "b"):
+        assert main(["prepare", str(tmp_path / f"{name}.jsonl"), "-o", str(tmp_path / name), *CHAR]) == 0
+    a, b = str(tmp_path / "a_text_document"), str(tmp_path / "b_text_document")
+    capsys.readouterr()
+    assert main(["prepare", "merge", a, "-o", b + ".idx"]) == 2  # no silent overwrite
+    assert "--overwrite" in capsys.readouterr().err and _docs(Path(b)) == ["third"]
+    assert main(["prepare", "merge", a, b, "-o", b + ".bin", "--overwrite"]) == 2
+    assert "is also an input" in capsys.readouterr().err and _docs(Path(b)) == ["third"]
+    assert main(["prepare", "merge", a, b, "-o", str(tmp_path / "m.bin")]) == 0
+    assert f"wrote {tmp_path / 'm'}.bin/.idx" in capsys.readouterr().out
+    assert _docs(tmp_path / "m") == ["hello world", "héllo ✓", "third"]
+
+
 def test_help_shows_example_and_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prepare", "--help"]) == 0
     out = capsys.readouterr().out

@@ -351,9 +351,12 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option(..., "--output", "-o", help="Output prefix."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     ) -> None:
+        from neoxcli.data.indexed import normalize_prefix
         from neoxcli.data.inspect import merge_datasets
         from neoxcli.data.prepare import ensure_output_absent
 
+        # the writer drops a .bin/.idx suffix; so must the checks, or they look at other files
+        output = normalize_prefix(output)
         ensure_output_absent([output], overwrite)
         n_docs, n_tokens = merge_datasets(prefixes, output)
         print(f"wrote {output}.bin/.idx: {n_docs:,} documents, {n_tokens:,} tokens")
