@@ -323,6 +323,8 @@ class IndexedDataset:
     def document(self, d: int) -> np.ndarray:
         """All tokens of document ``d`` (its sequences concatenated)."""
         a, b = int(self.doc_idx[d]), int(self.doc_idx[d + 1])
+        if not 0 <= a <= len(self) or not 0 <= b <= len(self):  # checked here, not for every file opened
+            raise DataError(f"{idx_path(self.prefix)} is corrupt: document {d} spans sequences {a}..{b}")
         if b <= a:
             return self._bin_map[0:0]
         start = int(self.pointers[a]) // self._itemsize
