@@ -108,3 +108,13 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "short.bin").write_bytes((tmp_path / "ex.bin").read_bytes()[:10])
     with pytest.raises(DataError, match="truncated"):
         IndexedDataset(tmp_path / "short")
+
+
+def test_corrupt_document_index_is_a_user_error(tmp_path: Path) -> None:
+    _write_example(tmp_path / "ex")
+    idx = bytearray((tmp_path / "ex.idx").read_bytes())
+    n = 3
+    struct.pack_into("<q", idx, 34 + 12 * n + 8, 99)  # doc_idx[1]: a sequence that does not exist
+    (tmp_path / "ex.idx").write_bytes(bytes(idx))
+    with pytest.raises(DataError, match="ex.idx is corrupt: document 0"):
+        IndexedDataset(tmp_path / "ex").document(0)

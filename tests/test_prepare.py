@@ -220,12 +220,37 @@ def test_inspect_and_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert _docs(Path(m)) == ["hello world", "héllo ✓", "third"]
 
 
+def test_merge_output_with_a_suffix_is_the_same_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o x.bin`` writes ``x.bin``/``x.idx``: the overwrite and output-is-input checks must see that."""
+    _jsonl(tmp_path / "a.jsonl")
+    _jsonl(tmp_path / "b.jsonl", [{"text": "third"}])
+    for name in ("a", "b"):
+        assert main(["prepare", str(tmp_path / f"{name}.jsonl"), "-o", str(tmp_path / name), *CHAR]) == 0
+    a, b = str(tmp_path / "a_text_document"), str(tmp_path / "b_text_document")
+    capsys.readouterr()
+    assert main(["prepare", "merge", a, "-o", b + ".idx"]) == 2  # no silent overwrite
+    assert "--overwrite" in capsys.readouterr().err and _docs(Path(b)) == ["third"]
+    assert main(["prepare", "merge", a, b, "-o", b + ".bin", "--overwrite"]) == 2
+    assert "is also an input" in capsys.readouterr().err and _docs(Path(b)) == ["third"]
+    assert main(["prepare", "merge", a, b, "-o", str(tmp_path / "m.bin")]) == 0
+    assert f"wrote {tmp_path / 'm'}.bin/.idx" in capsys.readouterr().out
+    assert _docs(tmp_path / "m") == ["hello world", "héllo ✓", "third"]
+
+
 def test_help_shows_example_and_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prepare", "--help"]) == 0
     out = capsys.readouterr().out
     assert "neox prepare --preset python-stdlib" in out and "neox prepare inspect" in out
     assert main(["prepare", "merge", "--help"]) == 0
     assert "Example" in capsys.readouterr().out
+
+
+def test_usage_errors_point_at_neox_prepare_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "a.jsonl", "-o", "x", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Try 'neox prepare -h' for help." in err and "_tokenize" not in err
 
 
 def test_train_tokenizer_option(tmp_path: Path) -> None:
@@ -403,3 +428,84 @@ def test_ftfy_in_worker_processes(tmp_path: Path) -> None:
     res = prepare([src], tmp_path / "f", CharLevelTokenizer(), ftfy=True, workers=2)
     assert res.documents == 2
     assert _docs(tmp_path / "f_text_document") == ["doesn't", "plain"]
+
+
+def _deny_reading(monkeypatch: pytest.MonkeyPatch, module: object, denied: Path) -> None:
+    """``open`` in ``module`` fails on ``denied`` as on a file without read permission (also as root)."""
+    real_open = open
+
+    def fake_open(file: object, *args: object, **kwargs: object) -> object:
+        if Path(os.fspath(file)) == denied:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(file))  # type: ignore[arg-type]
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(module, "open", fake_open, raising=False)
+
+
+def test_unusable_paths_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import neoxcli.data.indexed as indexed_mod
+    import neoxcli.data.readers as readers_mod
+
+    src = _jsonl(tmp_path / "a.jsonl")
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a directory")
+    cases = [
+        (["prepare", str(src), "-o", str(in_the_way / "o"), *CHAR], "cannot create output directory"),
+        (
+            [
+                "prepare",
+                str(src),
+                "-o",
+                str(in_the_way / "t"),
+                "--train-tokenizer",
+                "--vocab-size",
+                "300",
+                "-q",
+            ],
+            "cannot create directory",
+        ),
+    ]
+    assert main(["prepare", str(src), "-o", str(tmp_path / "a"), *CHAR]) == 0
+    cases.append(
+        (["prepare", "merge", str(tmp_path / "a_text_document"), "-o", str(in_the_way / "m")], "cannot write")
+    )
+    capsys.readouterr()
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and str(in_the_way) in err and "Traceback" not in err
+    _deny_reading(monkeypatch, readers_mod, src)
+    assert main(["prepare", str(src), "-o", str(tmp_path / "b"), *CHAR]) == 2
+    assert f"error: cannot read {src}: Permission denied" in capsys.readouterr().err
+    _deny_reading(monkeypatch, indexed_mod, tmp_path / "a_text_document.idx")
+    assert main(["prepare", "inspect", str(tmp_path / "a_text_document")]) == 2
+    assert "error: cannot read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.jsonl",
+        "a_text_document.bin",
+        "a_text_document.idx",
+        "file",
+    ]
+
+
+def test_ctrl_c_leaves_worker_processes_to_the_main_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C signals the whole process group; workers must neither die of it nor wedge the pool."""
+    import struct
+
+    import neoxcli.data.prepare as prep
+
+    monkeypatch.setattr(prep, "POOL_STOP_SECONDS", 0.2)
+    work = ([["abc"]], False, False)
+    with pytest.raises(KeyboardInterrupt), prep._worker_pool(1, CharLevelTokenizer().spec) as pool:
+        assert pool.apply_async(prep._worker_encode, (work,)).get(timeout=10)[0][1].tolist() == [3]
+        (worker,) = pool._pool  # type: ignore[attr-defined]
+        os.kill(worker.pid, signal.SIGINT)
+        assert pool.apply_async(prep._worker_encode, (work,)).get(timeout=10)[0][1].tolist() == [3]
+        assert worker.is_alive()  # the same worker served the second batch
+        # a worker killed mid-reply leaves a length header without its body in the result pipe
+        os.write(pool._outqueue._writer.fileno(), struct.pack("!i", 1 << 20))  # type: ignore[attr-defined]
+        t0 = time.monotonic()
+        raise KeyboardInterrupt
+    assert time.monotonic() - t0 < 3 and not worker.is_alive()

@@ -78,8 +78,21 @@ def _looks_like_key(word: str) -> bool:
     return not any(c in word for c in "/\\.*?[")
 
 
+_Context: Any = TyperCommand.context_class  # typer's own click, or the click package
+
+
+class _RunContext(_Context):
+    """Names the hidden command ``neox prepare``, e.g. in a usage error's "Try ... -h" line."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else "neox prepare"
+
+
 class _RunCommand(TyperCommand):
     """Shows ``neox prepare`` (not the hidden name) in usage lines."""
+
+    context_class = _RunContext
 
     def format_usage(self, ctx: Any, formatter: Any) -> None:
         pieces = self.collect_usage_pieces(ctx)
@@ -338,9 +351,12 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option(..., "--output", "-o", help="Output prefix."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     ) -> None:
+        from neoxcli.data.indexed import normalize_prefix
         from neoxcli.data.inspect import merge_datasets
         from neoxcli.data.prepare import ensure_output_absent
 
+        # the writer drops a .bin/.idx suffix; so must the checks, or they look at other files
+        output = normalize_prefix(output)
         ensure_output_absent([output], overwrite)
         n_docs, n_tokens = merge_datasets(prefixes, output)
         print(f"wrote {output}.bin/.idx: {n_docs:,} documents, {n_tokens:,} tokens")

@@ -102,12 +102,15 @@ class IndexedDatasetWriter:
             raise ValueError(f"unsupported dtype {self.dtype}")
         self._bin_final = bin_path(self.prefix)
         self._idx_final = idx_path(self.prefix)
-        self._bin_final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self._bin_final, self._idx_final)
         tag = f".tmp-{os.getpid()}"
         self._bin_tmp = self._bin_final.with_name(f".{self._bin_final.name}{tag}")
         self._idx_tmp = self._idx_final.with_name(f".{self._idx_final.name}{tag}")
-        self._bin = open(self._bin_tmp, "wb", buffering=1 << 20)
+        try:
+            self._bin_final.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(self._bin_final, self._idx_final)
+            self._bin = open(self._bin_tmp, "wb", buffering=1 << 20)
+        except OSError as exc:  # a read-only directory, or a file where a directory should be
+            raise DataError(f"cannot write {self._bin_final}: {exc.strerror or exc}") from None
         self._sizes: list[int] = []
         self._doc_idx: list[int] = [0]
         self._closed = False
@@ -249,8 +252,13 @@ class IndexedDataset:
                 "create one with `neox prepare`",
             )
         size = ipath.stat().st_size
-        with open(ipath, "rb") as f:
-            header = f.read(HEADER_SIZE)
+        try:
+            with open(ipath, "rb") as f:
+                header = f.read(HEADER_SIZE)
+            with open(bpath, "rb"):
+                pass
+        except OSError as exc:
+            raise DataError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
         if len(header) < HEADER_SIZE or header[:9] != MAGIC:
             raise DataError(
                 f"{ipath} is not an mmap indexed dataset index (bad magic)",
@@ -315,6 +323,8 @@ class IndexedDataset:
     def document(self, d: int) -> np.ndarray:
         """All tokens of document ``d`` (its sequences concatenated)."""
         a, b = int(self.doc_idx[d]), int(self.doc_idx[d + 1])
+        if not 0 <= a <= len(self) or not 0 <= b <= len(self):  # checked here, not for every file opened
+            raise DataError(f"{idx_path(self.prefix)} is corrupt: document {d} spans sequences {a}..{b}")
         if b <= a:
             return self._bin_map[0:0]
         start = int(self.pointers[a]) // self._itemsize

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from neoxcli.data.indexed import IndexedDataset, IndexedDatasetWriter
+from neoxcli.data.indexed import IndexedDataset, IndexedDatasetWriter, normalize_prefix
 from neoxcli.errors import DataError
 
 
@@ -71,6 +71,7 @@ def merge_datasets(
     """Concatenate datasets (same dtype) into ``output``, keeping document boundaries.
 
     Returns (documents, tokens). The ``.bin`` data is copied in large blocks.
+    ``output`` may end in ``.bin`` or ``.idx``, as the writer accepts it.
     """
     if not prefixes:
         raise DataError("nothing to merge")
@@ -78,7 +79,7 @@ def merge_datasets(
     dtypes = {str(s.dtype) for s in sets}
     if len(dtypes) != 1:
         raise DataError(f"cannot merge datasets of different dtypes ({', '.join(sorted(dtypes))})")
-    out = os.path.abspath(os.fspath(output))
+    out = os.path.abspath(normalize_prefix(output))
     for s in sets:
         if os.path.abspath(s.prefix) == out:
             raise DataError(f"the output {output} is also an input")

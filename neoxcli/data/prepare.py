@@ -14,6 +14,7 @@ import itertools
 import os
 import queue
 import re
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -170,10 +171,16 @@ def encode_texts(
 # ------------------------------------------------------------------ worker processes
 
 _WORKER_TOK: Tokenizer | None = None
+#: how long a failed run waits for the worker pool to wind down before it moves on
+POOL_STOP_SECONDS = 5.0
 
 
 def _worker_init(spec: TokenizerSpec) -> None:
     global _WORKER_TOK
+    # Ctrl-C reaches the whole process group. Only the main process may act on it: a
+    # worker dying of KeyboardInterrupt mid-reply leaves half a message in the result
+    # pipe, and the pool's shutdown then waits on that pipe forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOK = rebuild(spec)
@@ -183,6 +190,30 @@ def _worker_encode(args: tuple[list[list[str]], bool, bool]) -> list[tuple[np.nd
     per_key, append_eod, use_ftfy = args
     assert _WORKER_TOK is not None
     return [encode_texts(_WORKER_TOK, texts, append_eod, use_ftfy) for texts in per_key]
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int, spec: TokenizerSpec) -> Iterator[Any]:
+    """A pool of encoding processes that an error or an interrupt stops at once.
+
+    ``Pool.terminate`` can wait forever when a worker was killed (a signal sent to
+    the whole process group) while sending a reply or holding a queue lock, so
+    after a failure the workers are killed and the pool gets a few seconds to wind
+    down; the output files are then removed as usual.
+    """
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(spec,))
+    try:
+        yield pool
+    except BaseException:
+        for proc in getattr(pool, "_pool", ()):
+            proc.kill()
+        stopper = threading.Thread(target=pool.terminate, name="neox-prepare-pool-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout=POOL_STOP_SECONDS)
+        raise
+    pool.terminate()
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -352,12 +383,7 @@ def tokenize_records(
                 encoded = [encode_texts(tokenizer, texts, append_eod, ftfy) for texts in batch.per_key]
                 write(batch, encoded, writers)
         else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            pool = stack.enter_context(
-                ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.spec,))
-            )
+            pool = stack.enter_context(_worker_pool(workers, tokenizer.spec))
             pending: deque[tuple[_Batch, Any]] = deque()
             for batch in batches:
                 handle_bad(batch)
@@ -417,7 +443,11 @@ def prepare(
             return int(state["done"]) + f.position(), f.source
         return int(state["done"]), ""
 
-    Path(os.fspath(output_prefix)).parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(os.fspath(output_prefix)).parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise DataError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from None
     result = tokenize_records(
         records(),
         prefixes,

@@ -205,7 +205,10 @@ class InputFile:
         self.name = "<stdin>" if path == STDIN else path
         self.source = self.name
         self.skipped: Counter[str] = Counter()
-        self._raw_file: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+        try:
+            self._raw_file: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+        except OSError as exc:  # unreadable, or gone since the inputs were listed
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
         if path == STDIN:
             peek = getattr(self._raw_file, "peek", None)
             head = peek(4)[:4] if peek is not None else b""

@@ -346,6 +346,11 @@ def train_bpe_tokenizer(
 
     if vocab_size < 256 + 2:
         raise DataError(f"--vocab-size {vocab_size} is too small for a byte-level BPE (at least 258)")
+    out = Path(out_path)
+    try:  # before training, so an unusable output path fails at once
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create directory {out.parent}: {exc.strerror or exc}") from None
     tok = _Tok(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -357,12 +362,12 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(_nonempty(texts), trainer=trainer, length=length)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         tok.save(str(tmp))
         os.replace(tmp, out)
+    except Exception as exc:  # tokenizers reports a failed save as a plain Exception
+        raise DataError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return HFTokenizer(str(out))
