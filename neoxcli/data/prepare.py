@@ -502,5 +502,5 @@ def ensure_output_absent(prefixes: Iterable[str], overwrite: bool) -> None:
         if Path(p + ".bin").exists() or Path(p + ".idx").exists():
             raise DataError(
                 f"{p}.bin/.idx already exists",
-                hint="pass --overwrite to replace it, or choose another --output-prefix",
+                hint="pass --overwrite to replace it, or choose another output (-o)",
             )
