@@ -86,8 +86,24 @@ def test_prompt_is_truncated_to_fit_context() -> None:
     long_prompt = list(range(1, 40))
     out = generate(m, long_prompt, 5, greedy=True)
     assert out == generate(m, long_prompt[-11:], 5, greedy=True)
-    # Asking for more than the context holds stops when it is full.
-    assert len(generate(m, [1, 2, 3], 100, greedy=True)) == 16
+    # Asking for more than the context holds stops when it is full: 3 prompt tokens, 13 fed, 1 more drawn.
+    assert len(generate(m, [1, 2, 3], 100, greedy=True)) == 14
+
+
+def test_asking_for_many_tokens_keeps_the_prompt() -> None:
+    """max_new_tokens >= the context must not cut the prompt down to its last token."""
+    m = model(pos_emb="learned", seq_length=16)
+    prompt = [7, 3, 9, 5]
+    out = generate(m, prompt, 100, greedy=True)
+    assert len(out) == 16 - len(prompt) + 1  # the whole prompt holds positions
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(len(out)):
+            ids.append(int(m(torch.tensor([ids[-16:]]))[0, -1].argmax()))
+    assert out == ids[len(prompt) :]
+    # A prompt longer than half the context keeps half of it, not one token.
+    long_prompt = list(range(1, 40))
+    assert len(generate(m, long_prompt, 100, greedy=True)) == 16 - 8 + 1
 
 
 def test_generate_restores_training_mode() -> None:
