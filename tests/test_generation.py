@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from neoxcli.config.schema import ModelConfig
@@ -110,3 +113,36 @@ def test_generate_restores_training_mode() -> None:
     m = model().train()
     generate(m, torch.tensor([[1, 2]]), 2, seed=0)
     assert m.training
+
+
+def test_generate_arguments_are_checked_before_the_checkpoint_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unreadable prompt files, unwritable outputs and ignored options are one error line each."""
+    from neoxcli.cli import main
+
+    ckpt = str(tmp_path / "no-checkpoint")  # never reached: each argument error comes first
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "prompts.txt").write_text("a\n")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--input-file", str(tmp_path / "empty.txt")], "holds no prompts"),
+        (["--input-file", str(tmp_path / "latin1.txt")], "not UTF-8"),
+        (["-p", "x", "--output-file", str(tmp_path / "outdir")], "is a directory"),
+        (["-p", "x", "--output-file", str(tmp_path / "afile" / "o.jsonl")], "is a file"),
+        (["-i", "-p", "x"], "--interactive"),
+        (["-p", "x", "--input-file", str(tmp_path / "prompts.txt")], "not both"),
+    ]
+    for args, message in cases:
+        assert main(["generate", "-c", ckpt, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile",
+        "empty.txt",
+        "latin1.txt",
+        "outdir",
+        "prompts.txt",
+    ]
