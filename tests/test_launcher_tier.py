@@ -35,7 +35,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 from cluster import IFACE, Cluster, missing_requirements  # noqa: E402
-
 from runs import NEOX, processes_mentioning, read_where, write_hooks, write_tiny_config  # noqa: E402
 
 _why = missing_requirements()
