@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from neoxcli.config.schema import ModelConfig
 from neoxcli.convert._common import ConversionError, StateDict, cast_state
@@ -126,6 +127,23 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_state_fits(model_cfg: ModelConfig, state: StateDict, source: str) -> None:
+    """Refuse weights that the model described by ``model_cfg`` could not load.
+
+    Built on the meta device (no memory); the vocabulary is the embedding's row
+    count. Without this an incomplete or mis-shaped state dict is converted
+    "successfully" and fails only when the result is loaded.
+    """
+    from neoxcli.model import GPTModel
+    from neoxcli.training.checkpoint import check_module_state
+
+    emb = state.get("layers.0.word_embeddings.weight")
+    rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else model_cfg.make_vocab_size_divisible_by
+    with torch.device("meta"):
+        expected = GPTModel(model_cfg, rows).state_dict()
+    check_module_state(expected, state, source)
+
+
 def _first_token(backend: Any, candidates: tuple[str, ...]) -> str | None:
     return next((t for t in candidates if backend.token_to_id(t) is not None), None)
 
@@ -187,6 +205,7 @@ def export_hf(
     cfg = load_config([cfg_path], warn=lambda _msg: None)
     model_type = parse_arch(arch) if arch else choose_arch(cfg.model)
     state = load_module_state(tag_dir, cfg.model)
+    check_state_fits(cfg.model, state, f"the checkpoint {tag_dir}")
     hf_config, hf_state = to_hf(model_type, cfg.model, state)
 
     tok_path = tag_dir / TOKENIZER_NAME
@@ -297,7 +316,15 @@ def import_hf(
     kwargs["make_vocab_size_divisible_by"] = vocab_divisor(
         backend.get_vocab_size(with_added_tokens=True), rows
     )
-    model_cfg = ModelConfig(**kwargs)
+    try:
+        model_cfg = ModelConfig(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConversionError(
+            f"{hf_dir}/config.json describes a model neox cannot build ({field}: {err['msg']})"
+        ) from None
+    check_state_fits(model_cfg, state, f"the weights in {hf_dir}")
     tag = tag_for(0)
     final_tag_dir = out_dir.resolve() / tag
     cfg = NeoXConfig(
