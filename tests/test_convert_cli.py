@@ -380,3 +380,28 @@ def test_damaged_inputs_are_one_error_line_and_write_nothing(
         err = capsys.readouterr().err
         assert "cannot read" in err and "mp_rank_00_model_states.pt" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_output_replaces_a_file_and_is_not_private(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--overwrite of a plain file leaves no `.old-PID` behind; the directory follows the umask."""
+    import os
+    import stat
+
+    write_neox_checkpoint(tmp_path / "run", ModelConfig(**{**BASE, **ARCHS["gpt2"][1]}), tokenizer_file)
+    (tmp_path / "hf").write_text("a file")
+    code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf"), "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    umask = os.umask(0o022)
+    try:
+        code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf2"))
+    finally:
+        os.umask(umask)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "hf2").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "hf2" / "model.safetensors").stat().st_mode) == 0o644
+    (tmp_path / "plain").write_text("x")
+    code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "plain" / "out"))
+    assert code == 2 and "plain is a file" in err and "Traceback" not in err

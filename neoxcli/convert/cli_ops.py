@@ -107,21 +107,35 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     The temporary directory is removed on any failure, so ``out_dir`` is either
     absent, its previous content, or complete.
     """
+    from neoxcli.fileio import check_output_file
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise NeoxError(f"{out_dir} already exists", hint="choose a new directory or pass --overwrite")
+    if not out_dir.is_dir():
+        check_output_file(out_dir)  # a file where a parent directory should be
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        # mkdtemp makes the directory private (0700) and safetensors writes 0600; the model
+        # directory is meant to be shared like every other output, so it follows the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.rglob("*")):
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         old = None
-        if out_dir.exists():
+        if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            # --overwrite may replace a plain file: rmtree alone would leave it behind.
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
