@@ -18,7 +18,7 @@ from typing import Any
 
 from neoxcli.config.derived import Derived
 from neoxcli.config.schema import NeoXConfig
-from neoxcli.errors import NeoxError
+from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training import checkpoint as ckpt
 from neoxcli.training.distributed import DistEnv
@@ -274,6 +274,12 @@ def train(
     grid = ParallelGrid(layout, dist.rank)
     load_dir = Path(cfg.checkpoint.load) if cfg.checkpoint.load else None
     resume_tag = ckpt.read_latest(load_dir) if load_dir is not None else None
+    if load_dir is not None and resume_tag and not (load_dir / resume_tag).is_dir():
+        # DeepSpeed would fail on it with a bare AssertionError.
+        raise NeoxError(
+            f"{load_dir}/latest names {resume_tag!r}, which does not exist",
+            hint=f"restore that checkpoint, or write an existing global_stepN tag into {load_dir}/latest",
+        )
     portable: dict[str, Any] | None = None
     mode: str | None = None
     if load_dir is not None and resume_tag:
@@ -384,6 +390,11 @@ def train(
         }.get(mode or "", "")
         emit("info", {"message": f"resumed from {load_dir}/{resume_tag} at iteration {iteration}{how}"})
     portable = None
+    if train_ds is None and iteration < cfg.train.train_iters:
+        raise DataError(
+            f"the training split is empty: split {cfg.data.split!r} gives training no data",
+            hint='give training a share, e.g. split: "969,30,1"',
+        )
 
     sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
     tokens_per_iter = plan.train_batch_size * cfg.model.seq_length
@@ -397,7 +408,7 @@ def train(
             "plan": plan,
             "device": str(device),
             "world_size": dist.world_size,
-            "train_samples": len(train_ds),
+            "train_samples": len(train_ds) if train_ds is not None else 0,
         },
     )
 
