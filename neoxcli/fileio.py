@@ -18,7 +18,7 @@ def check_output_file(path: str | os.PathLike[str]) -> None:
 
     path = Path(path)
     if path.is_dir():
-        raise NeoxError(f"{path} is a directory", hint="name a file to write")
+        raise NeoxError(f"cannot write {path}: it is a directory", hint="name a file to write")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
