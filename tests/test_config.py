@@ -517,6 +517,32 @@ def test_value_checks(tmp_path: Path, text: str, fragment: str) -> None:
     assert "\n" not in err.message
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("lr: null\n", "train.optimizer: optimizer.params.lr must be a number >= 0, got None"),
+        ("lr: [1]\n", "optimizer.params.lr must be a number"),
+        ("lr: fast\n", "optimizer.params.lr must be a number"),
+        ("optimizer: {type: Adam, params: {lr: 0.001, eps: x}}\n", "optimizer.params.eps must be"),
+        ("optimizer: {type: Adam, params: {lr: 0.001, betas: 0.9}}\n", "optimizer.params.betas must be"),
+        ("optimizer: {type: Adam, params: {lr: 0.001, betas: [0.9]}}\n", "optimizer.params.betas must be"),
+        ("attention_config: [3]\n", "model.attention_config: attention_config entries must be"),
+        ("attention_config: [[[global]]]\n", "model.attention_config: attention_config entries must be"),
+        ("attention_config: [[[global], two]]\n", "model.attention_config: attention_config entries must be"),
+    ],
+)
+def test_values_the_trainer_reads_late_are_checked_on_load(tmp_path: Path, text: str, fragment: str) -> None:
+    """Optimizer params and attention_config were tracebacks, or passed validation and failed in training."""
+    path = write(tmp_path, "a.yml", text)
+    err = error_of(path)
+    assert fragment in err.message and err.message.endswith(f"(in {path})")
+
+
+def test_quoted_learning_rate_still_reads_as_a_number(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "a.yml", 'lr: "6e-4"\nattention_config: [[[global], 2]]\n'))
+    assert cfg.train.optimizer.lr == 6e-4 and cfg.model.attention_types == ["global", "global"]
+
+
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "broken.yml", "model:\n  num_layers: 2\n   hidden_size: 3\n")
     err = error_of(path)

@@ -306,3 +306,102 @@ def test_push_to_hub_uploads_without_printing_the_token(
     )
     assert code == 2 and "upload to the Hugging Face Hub" in err
     assert secret not in out + err
+
+
+def test_damaged_inputs_are_one_error_line_and_write_nothing(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Broken config.json, missing or mis-shaped tensors and damaged weight files never convert."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    write_neox_checkpoint(tmp_path / "run", ModelConfig(**{**BASE, **ARCHS["gpt_neox"][1]}), tokenizer_file)
+    good = tmp_path / "hf"
+    assert convert(capsys, str(tmp_path / "run"), "--to", "hf", str(good))[0] == 0
+    weights = load_file(str(good / "model.safetensors"))
+    dense = "gpt_neox.layers.0.attention.dense.weight"
+
+    def variant(name: str, edit: Any) -> Path:
+        path = tmp_path / name
+        shutil.copytree(good, path)
+        edit(path)
+        return path
+
+    def drop_tensor(p: Path) -> None:
+        save_file({k: v for k, v in weights.items() if k != dense}, str(p / "model.safetensors"))
+
+    def reshape_tensor(p: Path) -> None:
+        save_file({**weights, dense: torch.zeros(3, 3)}, str(p / "model.safetensors"))
+
+    def drop_key(p: Path) -> None:
+        config = json.loads((p / "config.json").read_text())
+        del config["num_attention_heads"]
+        (p / "config.json").write_text(json.dumps(config))
+
+    def to_bin(p: Path, data: bytes) -> None:
+        (p / "model.safetensors").unlink()
+        (p / "pytorch_model.bin").write_bytes(data)
+
+    cases = {
+        "not-json": (lambda p: (p / "config.json").write_text("{nope"), "not valid JSON"),
+        "json-list": (lambda p: (p / "config.json").write_text("[1]"), "JSON object"),
+        "no-key": (drop_key, "'num_attention_heads'"),
+        "no-tensor": (drop_tensor, "missing tensor"),
+        "bad-shape": (reshape_tensor, "has shape [3, 3]"),
+        "bad-safetensors": (lambda p: (p / "model.safetensors").write_bytes(b"x" * 64), "damaged"),
+        "bad-bin": (lambda p: to_bin(p, b"junk"), "damaged"),
+    }
+    for name, (edit, message) in cases.items():
+        out = tmp_path / f"out-{name}"
+        code, _, err = convert(capsys, str(variant(name, edit)), "--from", "hf", str(out))
+        assert code == 2 and err.startswith("error:") and message in err, (name, err)
+        assert "Traceback" not in err and not out.exists(), name
+    assert not list(tmp_path.glob("out-*"))
+
+    # A damaged checkpoint file, and weights that do not fit their config.yml, for --to hf and generate.
+    states = tmp_path / "run" / "global_step3" / "mp_rank_00_model_states.pt"
+    blob = torch.load(states, weights_only=False)
+    blob["module"].pop("layers.1.attention.dense.weight")
+    torch.save(blob, states)
+    for args in (
+        ["convert", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "x")],
+        ["generate", "-c", str(tmp_path / "run")],
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "missing tensor 'layers.1.attention.dense.weight'" in err and "Traceback" not in err
+    states.write_bytes(states.read_bytes()[:500])
+    for args in (
+        ["convert", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "x")],
+        ["generate", "-c", str(tmp_path / "run")],
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "cannot read" in err and "mp_rank_00_model_states.pt" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_output_replaces_a_file_and_is_not_private(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--overwrite of a plain file leaves no `.old-PID` behind; the directory follows the umask."""
+    import os
+    import stat
+
+    write_neox_checkpoint(tmp_path / "run", ModelConfig(**{**BASE, **ARCHS["gpt2"][1]}), tokenizer_file)
+    (tmp_path / "hf").write_text("a file")
+    code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf"), "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    umask = os.umask(0o022)
+    try:
+        code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf2"))
+    finally:
+        os.umask(umask)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "hf2").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "hf2" / "model.safetensors").stat().st_mode) == 0o644
+    (tmp_path / "plain").write_text("x")
+    code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "plain" / "out"))
+    assert code == 2 and "plain is a file" in err and "Traceback" not in err

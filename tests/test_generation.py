@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from neoxcli.config.schema import ModelConfig
@@ -86,11 +89,60 @@ def test_prompt_is_truncated_to_fit_context() -> None:
     long_prompt = list(range(1, 40))
     out = generate(m, long_prompt, 5, greedy=True)
     assert out == generate(m, long_prompt[-11:], 5, greedy=True)
-    # Asking for more than the context holds stops when it is full.
-    assert len(generate(m, [1, 2, 3], 100, greedy=True)) == 16
+    # Asking for more than the context holds stops when it is full: 3 prompt tokens, 13 fed, 1 more drawn.
+    assert len(generate(m, [1, 2, 3], 100, greedy=True)) == 14
+
+
+def test_asking_for_many_tokens_keeps_the_prompt() -> None:
+    """max_new_tokens >= the context must not cut the prompt down to its last token."""
+    m = model(pos_emb="learned", seq_length=16)
+    prompt = [7, 3, 9, 5]
+    out = generate(m, prompt, 100, greedy=True)
+    assert len(out) == 16 - len(prompt) + 1  # the whole prompt holds positions
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(len(out)):
+            ids.append(int(m(torch.tensor([ids[-16:]]))[0, -1].argmax()))
+    assert out == ids[len(prompt) :]
+    # A prompt longer than half the context keeps half of it, not one token.
+    long_prompt = list(range(1, 40))
+    assert len(generate(m, long_prompt, 100, greedy=True)) == 16 - 8 + 1
 
 
 def test_generate_restores_training_mode() -> None:
     m = model().train()
     generate(m, torch.tensor([[1, 2]]), 2, seed=0)
     assert m.training
+
+
+def test_generate_arguments_are_checked_before_the_checkpoint_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unreadable prompt files, unwritable outputs and ignored options are one error line each."""
+    from neoxcli.cli import main
+
+    ckpt = str(tmp_path / "no-checkpoint")  # never reached: each argument error comes first
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "prompts.txt").write_text("a\n")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--input-file", str(tmp_path / "empty.txt")], "holds no prompts"),
+        (["--input-file", str(tmp_path / "latin1.txt")], "not UTF-8"),
+        (["-p", "x", "--output-file", str(tmp_path / "outdir")], "is a directory"),
+        (["-p", "x", "--output-file", str(tmp_path / "afile" / "o.jsonl")], "is a file"),
+        (["-i", "-p", "x"], "--interactive"),
+        (["-p", "x", "--input-file", str(tmp_path / "prompts.txt")], "not both"),
+    ]
+    for args, message in cases:
+        assert main(["generate", "-c", ckpt, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile",
+        "empty.txt",
+        "latin1.txt",
+        "outdir",
+        "prompts.txt",
+    ]

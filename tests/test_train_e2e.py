@@ -220,3 +220,21 @@ def test_finished_run_says_nothing_is_left(trained, capsys: pytest.CaptureFixtur
     out = capsys.readouterr()
     assert "nothing left to train: train_iters is 30; raise it to continue" in out.out + out.err
     assert (run / "latest").read_text() == "global_step30" and not (run / "global_step31").exists()
+
+
+def test_run_directory_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file as save/load, `latest` naming a missing tag, an empty training split: one error line each."""
+    cfg = _config(tmp_path, **{"train-iters": 2, "sample_at_end": False})
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latest").write_text("global_step99")
+    cases = [
+        ([f"save={tmp_path / 'a-file'}"], "checkpoint.save:"),
+        (["split=0,100,0", "load=null"], "the training split is empty"),
+        ([], "names 'global_step99', which is not a directory in"),
+    ]
+    for overrides, message in cases:
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        assert main(["train", str(cfg), *sets]) == 2, overrides
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (overrides, err)

@@ -45,11 +45,21 @@ def register(app: typer.Typer) -> None:
         import json
 
         from neoxcli.errors import NeoxError
+        from neoxcli.fileio import check_output_file
         from neoxcli.generation import generate as gen
         from neoxcli.training.checkpoint import load_for_inference
 
-        if input_file is not None and not input_file.is_file():
-            raise NeoxError(f"input file not found: {input_file}")
+        # Arguments are checked before the model loads, so a mistake costs no sampling time;
+        # options that would otherwise be silently ignored are refused.
+        opts = {"--prompt": prompt, "--input-file": input_file, "--output-file": output_file}
+        given = [name for name, value in opts.items() if value is not None]
+        if interactive and given:
+            raise NeoxError(f"--interactive reads prompts from the terminal, not {given[0]}")
+        if prompt is not None and input_file is not None:
+            raise NeoxError("give --prompt or --input-file, not both")
+        file_prompts = _read_prompts(input_file) if input_file is not None else None
+        if output_file is not None:
+            check_output_file(output_file)
         model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
 
         def complete(text: str | None, sample_seed: int, stream: bool) -> str:
@@ -94,8 +104,8 @@ def register(app: typer.Typer) -> None:
                 i += 1
 
         prompts: list[str | None]
-        if input_file is not None:
-            prompts = [line.rstrip("\n") for line in input_file.read_text(encoding="utf-8").splitlines()]
+        if file_prompts is not None:
+            prompts = list(file_prompts)
         elif prompt is not None:
             prompts = [prompt]
         else:
@@ -114,3 +124,18 @@ def register(app: typer.Typer) -> None:
 
             atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
             print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """The prompts of ``--input-file``, one per line; a file without any is a mistake, not 0 samples."""
+    from neoxcli.errors import NeoxError
+
+    if not path.is_file():
+        raise NeoxError(f"input file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise NeoxError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    if not lines:
+        raise NeoxError(f"{path} holds no prompts", hint="write one prompt per line")
+    return lines

@@ -8,6 +8,7 @@ onto the sections without a translation table; see ``neoxcli.config.loader``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -105,9 +106,15 @@ class ModelConfig(Section):
         for item in self.attention_config:
             if isinstance(item, str):
                 kinds.append(item)
-            else:
-                pattern, repeat = item
-                kinds.extend(list(pattern) * int(repeat))
+                continue
+            # GPT-NeoX's [[kinds...], repeat]; anything else is named, not a traceback from unpacking.
+            ok = isinstance(item, (list, tuple)) and len(item) == 2
+            pattern, repeat = item if ok else ([], 0)
+            if not ok or not isinstance(pattern, (list, tuple)) or not isinstance(repeat, int) or repeat < 0:
+                raise ValueError(
+                    f'attention_config entries must be "global"/"local" or [[kinds...], repeat], got {item!r}'
+                )
+            kinds.extend([str(k) for k in pattern] * repeat)
         # GPT-NeoX's "flash" is dense causal attention through a faster kernel: the same model.
         return ["global" if k == "flash" else k for k in kinds]
 
@@ -182,6 +189,36 @@ class OptimizerConfig(Section):
     @property
     def lr(self) -> float:
         return float(self.params.get("lr", 6e-4))
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        # The optimizer is built only once training has started: a bad value here would
+        # otherwise pass `neox config validate` and stop the run with a traceback.
+        for name in ("lr", "eps", "momentum"):
+            value = self.params.get(name, 0.0)
+            # The trainer reads these with float(), so a quoted "6e-4" is a number too.
+            x = _finite(value)
+            if x is None or x < 0:
+                raise ValueError(f"optimizer.params.{name} must be a number >= 0, got {value!r}")
+        betas = self.params.get("betas", [0.9, 0.95])
+        if not (
+            isinstance(betas, (list, tuple))
+            and len(betas) == 2
+            and all(not isinstance(b, str) and (x := _finite(b)) is not None and 0 <= x < 1 for b in betas)
+        ):
+            raise ValueError(f"optimizer.params.betas must be two numbers in [0, 1), got {betas!r}")
+        return self
+
+
+def _finite(value: Any) -> float | None:
+    """``float(value)`` when that is a finite number (booleans excluded), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 class TrainConfig(Section):

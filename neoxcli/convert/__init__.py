@@ -42,7 +42,13 @@ def from_hf(state_dict: Mapping[str, Tensor], hf_config: Any) -> tuple[dict[str,
             f"unsupported Hugging Face model_type {model_type!r}",
             hint=f"supported: {', '.join(sorted(ARCHITECTURES))}",
         )
-    return ARCHITECTURES[model_type][0](state_dict, hf_config)
+    try:
+        return ARCHITECTURES[model_type][0](state_dict, hf_config)
+    except KeyError as exc:  # the maps index what every such model has; a file without it is incomplete
+        raise ConversionError(
+            f"the {model_type} model has no {exc.args[0]!r} (in config.json or the weights)",
+            hint="the directory is incomplete; compare it with the model's original files",
+        ) from None
 
 
 def to_hf(

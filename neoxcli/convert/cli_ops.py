@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from neoxcli.config.schema import ModelConfig
 from neoxcli.convert._common import ConversionError, StateDict, cast_state
@@ -106,24 +107,55 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     The temporary directory is removed on any failure, so ``out_dir`` is either
     absent, its previous content, or complete.
     """
+    from neoxcli.fileio import check_output_file
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise NeoxError(f"{out_dir} already exists", hint="choose a new directory or pass --overwrite")
+    if not out_dir.is_dir():
+        check_output_file(out_dir)  # a file where a parent directory should be
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        # mkdtemp makes the directory private (0700) and safetensors writes 0600; the model
+        # directory is meant to be shared like every other output, so it follows the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.rglob("*")):
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         old = None
-        if out_dir.exists():
+        if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            # --overwrite may replace a plain file: rmtree alone would leave it behind.
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_state_fits(model_cfg: ModelConfig, state: StateDict, source: str) -> None:
+    """Refuse weights that the model described by ``model_cfg`` could not load.
+
+    Built on the meta device (no memory); the vocabulary is the embedding's row
+    count. Without this an incomplete or mis-shaped state dict is converted
+    "successfully" and fails only when the result is loaded.
+    """
+    from neoxcli.model import GPTModel
+    from neoxcli.training.checkpoint import check_module_state
+
+    emb = state.get("layers.0.word_embeddings.weight")
+    rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else model_cfg.make_vocab_size_divisible_by
+    with torch.device("meta"):
+        expected = GPTModel(model_cfg, rows).state_dict()
+    check_module_state(expected, state, source)
 
 
 def _first_token(backend: Any, candidates: tuple[str, ...]) -> str | None:
@@ -187,6 +219,7 @@ def export_hf(
     cfg = load_config([cfg_path], warn=lambda _msg: None)
     model_type = parse_arch(arch) if arch else choose_arch(cfg.model)
     state = load_module_state(tag_dir, cfg.model)
+    check_state_fits(cfg.model, state, f"the checkpoint {tag_dir}")
     hf_config, hf_state = to_hf(model_type, cfg.model, state)
 
     tok_path = tag_dir / TOKENIZER_NAME
@@ -297,7 +330,15 @@ def import_hf(
     kwargs["make_vocab_size_divisible_by"] = vocab_divisor(
         backend.get_vocab_size(with_added_tokens=True), rows
     )
-    model_cfg = ModelConfig(**kwargs)
+    try:
+        model_cfg = ModelConfig(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConversionError(
+            f"{hf_dir}/config.json describes a model neox cannot build ({field}: {err['msg']})"
+        ) from None
+    check_state_fits(model_cfg, state, f"the weights in {hf_dir}")
     tag = tag_for(0)
     final_tag_dir = out_dir.resolve() / tag
     cfg = NeoXConfig(

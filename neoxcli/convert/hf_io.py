@@ -18,20 +18,31 @@ def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], StateDict]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise DataError(f"{path} has no config.json", hint="point at a Hugging Face model directory")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise DataError(f"{config_file} is not valid JSON{line}") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
     state: StateDict = {}
     shards = sorted(path.glob("*.safetensors"))
     if shards:
         from safetensors.torch import load_file
 
         for shard in shards:
-            state.update(load_file(str(shard)))
+            try:
+                state.update(load_file(str(shard)))
+            except Exception as exc:  # safetensors reports damage as its own error type
+                raise DataError(f"cannot read {shard}: damaged or not safetensors ({exc})") from None
     else:
+        from neoxcli.training.checkpoint import torch_load
+
         bins = sorted(path.glob("pytorch_model*.bin"))
         if not bins:
             raise DataError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
         for shard in bins:
-            state.update(torch.load(shard, map_location="cpu", weights_only=True))
+            state.update(torch_load(shard, weights_only=True))
     return config, state
 
 

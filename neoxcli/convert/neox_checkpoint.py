@@ -34,7 +34,9 @@ _IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
 
 def _load(path: Path) -> dict[str, Tensor]:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    from neoxcli.training.checkpoint import torch_load
+
+    blob = torch_load(path)
     return blob.get("module", blob) if isinstance(blob, dict) else blob
 
 

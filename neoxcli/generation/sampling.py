@@ -47,6 +47,19 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _prompt_budget(prompt_len: int, max_len: int, max_new_tokens: int) -> int:
+    """How many of the prompt's last tokens to keep in a context of ``max_len`` positions.
+
+    Room for ``max_new_tokens`` is made by cutting only the part of the prompt
+    beyond half the context: text generated after a prompt the model never
+    saw is not a continuation of that prompt.
+    """
+    if prompt_len + max(max_new_tokens, 0) <= max_len:
+        return prompt_len
+    room = max(max_len - max(max_new_tokens, 0), min(prompt_len, max_len // 2))
+    return max(1, min(prompt_len, room, max_len - 1))
+
+
 @torch.inference_mode()
 def generate(
     model: GPTModel,
@@ -64,18 +77,19 @@ def generate(
     """Continue one prompt and return the new token ids (without the prompt or the EOS).
 
     The prompt keeps its last tokens so that prompt + ``max_new_tokens`` fits in
-    ``max_positions``; generation stops early at ``eos_id`` or when the context
-    is full. The prompt is run once, then one token at a time through a KV
-    cache. Sampling draws from a private ``torch.Generator`` seeded with
-    ``seed``, so a fixed seed gives the same text whatever else uses the global RNG.
+    ``max_positions``, but it is never cut below half the context (or its own
+    length): asking for many tokens must not reduce a prompt to its last
+    token. Generation stops early at ``eos_id`` or when the context is full.
+    The prompt is run once, then one token at a time through a KV cache.
+    Sampling draws from a private ``torch.Generator`` seeded with ``seed``, so
+    a fixed seed gives the same text whatever else uses the global RNG.
     ``stream`` is called with each new token as soon as it exists.
     """
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).flatten().tolist()
     if not ids:
         raise ValueError("generate needs at least one prompt token")
     max_len = model.cfg.max_positions
-    keep = max(1, max_len - max(max_new_tokens, 0))
-    ids = ids[-keep:]
+    ids = ids[-_prompt_budget(len(ids), max_len, max_new_tokens) :]
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)

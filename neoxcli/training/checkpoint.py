@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,48 @@ def resolve_checkpoint(path: str | Path, tag: str | None = None) -> Path:
     return tagged
 
 
+def torch_load(path: Path, *, weights_only: bool = False) -> Any:
+    """``torch.load`` onto the CPU; a damaged or foreign file is one error naming it, not a traceback.
+
+    torch reports a truncated or overwritten file as whichever low-level error
+    its reader hits first (zip, pickle, struct, EOF), none of which names the file.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # every reader error of a damaged file means the same to the user
+        raise NeoxError(
+            f"cannot read {path}: damaged or not a PyTorch checkpoint ({type(exc).__name__})",
+            hint="the file is truncated or overwritten; copy it again from where it was written",
+        ) from None
+
+
+def check_module_state(expected: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
+    """Fail with one error line when ``state`` does not fit a model whose ``state_dict()`` is ``expected``.
+
+    ``torch``'s strict ``load_state_dict`` would say the same as a multi-line
+    RuntimeError; this names the first missing, unexpected or mis-shaped tensor
+    and where the weights came from.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        more = len(missing) + len(unexpected) - 1
+        raise NeoxError(
+            f"{source}: {what}" + (f" ({more} more mismatches)" if more else ""),
+            hint="the weights do not belong to the model its config describes",
+        )
+    for name, ref in expected.items():
+        got = tuple(state[name].shape)
+        if got != tuple(ref.shape):
+            raise NeoxError(
+                f"{source}: tensor {name!r} has shape {list(got)}, the model needs {list(ref.shape)}",
+                hint="the weights do not belong to the model its config describes",
+            )
+
+
 def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
     """The full model's weights from a checkpoint of any tensor/pipeline layout, without DeepSpeed.
 
@@ -102,7 +145,6 @@ def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> di
     module files; merging needs the model config (``model_cfg``, default: the
     checkpoint's config.yml).
     """
-    import torch
 
     from neoxcli.parallel import reshard
 
@@ -116,7 +158,8 @@ def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> di
     if len(flat) == 1 and not layered:
         # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
         # the file is one this tool (or the user's own GPT-NeoX run) wrote.
-        module = torch.load(flat[0], map_location="cpu", weights_only=False).get("module")
+        blob = torch_load(flat[0])
+        module = blob.get("module") if isinstance(blob, dict) else None
         if module:
             return dict(module)
         if not portable:
@@ -165,6 +208,7 @@ def load_for_inference(path: str | Path, tag: str | None = None, device: str = "
         tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
     )
     model = GPTModel(cfg.model, vocab)
+    check_module_state(model.state_dict(), state, f"the checkpoint {tag_dir}")
     model.load_state_dict(state)
     model.to(device=device, dtype=torch.float32).eval()
     return model, tokenizer, cfg

@@ -43,6 +43,19 @@ def write_run_config(cfg: NeoXConfig, path: Path) -> Path:
     return path
 
 
+def check_checkpoint_dirs(cfg: NeoXConfig) -> None:
+    """``save`` and ``load`` name directories: a file there is one error now, not a traceback mid-run."""
+    from neoxcli.errors import ConfigError
+
+    for key in ("save", "load"):
+        value = getattr(cfg.checkpoint, key)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(
+                f"checkpoint.{key}: {value} is a file, not a directory",
+                hint=f"{key} names the run's checkpoint directory",
+            )
+
+
 def run_training(
     cfg: NeoXConfig,
     sources: list[str],
@@ -52,6 +65,8 @@ def run_training(
 ) -> int:
     """Run training as the config's launcher says; returns the exit code."""
     from neoxcli.launchers.registry import get_launcher
+
+    check_checkpoint_dirs(cfg)
 
     launcher = get_launcher(cfg.launcher.launcher)
     env = dict(os.environ)

@@ -20,7 +20,7 @@ from typing import Any
 
 from neoxcli.config.derived import Derived
 from neoxcli.config.schema import NeoXConfig
-from neoxcli.errors import NeoxError
+from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training import checkpoint as ckpt
 from neoxcli.training.distributed import DistEnv
@@ -447,6 +447,11 @@ def train(
                 },
             )
     portable = None
+    if train_ds is None and iteration < cfg.train.train_iters:
+        raise DataError(
+            f"the training split is empty: split {cfg.data.split!r} gives training no data",
+            hint='give training a share, e.g. split: "969,30,1"',
+        )
 
     sampler = _Sampler(train_ds, plan.micro_batch, plan.dp_size, dp_rank)
     tokens_per_iter = plan.train_batch_size * cfg.model.seq_length
@@ -460,7 +465,7 @@ def train(
             "plan": plan,
             "device": str(device),
             "world_size": dist.world_size,
-            "train_samples": len(train_ds),
+            "train_samples": len(train_ds) if train_ds is not None else 0,
         },
     )
 
