@@ -352,3 +352,26 @@ def test_sharded_checkpoints_load_for_inference(runs: dict[str, Any], tmp_path: 
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]), sys.argv[2:])
+
+
+def test_damaged_shard_is_one_error(
+    runs: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated layout-free shard of a TP checkpoint is named in one error line, for generate and for resume."""
+    from neoxcli.cli import main
+
+    root: Path = runs["root"]
+    run = tmp_path / "tp2-damaged"
+    shutil.copytree(root / "runs" / "tp2", run)
+    shard = run / "global_step10" / "portable_pp00_tp01.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(["generate", "-c", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: cannot read {shard}: damaged or not a PyTorch checkpoint" in err and "Traceback" not in err
+    )
+    config = _resume_config(root, "tp2", "tp2-damaged-resume", model_parallel_size=1)
+    (root / "runs" / "tp2-damaged-resume" / "global_step5" / "portable_pp00_tp01.pt").write_bytes(b"")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "portable_pp00_tp01.pt: damaged or not a PyTorch checkpoint" in err and "Traceback" not in err

@@ -25,6 +25,7 @@ import torch
 
 from neoxcli.errors import NeoxError
 from neoxcli.parallel.grid import Layout
+from neoxcli.training.checkpoint import torch_load
 
 LAYOUT_NAME = "layout.json"
 _MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -136,7 +137,7 @@ def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
             f"{tag_dir} has no layout-free state ({path.name}), so it only resumes under the layout it was saved with",
             hint="resume with its original process count and zero stage (portable_checkpoint was off when it was saved)",
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch_load(path)
 
 
 def load_module_weights(module: Any, state: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from neoxcli.errors import NeoxError
 from neoxcli.parallel.grid import Layout
 from neoxcli.parallel.portable import portable_name, read_layout
 from neoxcli.parallel.tensor import merge_tensors, shard_specs, split_tensor
+from neoxcli.training.checkpoint import torch_load
 
 Entry = Mapping[str, Tensor]
 Specs = Mapping[str, tuple[int, str] | None]
@@ -218,7 +219,7 @@ def merge_portable(tag_dir: Path, cfg: ModelConfig, moments: bool = True) -> dic
     first: dict[str, Any] = {}
     steps = []
     for key in sorted(files):
-        state = torch.load(files[key], map_location="cpu", weights_only=False)
+        state = torch_load(files[key])
         params = state.pop("params")
         if not moments:
             params = {n: {"fp32": e["fp32"]} for n, e in params.items()}
@@ -272,7 +273,7 @@ def merge_module_files(tag_dir: Path, cfg: ModelConfig) -> dict[str, Tensor]:
         m = _LAYER_RE.match(path.name)
         if m:
             layer, rank = int(m.group(1)), int(m.group(2))
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch_load(path)
             # Layer index as the "stage": layer 0 comes first, so the tied embedding is read from it.
             shards[(layer, rank)] = {f"{layer}.{k}": {"w": v} for k, v in state.items()}
     if not shards:
@@ -280,7 +281,7 @@ def merge_module_files(tag_dir: Path, cfg: ModelConfig) -> dict[str, Tensor]:
             m = _MP_RE.match(path.name)
             if not m:
                 continue
-            module = torch.load(path, map_location="cpu", weights_only=False).get("module")
+            module = torch_load(path).get("module")
             if not module:
                 raise NeoxError(
                     f"{path} holds no model weights (ZeRO-3 partitions them) and there is no layout-free state",
