@@ -232,6 +232,10 @@ def test_run_directory_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Capt
         ([f"save={tmp_path / 'a-file'}"], "checkpoint.save:"),
         (["split=0,100,0", "load=null"], "the training split is empty"),
         ([], "names 'global_step99', which is not a directory in"),
+        (
+            ["tokenizer_type=HFTokenizer", f"vocab_file={tmp_path / 'nope.json'}"],
+            f"tokenizer file not found: {tmp_path / 'nope.json'} (vocab_file)",
+        ),
     ]
     for overrides, message in cases:
         sets = [arg for o in overrides for arg in ("--set", o)]

@@ -295,7 +295,7 @@ class LauncherConfig(Section):
     # Upper bounds: neoxcli.launchers.hostlist.MAX_HOSTS and neoxcli.launchers.hostfile.MAX_SLOTS,
     # so a typo is a config error instead of a launch plan too large to build.
     num_nodes: int = Field(-1, le=1 << 20)
-    num_gpus: int | None = Field(None, le=4096)
+    num_gpus: int | None = Field(None, ge=-1, le=4096)  # -1 or 0: every slot, as DeepSpeed reads it
     master_addr: str | None = None
     master_port: int = Field(29500, ge=1, le=65535)  # a TCP port: 0 would mean "any" to each rank
     launcher_args: list[str] = Field(default_factory=list)

@@ -45,6 +45,12 @@ def ensure_data(
             say(f"prepared {info.documents:,} documents, {info.tokens:,} tokens")
         barrier()
         missing = _missing_inputs(cfg)
+    vocab = cfg.tokenizer.vocab_file
+    if vocab and vocab in missing:
+        raise DataError(
+            f"tokenizer file not found: {vocab} (vocab_file)",
+            hint="vocab_file names the tokenizer the data was prepared with, e.g. a tokenizer.json",
+        )
     if missing:
         raise DataError(
             f"data not found: {missing[0]}",
