@@ -471,3 +471,12 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
     hosts = hf.hosts_from_slurm({"SLURM_JOB_NODELIST": "n[09-11]", "SLURM_TASKS_PER_NODE": "3,2(x2)"})
     hf.write_hostfile(hosts, tmp_path / "hf")
     assert hf.read_hostfile(tmp_path / "hf") == hosts == [Host("n09", 3), Host("n10", 2), Host("n11", 2)]
+
+
+def test_from_list_ipv6_addresses_are_hosts() -> None:
+    """``fe80::1`` is one host with the default slots, not host ``fe80:`` with 1 slot."""
+    assert hf.hosts_from_list("fe80::1,10.0.0.2:4,::1", slots=2) == [
+        Host("fe80::1", 2),
+        Host("10.0.0.2", 4),
+        Host("::1", 2),
+    ]

@@ -316,6 +316,9 @@ def hosts_from_lsf(
 
 
 def _parse_entry(entry: str, default: int) -> list[Host]:
+    if entry.count(":") >= 2 and "[" not in entry:
+        # An IPv6 address (fe80::1): its last group is not a slot count, which would be ambiguous.
+        return [Host(entry, default)]
     name, sep, count = entry.rpartition(":")
     if not sep:
         name, count = entry, ""
