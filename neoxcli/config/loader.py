@@ -29,7 +29,8 @@ rest of neox sees one vocabulary:
 * ``gas`` -> ``gradient_accumulation_steps``, ``batch_size`` ->
   ``train_micro_batch_size_per_gpu``, ``clip_grad`` -> ``gradient_clipping``,
   ``lr`` -> ``optimizer.params.lr``, ``zero_stage`` ->
-  ``zero_optimization.stage``. GPT-NeoX derives these from the real keys and
+  ``zero_optimization.stage``, ``save_interval`` (older releases) ->
+  ``checkpoint_factor``. GPT-NeoX derives these from the real keys and
   overwrites them; here they act as aliases, and the real key wins when a file
   gives both.
 * ``fp16: {enabled: true}`` sets ``precision: fp16``, ``bf16: {enabled: true}``
@@ -78,6 +79,8 @@ _ALIASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clip_grad": ("train", "gradient_clipping", ()),
     "lr": ("train", "optimizer", ("params", "lr")),
     "zero_stage": ("parallel", "zero_optimization", ("stage",)),
+    # Older GPT-NeoX releases named checkpoint_factor this (every N iterations, linear scale).
+    "save_interval": ("checkpoint", "checkpoint_factor", ()),
 }
 
 _SET = "--set"
