@@ -86,3 +86,10 @@ def test_gpt_neox_gated_intermediate_size_is_refused_with_the_branch_width(tmp_p
     assert load_config([write(tmp_path, own, "b.yml")]).model.intermediate_size == 11008
     old = "hidden_size: 4096\nintermediate_size: 14336\nmlp_type: llama\nactivation: silu\nmlp_multiple_of: 256\n"
     assert load_config([write(tmp_path, old, "c.yml")]).model.intermediate_size == 14336
+
+
+def test_unsupported_optimizer_type_fails_on_load(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, 'optimizer: {type: "Lion", params: {lr: 1.0e-4}}\n'))
+    assert "optimizer.type 'Lion' is not supported" in err.message
+    cfg = load_config([write(tmp_path, "optimizer: {type: cpu_adam, params: {lr: 1.0e-4}}\n", "b.yml")])
+    assert cfg.train.optimizer.type == "cpu_adam"
