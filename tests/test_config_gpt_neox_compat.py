@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neoxcli.config import load_config
+from neoxcli.config import default_world_size, load_config, resolve
 from neoxcli.errors import ConfigError
 
 
@@ -93,3 +93,12 @@ def test_unsupported_optimizer_type_fails_on_load(tmp_path: Path) -> None:
     assert "optimizer.type 'Lion' is not supported" in err.message
     cfg = load_config([write(tmp_path, "optimizer: {type: cpu_adam, params: {lr: 1.0e-4}}\n", "b.yml")])
     assert cfg.train.optimizer.type == "cpu_adam"
+
+
+def test_without_num_gpus_the_job_is_one_model_replica(tmp_path: Path) -> None:
+    # GPT-NeoX's pythia/6-9B.yml: model-parallel 2, no GPU count anywhere.
+    text = "model-parallel-size: 2\npipe-parallel-size: 1\ntrain_micro_batch_size_per_gpu: 8\n"
+    cfg = load_config([write(tmp_path, text)])
+    assert default_world_size(cfg) == 2 and resolve(cfg).data_parallel_size == 1
+    cfg = load_config([write(tmp_path, "pipe-parallel-size: 4\nmodel-parallel-size: 2\n", "b.yml")])
+    assert default_world_size(cfg) == 8
