@@ -91,7 +91,11 @@ def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         ("[1, 2]\n", (), "top level"),
         ("num_layers: 2\n", (), "error: no batch size"),
         (GOOD, ("--set", "train_batch_size=7"), "error: train_batch_size (7) must equal"),
-        (GOOD, ("--set", "model_parallel_size=2"), "not divisible by model_parallel_size"),
+        (
+            GOOD,
+            ("--set", "model_parallel_size=2", "--world-size", "3"),
+            "not divisible by model_parallel_size",
+        ),
         (GOOD, ("--set", "rotary_pct=2"), "error: model.rotary_pct:"),
         (GOOD, ("--set", "oops"), "error: --set expects key=value"),
     ],

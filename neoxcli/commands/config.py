@@ -212,7 +212,10 @@ def _derive(cfg: Any, world_size: int | None, vocab_size: int | None) -> tuple[A
     notes: list[str] = []
     if world_size is None:
         world_size = default_world_size(cfg)
-        origin = "num_gpus * num_nodes" if cfg.launcher.num_gpus else "no num_gpus in the config"
+        gpus = cfg.launcher.num_gpus
+        origin = (
+            "num_gpus * num_nodes" if gpus and gpus > 0 else "no num_gpus in the config: one model replica"
+        )
         notes.append(f"world_size {world_size} ({origin}); pass --world-size for another job size")
     if vocab_size is None:
         vocab_size = vocab_size_from_file(cfg.tokenizer.vocab_file)

@@ -61,14 +61,17 @@ class Derived:
 
 
 def default_world_size(cfg: NeoXConfig) -> int:
-    """The job size a config implies when no launcher has said: ``num_gpus * num_nodes``, else 1.
+    """The job size a config implies when no launcher has said: ``num_gpus * num_nodes``.
 
-    ``num_nodes`` of -1 (GPT-NeoX's "every host in the hostfile") counts as one
-    node here; pass the real world size when it is known.
+    Without ``num_gpus`` it is one model replica (``model_parallel_size *
+    max(pipe_parallel_size, 1)``): GPT-NeoX model files name no GPU count, and
+    one whose model spans several GPUs is still a valid config. ``num_nodes`` of
+    -1 (GPT-NeoX's "every host in the hostfile") counts as one node here; pass
+    the real world size when it is known.
     """
     gpus = cfg.launcher.num_gpus
     if gpus is None or gpus < 1:
-        return 1
+        return cfg.parallel.model_parallel_size * max(cfg.parallel.pipe_parallel_size, 1)
     return gpus * max(cfg.launcher.num_nodes, 1)
 
 

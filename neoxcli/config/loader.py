@@ -29,7 +29,8 @@ rest of neox sees one vocabulary:
 * ``gas`` -> ``gradient_accumulation_steps``, ``batch_size`` ->
   ``train_micro_batch_size_per_gpu``, ``clip_grad`` -> ``gradient_clipping``,
   ``lr`` -> ``optimizer.params.lr``, ``zero_stage`` ->
-  ``zero_optimization.stage``. GPT-NeoX derives these from the real keys and
+  ``zero_optimization.stage``, ``save_interval`` (older releases) ->
+  ``checkpoint_factor``. GPT-NeoX derives these from the real keys and
   overwrites them; here they act as aliases, and the real key wins when a file
   gives both.
 * ``fp16: {enabled: true}`` sets ``precision: fp16``, ``bf16: {enabled: true}``
@@ -78,6 +79,8 @@ _ALIASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "clip_grad": ("train", "gradient_clipping", ()),
     "lr": ("train", "optimizer", ("params", "lr")),
     "zero_stage": ("parallel", "zero_optimization", ("stage",)),
+    # Older GPT-NeoX releases named checkpoint_factor this (every N iterations, linear scale).
+    "save_interval": ("checkpoint", "checkpoint_factor", ()),
 }
 
 _SET = "--set"
@@ -382,6 +385,29 @@ def _where(labels: Sequence[str]) -> str:
 
 _GATED = {"silu": "swiglu", "swish": "swiglu", "swiglu": "swiglu", "gelu": "geglu", "geglu": "geglu"}
 
+# GPT-NeoX keys neox has no field for that change the model or the training objective once set
+# away from GPT-NeoX's default. Ignoring them would silently train something else, so a value
+# other than the default (shown in the hint) is refused; the default itself is a no-op.
+_REFUSED: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "moe_num_experts": (lambda v: v in (None, 1), "mixture-of-experts layers", "1"),
+    "num_unique_layers": (lambda v: v is None, "sharing weights between layers", "null"),
+    "use_qk_layernorm": (lambda v: not v, "LayerNorm on queries and keys", "false"),
+    "opt_pos_emb_offset": (lambda v: v in (None, 0), "OPT's learned-position offset", "0"),
+    "soft_prompt_tuning": (
+        lambda v: v is None or (isinstance(v, Mapping) and v.get("enabled", True) is False),
+        "soft prompt tuning",
+        "null",
+    ),
+    "train_impl": (
+        lambda v: v in (None, "normal"),
+        "training objectives other than language modelling (DPO, KTO, reward models, REINFORCE)",
+        "normal",
+    ),
+}
+
+# muP multipliers neox does not implement; GPT-NeoX applies them only under use_mup.
+_MUP_MULTIPLIERS = ("mup_init_scale", "mup_attn_temp", "mup_output_temp", "mup_rp_embedding_mult")
+
 
 def _translate(m: _Merged) -> None:
     """Map GPT-NeoX values onto neox's, and reject the ones neox cannot run, before validation."""
@@ -438,6 +464,9 @@ def _translate(m: _Merged) -> None:
         for field in ("activation", "intermediate_size", "use_bias_in_mlp"):
             m.origins.setdefault(("model", field), list(labels))
 
+    _refuse_model_changes(m)
+    _mlp_sizing(m, new_style_gated=mlp_type != "llama")
+
     if train.get("precision") == "fp8":
         raise ConfigError(
             "train.precision: 'fp8' is not supported by neox" + m.where(("train", "precision")),
@@ -452,6 +481,81 @@ def _translate(m: _Merged) -> None:
         raise ConfigError(
             "data.data_impl: 'cached' datasets are not supported by neox" + m.where(("data", "data_impl")),
             hint="neox reads mmap datasets (`neox prepare` writes them)",
+        )
+
+
+def _refuse_model_changes(m: _Merged) -> None:
+    """A GPT-NeoX key that would change the model neox builds is an error, never a warning."""
+    use_mup = m.tree["model"].get("use_mup", False)
+    for key, value in m.ignored.items():
+        if key in _REFUSED:
+            is_default, what, default = _REFUSED[key]
+            if is_default(value):
+                continue
+        elif key in _MUP_MULTIPLIERS and use_mup and value not in (None, 1, 1.0):
+            what, default = "this muP multiplier", "1.0"
+        else:
+            continue
+        raise ConfigError(
+            f"{key}: {what} is not supported by neox, got {_describe(value)}"
+            + _where(m.ignored_origins.get(key, [])),
+            hint=f"drop {key} (GPT-NeoX's default is {default}) to train without it",
+        )
+
+
+def _mlp_sizing(m: _Merged, *, new_style_gated: bool) -> None:
+    """GPT-NeoX's ``expansion_factor``, and its reading of ``intermediate_size`` for gated MLPs.
+
+    GPT-NeoX sizes the MLP from ``intermediate_size``, else ``expansion_factor *
+    hidden_size``, else 4h. For a gated activation (current releases) that size
+    covers gate and value together and is scaled by 2/3 first, so a branch gets
+    ``mlp_multiple_of * ceil(int(size * 2 / 3) // 2 / mlp_multiple_of)`` (Llama-2-7B
+    writes 32768 for its 11008). neox's ``intermediate_size`` is the branch width
+    itself, as in Hugging Face configs, so the two readings cannot both be honoured.
+    """
+    model = m.tree["model"]
+    gated = model.get("activation") in ("swiglu", "geglu")
+    factor = m.ignored.pop("expansion_factor", None)
+    labels = m.ignored_origins.pop("expansion_factor", [])
+    if factor is not None:
+        where = _where(labels + m.labels(("model", "intermediate_size"), ("model", "activation")))
+        if model.get("intermediate_size") is not None:
+            raise ConfigError(
+                "model: give intermediate_size or expansion_factor, not both" + where,
+                hint="GPT-NeoX refuses the pair too",
+            )
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1e6:
+            raise ConfigError(f"expansion_factor: expected a number > 0, got {_describe(factor)}" + where)
+        hidden = model.get("hidden_size", _field_default("model", "hidden_size"))
+        if gated:
+            raise ConfigError(
+                "expansion_factor with a gated activation is sized GPT-NeoX's way (2/3 of it, split "
+                "between gate and value), which neox does not reproduce" + where,
+                hint="give intermediate_size: the width of one gate branch",
+            )
+        if isinstance(hidden, int) and not isinstance(hidden, bool):
+            multiple = model.get("mlp_multiple_of", 1)
+            multiple = multiple if isinstance(multiple, int) and multiple > 0 else 1
+            model["intermediate_size"] = multiple * -(-int(factor * hidden) // multiple)
+            m.origins[("model", "intermediate_size")] = labels
+    size, multiple = model.get("intermediate_size"), model.get("mlp_multiple_of", 1)
+    if (
+        new_style_gated
+        and gated
+        and isinstance(size, int)
+        and isinstance(multiple, int)
+        and multiple > 1
+        and size > 0
+    ):
+        # Rounding a set intermediate_size only happens in GPT-NeoX; in neox this pair means a
+        # GPT-NeoX file whose size neox would read as three times the intended branch width.
+        branch = multiple * -(-(int(size * 2 / 3) // 2) // multiple)
+        raise ConfigError(
+            f"model.intermediate_size: {size} with a gated activation and mlp_multiple_of {multiple} "
+            f"reads as GPT-NeoX's gate-and-value size (a branch width of {branch}), but neox takes "
+            "intermediate_size as the width of one branch"
+            + m.where(("model", "intermediate_size"), ("model", "mlp_multiple_of"), ("model", "activation")),
+            hint=f"set intermediate_size: {branch} and drop mlp_multiple_of",
         )
 
 

@@ -6,7 +6,7 @@ neox's schema has no field for is accepted and reported in one warning (see
 
 The names come from GPT-NeoX's argument dataclasses (``megatron/neox_arguments/
 neox_args.py`` and ``deepspeed_args.py``), current ones plus a few that older
-releases had (``gas``, ``mlp_type``, ``save_iters``), so older config files
+releases had (``gas``, ``mlp_type``, ``save_iters``, ``save_interval``), so older config files
 load too. Names are spelled with ``_``; the loader turns ``-`` into ``_`` first.
 """
 
@@ -60,6 +60,7 @@ _OTHER = """
 distributed_backend local_rank rank lazy_mpu_init short_seq_prob eod_mask_loss adlr_autoresume
 adlr_autoresume_object adlr_autoresume_interval seed onnx_safe deepscale deepscale_config
 deepspeed_mpi deepspeed_slurm user_script iteration do_train do_valid do_test save_iters
+save_interval
 global_num_gpus
 """
 

@@ -182,6 +182,10 @@ class DataConfig(Section):
     )
 
 
+# optimizer.type values the trainer builds (lower-cased): DeepSpeed's Adam variants run as AdamW.
+OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam", "sgd")
+
+
 class OptimizerConfig(Section):
     type: str = "Adam"
     params: dict[str, Any] = Field(default_factory=lambda: {"lr": 6e-4, "betas": [0.9, 0.95], "eps": 1e-8})
@@ -194,6 +198,10 @@ class OptimizerConfig(Section):
     def _check(self) -> OptimizerConfig:
         # The optimizer is built only once training has started: a bad value here would
         # otherwise pass `neox config validate` and stop the run with a traceback.
+        if self.type.lower() not in OPTIMIZER_TYPES:
+            raise ValueError(
+                f"optimizer.type {self.type!r} is not supported by neox (use Adam, AdamW or SGD)"
+            )
         for name in ("lr", "eps", "momentum"):
             value = self.params.get(name, 0.0)
             # The trainer reads these with float(), so a quoted "6e-4" is a number too.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from neoxcli.config.derived import Derived
-from neoxcli.config.schema import NeoXConfig
+from neoxcli.config.schema import OPTIMIZER_TYPES, NeoXConfig
 from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training import checkpoint as ckpt
@@ -82,7 +82,7 @@ def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
     from neoxcli.model.mup import param_groups
 
     groups = param_groups(model, cfg.train.weight_decay)
-    if kind in ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam"):
+    if kind != "sgd" and kind in OPTIMIZER_TYPES:
         # Fused AdamW runs on CPU and GPU; DeepSpeed's own Adam variants need JIT-built ops.
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     if kind == "sgd":
