@@ -395,9 +395,12 @@ def test_llama_mlp_type(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "a.yml", text), warnings=warnings)
     assert (cfg.model.activation, cfg.model.intermediate_size, cfg.model.use_bias_in_mlp) == (
         "swiglu",
-        11008,
+        3 * 11008,  # the older Llama MLP's branch of 11008, in today's sizing rule
         False,
     )
+    from neoxcli.model import mlp_width
+
+    assert mlp_width(cfg.model) == 11008
     assert warnings == [] and "mlp_type" not in cfg.ignored_keys
 
 

@@ -64,28 +64,33 @@ def test_their_defaults_are_only_noted(tmp_path: Path, text: str) -> None:
     assert len(warnings) == 1
 
 
-def test_expansion_factor_sizes_an_ungated_mlp(tmp_path: Path) -> None:
+def test_expansion_factor_sizes_the_mlp(tmp_path: Path) -> None:
+    from neoxcli.model import mlp_width
+
     warnings: list[str] = []
     cfg = load_config([write(tmp_path, "hidden_size: 256\nexpansion_factor: 8\n")], warn=warnings.append)
-    assert cfg.model.intermediate_size == 2048 and warnings == []
+    assert cfg.model.intermediate_size == 2048 and mlp_width(cfg.model) == 2048 and warnings == []
     err = error_of(write(tmp_path, "expansion_factor: 8\nintermediate_size: 512\n", "b.yml"))
     assert "not both" in err.message
-    err = error_of(write(tmp_path, "expansion_factor: 8\nactivation: swiglu\n", "c.yml"))
-    assert err.message.startswith("expansion_factor with a gated activation")
-
-
-def test_gpt_neox_gated_intermediate_size_is_refused_with_the_branch_width(tmp_path: Path) -> None:
-    # GPT-NeoX's llama2/7B.yml: 32768 there is a branch width of 11008; neox would build 32768.
-    text = '{\n  "hidden_size": 4096,\n  "intermediate_size": 32768,\n  "activation": "swiglu",\n  "mlp_multiple_of": 256,\n}\n'
-    err = error_of(write(tmp_path, text))
-    assert "branch width of 11008" in err.message and err.hint == (
-        "set intermediate_size: 11008 and drop mlp_multiple_of"
+    # Gated: 8h scaled by 2/3 and split between gate and value, as GPT-NeoX sizes it.
+    gated = load_config(
+        [write(tmp_path, "hidden_size: 256\nexpansion_factor: 8\nactivation: swiglu\n", "c.yml")]
     )
-    # neox's own form (a converted Llama) and the older mlp_type: llama form still load.
-    own = "hidden_size: 4096\nintermediate_size: 11008\nactivation: swiglu\n"
-    assert load_config([write(tmp_path, own, "b.yml")]).model.intermediate_size == 11008
-    old = "hidden_size: 4096\nintermediate_size: 14336\nmlp_type: llama\nactivation: silu\nmlp_multiple_of: 256\n"
-    assert load_config([write(tmp_path, old, "c.yml")]).model.intermediate_size == 14336
+    assert mlp_width(gated.model) == int(2048 * 2 / 3) // 2 == 682
+
+
+def test_gpt_neox_gated_intermediate_size_builds_their_width(tmp_path: Path) -> None:
+    """GPT-NeoX's Llama-2-7B file writes 32768 (gate and value, before 2/3) for a branch of 11008."""
+    from neoxcli.model import mlp_width
+
+    text = '{\n  "hidden_size": 4096,\n  "intermediate_size": 32768,\n  "activation": "swiglu",\n  "mlp_multiple_of": 256,\n}\n'
+    assert mlp_width(load_config([write(tmp_path, text)]).model) == 11008
+    # Without intermediate_size a gated branch is a third of 4h (rounded), not Llama's 8h/3.
+    plain = "hidden_size: 4096\nactivation: swiglu\nmlp_multiple_of: 256\n"
+    assert mlp_width(load_config([write(tmp_path, plain, "b.yml")]).model) == 5632
+    # The older mlp_type: llama form keeps its Llama width.
+    old = "hidden_size: 4096\nmlp_type: llama\nactivation: silu\n"
+    assert mlp_width(load_config([write(tmp_path, old, "c.yml")]).model) == 11008
 
 
 def test_unsupported_optimizer_type_fails_on_load(tmp_path: Path) -> None:

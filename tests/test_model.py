@@ -224,14 +224,17 @@ def test_pythia_70m_parameter_count_on_meta() -> None:
 
 
 def test_mlp_width_rules() -> None:
+    """GPT-NeoX's rule: 4h or intermediate_size; gated takes a third per branch; rounded to mlp_multiple_of."""
     assert mlp_width(tiny()) == 128
-    assert (
-        mlp_width(
-            ModelConfig(hidden_size=4096, num_attention_heads=32, activation="swiglu", mlp_multiple_of=256)
-        )
-        == 11008
-    )
-    assert mlp_width(tiny(activation="geglu", intermediate_size=40)) == 40
+    llama = {"hidden_size": 4096, "num_attention_heads": 32, "activation": "swiglu", "mlp_multiple_of": 256}
+    # GPT-NeoX's Llama-2-7B file: intermediate_size 32768 with multiple 256 gives Llama's 11008.
+    assert mlp_width(ModelConfig(**llama, intermediate_size=32768)) == 11008
+    # No intermediate_size: 4h scaled by 2/3 and split, int(16384 * 2 / 3) // 2 = 5461 -> 5632.
+    assert mlp_width(ModelConfig(**llama)) == 5632
+    # A Hugging Face width I is 3 * I here, exactly, with no rounding.
+    assert mlp_width(tiny(activation="geglu", intermediate_size=3 * 40)) == 40
+    assert mlp_width(tiny(activation="swiglu", intermediate_size=3 * 11007)) == 11007
+    assert mlp_width(tiny(intermediate_size=100, mlp_multiple_of=8)) == 104
 
 
 @pytest.mark.parametrize(

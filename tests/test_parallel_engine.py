@@ -95,6 +95,7 @@ def _config(root: Path, name: str, **over: Any) -> Path:
         "seq_length": 32,
         "pos_emb": "rotary",
         "activation": "swiglu",
+        "intermediate_size": 384,  # a branch of 128 (GPT-NeoX sizing), which TP=2 divides
         "tokenizer_type": "CharLevelTokenizer",
         "data_path": str(root / "data" / "tiny_text_document"),
         "data_cache_dir": str(root / "cache"),

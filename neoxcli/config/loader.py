@@ -41,8 +41,8 @@ rest of neox sees one vocabulary:
   ``mmap``, the only format neox reads.
 * ``mlp_type: llama`` (older GPT-NeoX) becomes the gated activation
   (``swiglu``/``geglu``) with LLaMA's bias-free MLP and width
-  ``256 * ceil(int(8 * hidden_size / 3) / 256)`` unless ``intermediate_size``
-  is given.
+  ``256 * ceil(int(8 * hidden_size / 3) / 256)`` (``intermediate_size`` three
+  times that) unless ``intermediate_size`` is given.
 * Values neox cannot run are errors that say so rather than schema noise:
   ``pos_emb: rpe``, ``norm: scalenorm``, activations outside neox's set,
   ``precision: fp8``, ``data_impl: cached``.
@@ -458,14 +458,16 @@ def _translate(m: _Merged) -> None:
             and isinstance(hidden, int)
             and not isinstance(hidden, bool)
         ):
+            # Older GPT-NeoX's Llama MLP: each branch 8h/3 rounded up to 256, which the
+            # current sizing rule (a branch is a third of intermediate_size) gives from 3x that.
             width = int(2 * hidden * 4 / 3)
-            model["intermediate_size"] = 256 * -(-width // 256)
+            model["intermediate_size"] = 3 * 256 * -(-width // 256)
         model.setdefault("use_bias_in_mlp", False)
         for field in ("activation", "intermediate_size", "use_bias_in_mlp"):
             m.origins.setdefault(("model", field), list(labels))
 
     _refuse_model_changes(m)
-    _mlp_sizing(m, new_style_gated=mlp_type != "llama")
+    _mlp_sizing(m)
 
     if train.get("precision") == "fp8":
         raise ConfigError(
@@ -503,60 +505,29 @@ def _refuse_model_changes(m: _Merged) -> None:
         )
 
 
-def _mlp_sizing(m: _Merged, *, new_style_gated: bool) -> None:
-    """GPT-NeoX's ``expansion_factor``, and its reading of ``intermediate_size`` for gated MLPs.
+def _mlp_sizing(m: _Merged) -> None:
+    """GPT-NeoX's ``expansion_factor``: the MLP size as a multiple of hidden_size.
 
-    GPT-NeoX sizes the MLP from ``intermediate_size``, else ``expansion_factor *
-    hidden_size``, else 4h. For a gated activation (current releases) that size
-    covers gate and value together and is scaled by 2/3 first, so a branch gets
-    ``mlp_multiple_of * ceil(int(size * 2 / 3) // 2 / mlp_multiple_of)`` (Llama-2-7B
-    writes 32768 for its 11008). neox's ``intermediate_size`` is the branch width
-    itself, as in Hugging Face configs, so the two readings cannot both be honoured.
+    It stands in for ``intermediate_size`` (the model applies GPT-NeoX's gated
+    2/3 rule and ``mlp_multiple_of`` rounding to either), so it folds into it.
     """
     model = m.tree["model"]
-    gated = model.get("activation") in ("swiglu", "geglu")
     factor = m.ignored.pop("expansion_factor", None)
     labels = m.ignored_origins.pop("expansion_factor", [])
-    if factor is not None:
-        where = _where(labels + m.labels(("model", "intermediate_size"), ("model", "activation")))
-        if model.get("intermediate_size") is not None:
-            raise ConfigError(
-                "model: give intermediate_size or expansion_factor, not both" + where,
-                hint="GPT-NeoX refuses the pair too",
-            )
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1e6:
-            raise ConfigError(f"expansion_factor: expected a number > 0, got {_describe(factor)}" + where)
-        hidden = model.get("hidden_size", _field_default("model", "hidden_size"))
-        if gated:
-            raise ConfigError(
-                "expansion_factor with a gated activation is sized GPT-NeoX's way (2/3 of it, split "
-                "between gate and value), which neox does not reproduce" + where,
-                hint="give intermediate_size: the width of one gate branch",
-            )
-        if isinstance(hidden, int) and not isinstance(hidden, bool):
-            multiple = model.get("mlp_multiple_of", 1)
-            multiple = multiple if isinstance(multiple, int) and multiple > 0 else 1
-            model["intermediate_size"] = multiple * -(-int(factor * hidden) // multiple)
-            m.origins[("model", "intermediate_size")] = labels
-    size, multiple = model.get("intermediate_size"), model.get("mlp_multiple_of", 1)
-    if (
-        new_style_gated
-        and gated
-        and isinstance(size, int)
-        and isinstance(multiple, int)
-        and multiple > 1
-        and size > 0
-    ):
-        # Rounding a set intermediate_size only happens in GPT-NeoX; in neox this pair means a
-        # GPT-NeoX file whose size neox would read as three times the intended branch width.
-        branch = multiple * -(-(int(size * 2 / 3) // 2) // multiple)
+    if factor is None:
+        return
+    where = _where(labels + m.labels(("model", "intermediate_size")))
+    if model.get("intermediate_size") is not None:
         raise ConfigError(
-            f"model.intermediate_size: {size} with a gated activation and mlp_multiple_of {multiple} "
-            f"reads as GPT-NeoX's gate-and-value size (a branch width of {branch}), but neox takes "
-            "intermediate_size as the width of one branch"
-            + m.where(("model", "intermediate_size"), ("model", "mlp_multiple_of"), ("model", "activation")),
-            hint=f"set intermediate_size: {branch} and drop mlp_multiple_of",
+            "model: give intermediate_size or expansion_factor, not both" + where,
+            hint="GPT-NeoX refuses the pair too",
         )
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1e6:
+        raise ConfigError(f"expansion_factor: expected a number > 0, got {_describe(factor)}" + where)
+    hidden = model.get("hidden_size", _field_default("model", "hidden_size"))
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        model["intermediate_size"] = int(factor * hidden)
+        m.origins[("model", "intermediate_size")] = labels
 
 
 def _fold_precision(m: _Merged) -> None:

@@ -63,7 +63,10 @@ class ModelConfig(Section):
     activation: Activation = "gelu"
     bias_gelu_fusion: bool = Field(False, description="GPT-NeoX's fused bias-GELU: the tanh approximation")
     intermediate_size: int | None = Field(
-        None, ge=1, description="None = 4 * hidden_size (2/3 of it for GLU)"
+        None,
+        ge=1,
+        description="GPT-NeoX's MLP size (None = 4 * hidden_size); for GLU activations each branch "
+        "gets 1/3 of it, rounded up to mlp_multiple_of",
     )
     mlp_multiple_of: int = Field(1, ge=1)
     use_bias_in_norms: bool = True

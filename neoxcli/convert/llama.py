@@ -45,7 +45,8 @@ def hf_llama_to_neox(state_dict: Mapping[str, Tensor], hf_config: Any) -> tuple[
         "hidden_size": hidden,
         "num_attention_heads": heads,
         "num_kv_heads": kv if kv != heads else None,
-        "intermediate_size": int(hf["intermediate_size"]),
+        # Hugging Face gives one branch's width; GPT-NeoX's size is three times it (see mlp_width).
+        "intermediate_size": 3 * int(hf["intermediate_size"]),
         "seq_length": int(hf["max_position_embeddings"]),
         "max_position_embeddings": int(hf["max_position_embeddings"]),
         "pos_emb": "rotary",

@@ -175,19 +175,20 @@ _ACTIVATIONS = {
 
 
 def mlp_width(cfg: ModelConfig) -> int:
-    """Hidden width of the MLP (of each branch, for GLU).
+    """Hidden width of the MLP (of each branch, for GLU), by GPT-NeoX's rule.
 
-    ``intermediate_size`` wins when set. Otherwise 4h, or for GLU activations
-    2/3 of 8h so the three matrices cost what two 4h ones would; either is then
-    rounded up to a multiple of ``mlp_multiple_of`` (Llama-7B: 4096 -> 11008 with 256).
+    The size is ``intermediate_size`` or 4h. A gated activation (SwiGLU/GeGLU)
+    scales it by 2/3 and splits it between gate and value, so the three matrices
+    cost what two of the full size would; the width is then rounded up to a
+    multiple of ``mlp_multiple_of``. GPT-NeoX's Llama-2-7B config writes 32768
+    with multiple 256 for Llama's 11008; a Hugging Face ``intermediate_size`` I
+    is ``3 * I`` here.
     """
-    if cfg.intermediate_size is not None:
-        return cfg.intermediate_size
-    width = (
-        int(2 * 4 * cfg.hidden_size / 3) if cfg.mlp_activation in ("swiglu", "geglu") else 4 * cfg.hidden_size
-    )
+    size = cfg.intermediate_size if cfg.intermediate_size is not None else 4 * cfg.hidden_size
+    if cfg.mlp_activation in ("swiglu", "geglu"):
+        size = int(size * 2 / 3) // 2
     multiple = cfg.mlp_multiple_of
-    return multiple * math.ceil(width / multiple)
+    return multiple * math.ceil(size / multiple)
 
 
 class MLP(nn.Module):
