@@ -1,0 +1,107 @@
+"""Training semantics against GPT-NeoX's: LR schedule values, optimizer settings, eval and save steps.
+
+The expected numbers are worked out by hand from GPT-NeoX's formulas
+(megatron/learning_rates.py, AnnealingLR.get_lr): warmup ``lr * n / w`` while
+``n <= w``; then, with ``d = n - w`` and ``s = decay_iters - w``, linear
+``lr * (s - d) / s``, cosine ``min + (lr - min) / 2 * (cos(pi * d / s) + 1)``,
+exponential ``lr * exp(-0.693 * d / s)``; everything floored at ``min_lr``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from neoxcli.config.schema import TrainConfig
+from neoxcli.training.schedule import AnnealingLR, lr_at
+
+MAX, MIN = 6e-4, 6e-5
+
+
+def _lr(n: float, style: str, *, decay: int = 100, warmup: float = 10.0, min_lr: float = MIN) -> float:
+    return lr_at(int(n), max_lr=MAX, min_lr=min_lr, warmup_iters=warmup, decay_iters=decay, style=style)
+
+
+@pytest.mark.parametrize(
+    ("n", "style", "expected"),
+    [
+        # warmup from 0; the step equal to warmup_iters is still warmup (== max_lr)
+        (0, "linear", 0.0),
+        (5, "cosine", 3e-4),
+        (10, "exponential", 6e-4),
+        (10, "constant", 6e-4),
+        (3, "constant", 1.8e-4),
+        (500, "constant", 6e-4),
+        # linear: (90 - d) / 90 of max_lr, floored at min_lr
+        (55, "linear", 3e-4),
+        (82, "linear", 1.2e-4),
+        (100, "linear", MIN),
+        (150, "linear", MIN),
+        # cosine between max_lr and min_lr
+        (40, "cosine", 4.65e-4),
+        (55, "cosine", 3.3e-4),
+        (100, "cosine", MIN),
+        # exponential: 6e-4 * exp(-0.693 * d / 90), and it keeps decaying past decay_iters
+        (55, "exponential", 4.2429529e-4),
+        (100, "exponential", 3.0004416e-4),
+        (190, "exponential", 1.5004416e-4),
+        (1000, "exponential", MIN),
+    ],
+)
+def test_lr_matches_gpt_neox(n: int, style: str, expected: float) -> None:
+    assert _lr(n, style) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_cosine_holds_min_lr_past_decay_iters() -> None:
+    # GPT-NeoX's formula would climb back to max_lr at d = 2s (step 190 here); neox holds min_lr.
+    assert [_lr(n, "cosine") for n in (101, 145, 190, 400)] == [MIN] * 4
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [("linear", 0.0), ("cosine", 0.0), ("exponential", 3.0004416e-4)],
+)
+def test_decay_span_shorter_than_one_step(style: str, expected: float) -> None:
+    # decay_iters 10, warmup 0.95: warmup_iters 9.5 and a decay span of 0.5 steps, so
+    # step 10 is the end of the decay (GPT-NeoX divides by 0.5, not by 1).
+    assert _lr(9, style, decay=10, warmup=9.5, min_lr=0.0) == pytest.approx(6e-4 * 9 / 9.5)
+    assert _lr(10, style, decay=10, warmup=9.5, min_lr=0.0) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_no_warmup_starts_at_max_lr() -> None:
+    assert _lr(0, "linear", warmup=0.0) == MAX
+    assert _lr(0, "cosine", warmup=0.0) == MAX
+    assert _lr(50, "linear", warmup=0.0) == pytest.approx(3e-4)
+
+
+def test_full_warmup_then_min_lr() -> None:
+    # warmup: 1.0 leaves no decay span; past it the schedule is done.
+    assert _lr(100, "cosine", decay=100, warmup=100.0) == pytest.approx(MAX)
+    assert _lr(101, "linear", decay=100, warmup=100.0) == MIN
+
+
+def test_schedule_lengths_from_config() -> None:
+    from neoxcli.config.derived import lr_schedule_iters
+
+    assert lr_schedule_iters(TrainConfig(train_iters=1000)) == (1000, 10.0)
+    assert lr_schedule_iters(TrainConfig(train_iters=1000, lr_decay_iters=800, warmup=0.05)) == (800, 40.0)
+    assert lr_schedule_iters(TrainConfig(train_iters=1000, lr_decay_fraction=0.333, warmup=0.1)) == (
+        333,
+        pytest.approx(33.3),
+    )
+    assert lr_schedule_iters(TrainConfig(train_iters=0)) == (1, 0.01)
+
+
+def test_scheduler_steps_groups_with_lr_scale() -> None:
+    torch = pytest.importorskip("torch")
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.AdamW([{"params": [a]}, {"params": [b], "lr_scale": 0.5}], lr=1.0)
+    sched = AnnealingLR(opt, max_lr=MAX, min_lr=MIN, warmup_iters=10.0, decay_iters=100, style="linear")
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]  # the first update is taken at lr 0
+    for _ in range(55):
+        sched.step()
+    assert sched.get_lr() == pytest.approx(3e-4)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([3e-4, 1.5e-4])
+    state = sched.state_dict()
+    again = AnnealingLR(opt, max_lr=MAX, min_lr=MIN, warmup_iters=10.0, decay_iters=100, style="linear")
+    again.load_state_dict(state)
+    assert again.num_iters == 55 and again.get_lr() == pytest.approx(3e-4)
