@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from neoxcli.config.schema import TrainConfig
+from neoxcli.config.schema import ModelConfig, NeoXConfig, OptimizerConfig, TrainConfig
 from neoxcli.training.schedule import AnnealingLR, lr_at
 
 MAX, MIN = 6e-4, 6e-5
@@ -105,3 +105,36 @@ def test_scheduler_steps_groups_with_lr_scale() -> None:
     again = AnnealingLR(opt, max_lr=MAX, min_lr=MIN, warmup_iters=10.0, decay_iters=100, style="linear")
     again.load_state_dict(state)
     assert again.num_iters == 55 and again.get_lr() == pytest.approx(3e-4)
+
+
+def _tiny_cfg(**train: object) -> NeoXConfig:
+    model = ModelConfig(num_layers=1, hidden_size=16, num_attention_heads=2, seq_length=8)
+    return NeoXConfig(model=model, train=TrainConfig(**train))
+
+
+def test_optimizer_settings_pass_through() -> None:
+    pytest.importorskip("torch")
+    from neoxcli.model import GPTModel
+    from neoxcli.training.trainer import build_optimizer
+
+    opt_cfg = OptimizerConfig(type="Adam", params={"lr": 1e-3, "betas": [0.8, 0.9], "eps": 1e-6})
+    cfg = _tiny_cfg(optimizer=opt_cfg, weight_decay=0.1)
+    model = GPTModel(cfg.model, 64)
+    opt = build_optimizer(cfg, model, "cpu")
+    assert {(g["betas"], g["eps"]) for g in opt.param_groups} == {((0.8, 0.9), 1e-6)}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    # GPT-NeoX: norm weights and biases get no weight decay, every other tensor the top-level weight_decay
+    for name, p in model.named_parameters():
+        no_decay = name.endswith(".bias") or "norm" in name
+        assert decay[id(p)] == (0.0 if no_decay else 0.1), name
+
+
+def test_adam_betas_default_to_adams_own() -> None:
+    pytest.importorskip("torch")
+    from neoxcli.model import GPTModel
+    from neoxcli.training.trainer import build_optimizer
+
+    # A GPT-NeoX config that gives only lr: its Adam runs with betas (0.9, 0.999).
+    cfg = _tiny_cfg(optimizer=OptimizerConfig(type="Adam", params={"lr": 1e-3}))
+    opt = build_optimizer(cfg, GPTModel(cfg.model, 64), "cpu")
+    assert {(g["betas"], g["eps"]) for g in opt.param_groups} == {((0.9, 0.999), 1e-8)}

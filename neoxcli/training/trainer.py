@@ -77,7 +77,9 @@ def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
     kind = opt.type.lower()
     params = dict(opt.params)
     lr = float(params.pop("lr", 6e-4))
-    betas = tuple(params.pop("betas", (0.9, 0.95)))
+    # Unset betas are the optimizer's own default, as GPT-NeoX's (Fused)Adam leaves them:
+    # (0.9, 0.999), not the (0.9, 0.95) that neox's default config spells out.
+    betas = tuple(params.pop("betas", (0.9, 0.999)))
     eps = float(params.pop("eps", 1e-8))
     from neoxcli.model.mup import param_groups
 
