@@ -138,3 +138,16 @@ def test_adam_betas_default_to_adams_own() -> None:
     cfg = _tiny_cfg(optimizer=OptimizerConfig(type="Adam", params={"lr": 1e-3}))
     opt = build_optimizer(cfg, GPTModel(cfg.model, 64), "cpu")
     assert {(g["betas"], g["eps"]) for g in opt.param_groups} == {((0.9, 0.999), 1e-8)}
+
+
+def test_each_evaluation_reads_the_next_validation_window() -> None:
+    from neoxcli.training.data import sample_counts
+    from neoxcli.training.trainer import valid_start
+
+    # eval_interval 10, eval_iters 2, global batch 8: GPT-NeoX's one validation iterator
+    # reads samples 0-15 after step 10, 16-31 after step 20, and 32-47 at a final step 25.
+    starts = [valid_start(n, 10, 2, 8) for n in (10, 20, 25, 30)]
+    assert starts == [0, 16, 32, 32]
+    # and the validation split GPT-NeoX asks for holds the last window
+    cfg = _tiny_cfg(train_iters=25, eval_interval=10, eval_iters=2)
+    assert sample_counts(cfg, 8)[1] == 48 == starts[2] + 2 * 8

@@ -117,6 +117,19 @@ class _Sampler:
         return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
+def valid_start(iteration: int, eval_interval: int, eval_iters: int, train_batch: int) -> int:
+    """First validation sample of the evaluation run after ``iteration``.
+
+    GPT-NeoX keeps one validation iterator for the whole run: each evaluation
+    reads the next ``eval_iters`` global batches (the validation split is sized
+    for that), and a resumed run skips the ones earlier evaluations read. So the
+    evaluation at step ``k * eval_interval`` reads window ``k - 1``, and the one
+    at a final step between two intervals the window after the last.
+    """
+    window = max(iteration - 1, 0) // eval_interval
+    return window * eval_iters * train_batch
+
+
 def _rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
@@ -478,23 +491,24 @@ def train(
         torch.distributed.all_reduce(t)
         return float(t.item()) / dist.world_size
 
-    def evaluate() -> float | None:
+    def evaluate(at_iteration: int) -> float | None:
         if valid_ds is None or cfg.train.eval_iters == 0:
             return None
         engine.eval()
         ev = _Sampler(valid_ds, plan.micro_batch, plan.dp_size, dp_rank)
+        first = valid_start(
+            at_iteration, cfg.train.eval_interval, cfg.train.eval_iters, plan.train_batch_size
+        )
         losses = []
         with torch.no_grad():
             for it in range(cfg.train.eval_iters):
+                start = first + it * plan.train_batch_size
                 if layout.pp > 1:
-                    micro = (
-                        ev.batch(it * plan.train_batch_size, m)
-                        for m in range(plan.gradient_accumulation_steps)
-                    )
+                    micro = (ev.batch(start, m) for m in range(plan.gradient_accumulation_steps))
                     losses.append(float(engine.eval_batch(micro)))
                     continue
                 for m in range(plan.gradient_accumulation_steps):
-                    x, y = ev.batch(it * plan.train_batch_size, m)
+                    x, y = ev.batch(start, m)
                     losses.append(float(loss_fn(engine(x.to(device)), y.to(device))))
         engine.train()
         return all_mean(float(np.mean(losses)))
@@ -592,7 +606,7 @@ def train(
             }
             result.train_loss = train_loss
             if iteration % cfg.train.eval_interval == 0 or iteration == cfg.train.train_iters:
-                result.valid_loss = evaluate()
+                result.valid_loss = evaluate(iteration)
                 if result.valid_loss is not None:
                     row["valid_loss"] = result.valid_loss
                     emit("eval", {"iteration": iteration, "valid_loss": result.valid_loss})
