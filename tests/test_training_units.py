@@ -9,6 +9,8 @@ exponential ``lr * exp(-0.693 * d / s)``; everything floored at ``min_lr``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from neoxcli.config.schema import ModelConfig, NeoXConfig, OptimizerConfig, TrainConfig
@@ -151,3 +153,32 @@ def test_each_evaluation_reads_the_next_validation_window() -> None:
     # and the validation split GPT-NeoX asks for holds the last window
     cfg = _tiny_cfg(train_iters=25, eval_interval=10, eval_iters=2)
     assert sample_counts(cfg, 8)[1] == 48 == starts[2] + 2 * 8
+
+
+def test_label_files_give_the_targets_and_negatives_are_masked(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("torch")
+    from neoxcli.data.gpt_dataset import BlendableDataset, GPTDataset
+    from neoxcli.data.indexed import IndexedDataset, IndexedDatasetWriter
+    from neoxcli.training.trainer import _Sampler
+
+    with IndexedDatasetWriter(tmp_path / "text", np.uint16) as w:
+        for d in range(4):
+            w.add_document(np.arange(10) + 100 * d)
+    with IndexedDatasetWriter(tmp_path / "lab", np.int32) as w:
+        for d in range(4):
+            # prompt tokens masked (-100, or any negative), answer tokens kept
+            w.add_document(np.where(np.arange(10) < 5, -1 if d % 2 else -100, np.arange(10) + 100 * d))
+    text, lab = IndexedDataset(tmp_path / "text"), IndexedDataset(tmp_path / "lab")
+    ds = GPTDataset(text, (0, 4), 4, 9, seed=1, label_indexed=lab)
+    for source in (ds, BlendableDataset([ds], [1.0])):
+        x, y = _Sampler(source, micro=2, dp_size=1, dp_rank=0).batch(0, 0)
+        for row in range(2):
+            tokens, labels = source[row], source.labels(row)
+            assert x[row].tolist() == tokens[:-1].tolist()
+            want = [int(t) if t >= 0 else -100 for t in labels[1:]]
+            assert y[row].tolist() == want and -100 in want and want != tokens[1:].tolist()
+    # without a label file the targets are the next tokens
+    plain = GPTDataset(text, (0, 4), 4, 9, seed=1)
+    x, y = _Sampler(plain, micro=1, dp_size=1, dp_rank=0).batch(0, 0)
+    assert y[0].tolist() == plain[0][1:].tolist()

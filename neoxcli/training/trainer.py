@@ -112,9 +112,17 @@ class _Sampler:
 
         start = consumed + micro_step * self.micro * self.dp + self.rank * self.micro
         n = len(self.dataset)
-        rows = [np.asarray(self.dataset[(start + k) % n], dtype=np.int64) for k in range(self.micro)]
-        tokens = torch.from_numpy(np.stack(rows))
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        ids = [(start + k) % n for k in range(self.micro)]
+        tokens = torch.from_numpy(np.stack([np.asarray(self.dataset[i], dtype=np.int64) for i in ids]))
+        read_labels = getattr(self.dataset, "labels", None)
+        label_rows = [read_labels(i) for i in ids] if read_labels is not None else []
+        if not label_rows or any(row is None for row in label_rows):
+            return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        # A label file (label_data_paths) replaces the targets; as in GPT-NeoX every
+        # negative label is left out of the loss (the loss ignores -100).
+        labels = torch.from_numpy(np.stack([np.asarray(row, dtype=np.int64) for row in label_rows]))
+        labels = labels[:, 1:].masked_fill(labels[:, 1:] < 0, -100)
+        return tokens[:, :-1].contiguous(), labels.contiguous()
 
 
 def valid_start(iteration: int, eval_interval: int, eval_iters: int, train_batch: int) -> int:
