@@ -582,6 +582,11 @@ def train(
     last_saved = -1
     engine.train()
     try:
+        if iteration == 0 and 0 in extra:
+            # GPT-NeoX saves the initial weights as global_step0 when extra_save_iters lists 0
+            # (Pythia's configs do); a run resumed past step 0 does not save it again.
+            result.checkpoint = save(0)
+            last_saved = 0
         while iteration < cfg.train.train_iters:
             t0 = time.perf_counter()
             step_losses = []
