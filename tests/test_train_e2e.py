@@ -242,3 +242,27 @@ def test_run_directory_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Capt
         assert main(["train", str(cfg), *sets]) == 2, overrides
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (overrides, err)
+
+
+def test_extra_save_iters_zero_saves_the_initial_weights(tmp_path: Path) -> None:
+    """As in GPT-NeoX (Pythia's configs list 0): global_step0 is saved before the first step, and resumes."""
+    from neoxcli.training.checkpoint import write_latest
+    from neoxcli.training.trainer import train
+
+    over = {"train-iters": 4, "checkpoint-factor": None, "extra-save-iters": [0, 3], "sample_at_end": False}
+    cfg = load_config([_config(tmp_path, **over)], ["load=null"])
+    first = train(cfg)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("global_step*")) == [
+        "global_step0",
+        "global_step3",
+        "global_step4",
+    ]
+    assert (run / "latest").read_text() == "global_step4"
+
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(run / "global_step0", again / "global_step0")
+    write_latest(again, "global_step0")
+    resumed = train(load_config([tmp_path / "tiny.yml"], [f"save={again}", f"load={again}"]))
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]

@@ -420,6 +420,12 @@ class BlendableDataset:
         # the 1.005 margin normally suffices; GPT-NeoX wraps around when it does not
         return d[int(self.dataset_sample_index[i]) % len(d)]
 
+    def labels(self, i: int) -> np.ndarray | None:
+        """The label tokens of sample ``i`` from its dataset's label file, if it has one."""
+        d = self.datasets[int(self.dataset_index[i])]
+        read = getattr(d, "labels", None)
+        return None if read is None else read(int(self.dataset_sample_index[i]) % len(d))
+
 
 # --------------------------------------------------------------------------- top level
 

@@ -100,13 +100,16 @@ def gather_state(engine: Any, keep: bool = True) -> dict[str, Any]:
     drop the gathered tensors at once, so only the writer ever holds a full shard.
     """
     base = _base_optimizer(engine)
+    # Adam creates its moments at the first step: a step-0 checkpoint (extra_save_iters: [0])
+    # has none to gather. Every rank steps together, so all of them agree on this.
+    moments = _MOMENTS if any(k in s for s in base.state.values() for k in _MOMENTS) else ()
     params: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in engine.module.named_parameters():
         entry: dict[str, torch.Tensor] = {}
         fp32 = _full(engine, p, None)
         entry["fp32"] = fp32 if fp32 is not None else p.detach().float().cpu().clone()
         plain = base.state.get(p, {}) if fp32 is None else {}
-        for key in _MOMENTS:
+        for key in moments:
             value = _full(engine, p, key) if fp32 is not None else plain.get(key)
             if value is not None and keep:
                 entry[key] = value.detach().float().cpu().clone()

@@ -21,14 +21,20 @@ def lr_at(
     if style == "constant":
         return max_lr
     done = iteration - warmup_iters
-    span = max(decay_iters - warmup_iters, 1)
-    done = min(done, span)
+    # The decay runs over what is left after warmup, unrounded (warmup_iters may be
+    # fractional, so this span can be below one step), as in GPT-NeoX.
+    span = decay_iters - warmup_iters
+    if span <= 0:  # warmup: 1.0 leaves no decay span (GPT-NeoX divides by zero here)
+        return min_lr
     if style == "linear":
-        lr = max_lr * (span - done) / span
+        lr = max_lr * (span - done) / span  # below zero past decay_iters: min_lr
     elif style == "cosine":
-        lr = min_lr + (max_lr - min_lr) / 2.0 * (math.cos(math.pi * done / span) + 1)
+        # Past decay_iters GPT-NeoX's cosine climbs back towards max_lr; neox holds
+        # min_lr there instead (deliberately: "cosine to min_lr over lr_decay_iters").
+        lr = min_lr + (max_lr - min_lr) / 2.0 * (math.cos(math.pi * min(done, span) / span) + 1)
     elif style == "exponential":
-        lr = max_lr * math.exp(-0.693 * done / span)  # halves over the decay span
+        # Halves every span and, as in GPT-NeoX, keeps halving past decay_iters (floored at min_lr).
+        lr = max_lr * math.exp(-0.693 * done / span)
     else:  # pragma: no cover - the schema restricts the styles
         raise ValueError(f"unknown lr_decay_style {style!r}")
     return max(lr, min_lr)

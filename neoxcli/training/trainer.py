@@ -77,7 +77,9 @@ def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
     kind = opt.type.lower()
     params = dict(opt.params)
     lr = float(params.pop("lr", 6e-4))
-    betas = tuple(params.pop("betas", (0.9, 0.95)))
+    # Unset betas are the optimizer's own default, as GPT-NeoX's (Fused)Adam leaves them:
+    # (0.9, 0.999), not the (0.9, 0.95) that neox's default config spells out.
+    betas = tuple(params.pop("betas", (0.9, 0.999)))
     eps = float(params.pop("eps", 1e-8))
     from neoxcli.model.mup import param_groups
 
@@ -110,9 +112,30 @@ class _Sampler:
 
         start = consumed + micro_step * self.micro * self.dp + self.rank * self.micro
         n = len(self.dataset)
-        rows = [np.asarray(self.dataset[(start + k) % n], dtype=np.int64) for k in range(self.micro)]
-        tokens = torch.from_numpy(np.stack(rows))
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        ids = [(start + k) % n for k in range(self.micro)]
+        tokens = torch.from_numpy(np.stack([np.asarray(self.dataset[i], dtype=np.int64) for i in ids]))
+        read_labels = getattr(self.dataset, "labels", None)
+        label_rows = [read_labels(i) for i in ids] if read_labels is not None else []
+        if not label_rows or any(row is None for row in label_rows):
+            return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        # A label file (label_data_paths) replaces the targets; as in GPT-NeoX every
+        # negative label is left out of the loss (the loss ignores -100).
+        labels = torch.from_numpy(np.stack([np.asarray(row, dtype=np.int64) for row in label_rows]))
+        labels = labels[:, 1:].masked_fill(labels[:, 1:] < 0, -100)
+        return tokens[:, :-1].contiguous(), labels.contiguous()
+
+
+def valid_start(iteration: int, eval_interval: int, eval_iters: int, train_batch: int) -> int:
+    """First validation sample of the evaluation run after ``iteration``.
+
+    GPT-NeoX keeps one validation iterator for the whole run: each evaluation
+    reads the next ``eval_iters`` global batches (the validation split is sized
+    for that), and a resumed run skips the ones earlier evaluations read. So the
+    evaluation at step ``k * eval_interval`` reads window ``k - 1``, and the one
+    at a final step between two intervals the window after the last.
+    """
+    window = max(iteration - 1, 0) // eval_interval
+    return window * eval_iters * train_batch
 
 
 def _rng_state() -> dict[str, Any]:
@@ -476,23 +499,24 @@ def train(
         torch.distributed.all_reduce(t)
         return float(t.item()) / dist.world_size
 
-    def evaluate() -> float | None:
+    def evaluate(at_iteration: int) -> float | None:
         if valid_ds is None or cfg.train.eval_iters == 0:
             return None
         engine.eval()
         ev = _Sampler(valid_ds, plan.micro_batch, plan.dp_size, dp_rank)
+        first = valid_start(
+            at_iteration, cfg.train.eval_interval, cfg.train.eval_iters, plan.train_batch_size
+        )
         losses = []
         with torch.no_grad():
             for it in range(cfg.train.eval_iters):
+                start = first + it * plan.train_batch_size
                 if layout.pp > 1:
-                    micro = (
-                        ev.batch(it * plan.train_batch_size, m)
-                        for m in range(plan.gradient_accumulation_steps)
-                    )
+                    micro = (ev.batch(start, m) for m in range(plan.gradient_accumulation_steps))
                     losses.append(float(engine.eval_batch(micro)))
                     continue
                 for m in range(plan.gradient_accumulation_steps):
-                    x, y = ev.batch(it * plan.train_batch_size, m)
+                    x, y = ev.batch(start, m)
                     losses.append(float(loss_fn(engine(x.to(device)), y.to(device))))
         engine.train()
         return all_mean(float(np.mean(losses)))
@@ -558,6 +582,11 @@ def train(
     last_saved = -1
     engine.train()
     try:
+        if iteration == 0 and 0 in extra:
+            # GPT-NeoX saves the initial weights as global_step0 when extra_save_iters lists 0
+            # (Pythia's configs do); a run resumed past step 0 does not save it again.
+            result.checkpoint = save(0)
+            last_saved = 0
         while iteration < cfg.train.train_iters:
             t0 = time.perf_counter()
             step_losses = []
@@ -590,7 +619,7 @@ def train(
             }
             result.train_loss = train_loss
             if iteration % cfg.train.eval_interval == 0 or iteration == cfg.train.train_iters:
-                result.valid_loss = evaluate()
+                result.valid_loss = evaluate(iteration)
                 if result.valid_loss is not None:
                     row["valid_loss"] = result.valid_loss
                     emit("eval", {"iteration": iteration, "valid_loss": result.valid_loss})
