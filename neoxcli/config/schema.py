@@ -254,7 +254,7 @@ class TrainConfig(Section):
     bf16: dict[str, Any] | None = None
     seed: int = 1234
     eval_interval: int = Field(1000, ge=1)
-    eval_iters: int = Field(10, ge=0)
+    eval_iters: int = Field(100, ge=0)  # GPT-NeoX's default
     compile: bool = Field(False, description="neox: torch.compile the model")
 
     @model_validator(mode="after")
