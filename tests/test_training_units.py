@@ -182,3 +182,18 @@ def test_label_files_give_the_targets_and_negatives_are_masked(tmp_path: Path) -
     plain = GPTDataset(text, (0, 4), 4, 9, seed=1)
     x, y = _Sampler(plain, micro=1, dp_size=1, dp_rank=0).batch(0, 0)
     assert y[0].tolist() == plain[0][1:].tolist()
+
+
+def test_console_log_line_is_the_mean_loss_since_the_last_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """As GPT-NeoX logs: the loss printed every log_interval steps averages those steps."""
+    from neoxcli.commands.train import ConsoleReporter
+
+    report = ConsoleReporter(log_interval=2, live=False)
+    for it, loss in enumerate([4.0, 2.0, 3.0, 1.0, 7.0], start=1):
+        row = {"iteration": it, "loss": loss, "lr": 1e-3, "tokens_per_s": 10.0}
+        if it == 5:
+            row["valid_loss"] = 6.5
+        report.on_step(row)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert [line.split()[3] for line in lines] == ["3.0000", "2.0000", "7.0000"]
+    assert lines[-1].endswith("valid_loss 6.5000")

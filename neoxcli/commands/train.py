@@ -28,6 +28,7 @@ class ConsoleReporter:
         self.log_interval = log_interval
         self.progress: Any = None
         self.task: Any = None
+        self._losses: list[float] = []  # since the last log line: GPT-NeoX logs their mean
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         getattr(self, f"on_{event}", lambda d: None)(data)
@@ -71,9 +72,12 @@ class ConsoleReporter:
                 lr=f"{row['lr']:.2e}",
                 tps=f"{row['tokens_per_s']:,.0f}",
             )
+        self._losses.append(row["loss"])
         if row["iteration"] % self.log_interval == 0 or "valid_loss" in row:
+            mean = sum(self._losses) / len(self._losses)
+            self._losses.clear()
             line = (
-                f"step {row['iteration']:>6}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  "
+                f"step {row['iteration']:>6}  loss {mean:.4f}  lr {row['lr']:.3e}  "
                 f"{row['tokens_per_s']:,.0f} tok/s"
             )
             if "valid_loss" in row:
