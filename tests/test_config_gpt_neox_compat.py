@@ -107,3 +107,17 @@ def test_without_num_gpus_the_job_is_one_model_replica(tmp_path: Path) -> None:
     assert default_world_size(cfg) == 2 and resolve(cfg).data_parallel_size == 1
     cfg = load_config([write(tmp_path, "pipe-parallel-size: 4\nmodel-parallel-size: 2\n", "b.yml")])
     assert default_world_size(cfg) == 8
+
+
+def test_optimizer_params_neox_does_not_read_are_named(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    text = "optimizer: {type: Adam, params: {lr: 1.0e-4, amsgrad: true, eps: 1.0e-8}}\n"
+    load_config([write(tmp_path, text)], warn=warnings.append)
+    assert warnings == ["ignoring GPT-NeoX key neox does not act on yet: optimizer.params.amsgrad"]
+    err = error_of(
+        write(tmp_path, "optimizer: {type: Adam, params: {lr: 1.0e-4, weight_decay: 0.1}}\n", "b.yml")
+    )
+    assert err.message.startswith(
+        "optimizer.params.weight_decay: weight decay is the top-level weight_decay key"
+    )
+    assert err.hint == "move it: weight_decay: 0.1"

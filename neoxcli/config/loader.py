@@ -734,11 +734,33 @@ def load_config(
     _check(cfg, merged)
     cfg._ignored_keys = merged.ignored
     cfg._sources = tuple(sources)
-    if merged.ignored:
-        names = ", ".join(merged.ignored)
-        plural = "s" if len(merged.ignored) > 1 else ""
+    unused = _unused_optimizer_params(cfg, merged)
+    if merged.ignored or unused:
+        names = ", ".join([*merged.ignored, *unused])
+        plural = "s" if len(merged.ignored) + len(unused) > 1 else ""
         (warn or _default_warn)(f"ignoring GPT-NeoX key{plural} neox does not act on yet: {names}")
     return cfg
+
+
+# What the optimizers neox builds read from ``optimizer.params``.
+_OPTIMIZER_PARAMS = ("lr", "betas", "eps", "momentum")
+
+
+def _unused_optimizer_params(cfg: NeoXConfig, m: _Merged) -> list[str]:
+    """``optimizer.params`` keys no neox optimizer reads, to be named in the warning.
+
+    DeepSpeed-optimizer options (``amsgrad``, ``bias_correction`` ...) are GPT-NeoX
+    keys neox does not act on; ``weight_decay`` there would be silently lost, and
+    GPT-NeoX itself refuses it, so that one is an error.
+    """
+    params = cfg.train.optimizer.params
+    if "weight_decay" in params:
+        raise ConfigError(
+            "optimizer.params.weight_decay: weight decay is the top-level weight_decay key"
+            + m.where(("train", "optimizer")),
+            hint=f"move it: weight_decay: {params['weight_decay']}",
+        )
+    return [f"optimizer.params.{k}" for k in params if k not in _OPTIMIZER_PARAMS]
 
 
 def dump_config(cfg: NeoXConfig, *, flat: bool = False) -> str:
