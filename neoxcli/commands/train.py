@@ -93,7 +93,7 @@ class ConsoleReporter:
         r = d["result"]
         parts = [f"{r.iterations} iterations in {r.wall_s:.1f} s", f"{r.tokens_per_s:,.0f} tok/s"]
         if r.train_loss is not None:
-            parts.append(f"train loss {r.train_loss:.4f}")
+            parts.append(f"last step's loss {r.train_loss:.4f}")
         if r.valid_loss is not None:
             parts.append(f"valid loss {r.valid_loss:.4f}")
         self.console.print("[bold green]done[/]: " + ", ".join(parts), highlight=False)
