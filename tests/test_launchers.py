@@ -812,3 +812,19 @@ def test_missing_launcher_program_is_a_user_error_and_writes_nothing(
     err = capsys.readouterr().err
     assert code == 2 and "`pdsh` is not on PATH" in err and "--dry-run" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_local_default_ranks_without_gpus_fill_one_model_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No num_gpus: one rank per GPU; on a CPU machine as many ranks as TP x PP needs."""
+    from neoxcli.launchers import local
+    from neoxcli.launchers.local import LocalLauncher
+
+    cfg = NeoXConfig()
+    cfg.parallel.model_parallel_size, cfg.parallel.pipe_parallel_size = 2, 2
+    monkeypatch.setattr(local, "local_device_count", lambda: 0)
+    assert LocalLauncher().default_hosts(cfg, {}) == [Host("localhost", 4)]
+    assert LocalLauncher().default_hosts(NeoXConfig(), {}) == [Host("localhost", 1)]
+    monkeypatch.setattr(local, "local_device_count", lambda: 8)
+    assert LocalLauncher().default_hosts(cfg, {}) == [Host("localhost", 8)]
+    cfg.launcher.num_gpus = 2
+    assert LocalLauncher().default_hosts(cfg, {}) == [Host("localhost", 2)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from neoxcli.config.derived import default_world_size
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.launchers.base import LaunchCommand, Launcher, LaunchPlan, Node
 from neoxcli.launchers.hostfile import Host
@@ -18,18 +19,18 @@ LOCALHOST = "localhost"
 
 
 def local_device_count() -> int:
-    """GPUs on this machine, or 1 (one CPU rank) when there are none."""
+    """GPUs on this machine, or 0 when there are none."""
     try:
         import torch
 
-        return max(torch.cuda.device_count(), 1)
+        return torch.cuda.device_count()
     except Exception:  # pragma: no cover - torch always imports in practice
-        return 1
+        return 0
 
 
 class LocalLauncher(Launcher):
     name = "local"
-    description = "1..N processes on this machine (num_gpus, default: one per GPU, else 1)"
+    description = "1..N processes on this machine (num_gpus, default: one per GPU, else one model replica)"
 
     def resolve_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Node]:
         # A hostfile describes other machines; locally only include/exclude of this host's slots apply.
@@ -41,7 +42,11 @@ class LocalLauncher(Launcher):
 
     def default_hosts(self, config: NeoXConfig, env: Mapping[str, str]) -> list[Host]:
         gpus = config.launcher.num_gpus
-        return [Host(LOCALHOST, gpus if gpus and gpus > 0 else local_device_count())]
+        if not gpus or gpus < 1:
+            # One rank per GPU; without GPUs, as many CPU ranks as one model replica needs
+            # (model_parallel_size x pipe stages), so a TP/PP config runs as it is.
+            gpus = local_device_count() or default_world_size(config)
+        return [Host(LOCALHOST, gpus)]
 
     def master(self, config: NeoXConfig, hosts: Sequence[Node]) -> tuple[str, int]:
         from neoxcli.training.distributed import free_port
