@@ -167,3 +167,46 @@ def test_neox_convert_from_gpt_neox_checkpoint(tmp_path: Path, capsys: pytest.Ca
     )
     assert code == 2 and not (tmp_path / "x").exists()
     assert "error:" in capsys.readouterr().err
+
+
+GATED = CFG.model_copy(update={"activation": "swiglu", "intermediate_size": 3 * 48, "gpt_j_residual": False})
+
+
+def _theirs_gated(model: GPTModel, tp: int, layout: str) -> list[dict[str, torch.Tensor]]:
+    """Per-rank GPT-NeoX state of a gated model: fused ``linear1`` rows [value; gate] per rank, or w1/w2/w3."""
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+    for key, value in _theirs(model).items():
+        if "dense_h_to_4h" in key:
+            gate, up = value.chunk(2, dim=0)
+            for r in range(tp):
+                if layout == "fused":
+                    name = key.replace("dense_h_to_4h", "linear1")
+                    ranks[r][name] = torch.cat([up.chunk(tp)[r], gate.chunk(tp)[r]]).clone()
+                else:
+                    ranks[r][key.replace("dense_h_to_4h", "w1")] = gate.chunk(tp)[r].clone()
+                    ranks[r][key.replace("dense_h_to_4h", "w3")] = up.chunk(tp)[r].clone()
+        elif "dense_4h_to_h.weight" in key:
+            for r in range(tp):
+                name = key.replace("dense_4h_to_h", "linear2" if layout == "fused" else "w2")
+                ranks[r][name] = value.chunk(tp, dim=1)[r].clone()
+        else:
+            for r in range(tp):
+                ranks[r][key] = _shard(key, value, r, tp)
+    return ranks
+
+
+@pytest.mark.parametrize(("layout", "tp"), [("fused", 1), ("fused", 2), ("llama", 2)])
+def test_gated_mlp_layouts(tmp_path: Path, layout: str, tp: int) -> None:
+    """GPT-NeoX's fused SwiGLU input (each rank [value; gate]) and the older w1/w2/w3 form, under TP too."""
+    cfg = GATED if layout == "fused" else GATED.model_copy(update={"use_bias_in_mlp": False})
+    torch.manual_seed(2)
+    model = GPTModel(cfg, 64).eval()
+    for r, state in enumerate(_theirs_gated(model, tp, layout)):
+        torch.save({"module": state}, tmp_path / f"mp_rank_{r:02d}_model_states.pt")
+    sd = load_gpt_neox_checkpoint(tmp_path, cfg)
+    assert set(sd) == set(model.state_dict())
+    loaded = GPTModel(cfg, 64)
+    loaded.load_state_dict(sd, strict=True)
+    ids = torch.randint(0, 64, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))

@@ -21,7 +21,9 @@ from neoxcli.config.schema import ModelConfig
 from neoxcli.convert._common import ConversionError, StateDict, cast_state
 from neoxcli.errors import DataError
 
-_ROW_PARALLEL = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_ROW_PARALLEL = ("attention.dense.weight", "mlp.dense_4h_to_h.weight", "mlp.w2.weight")
+# GPT-NeoX's fused gated MLP input: each tensor-parallel rank's rows are [value; gate].
+_GATED_IN = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
 _REPLICATED = ("layernorm", "norm.", "attention.dense.bias", "mlp.dense_4h_to_h.bias", "position_embeddings")
 # Names used by other GPT-NeoX versions for the same tensors.
 _RENAMES = (
@@ -61,7 +63,12 @@ def _read_ranks(step_dir: Path) -> list[dict[str, Tensor]]:
     )
 
 
-def _merge(key: str, shards: list[Tensor]) -> Tensor:
+def _merge(key: str, shards: list[Tensor], gated: bool = False) -> Tensor:
+    if gated and key.endswith(_GATED_IN):
+        # GPT-NeoX splits each rank's shard into (value, gate) and activates the gate;
+        # ours is [gate; value] over the full width.
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return torch.cat([*(gate for _, gate in halves), *(value for value, _ in halves)])
     if len(shards) == 1 or any(s in key for s in _REPLICATED):
         return shards[0]
     dim = 1 if key.endswith(_ROW_PARALLEL) else 0
@@ -82,11 +89,8 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
     ranks = _read_ranks(step_dir)
     if cfg.kv_heads != cfg.num_attention_heads:
         raise ConversionError("reading GPT-NeoX checkpoints with grouped-query attention is not supported")
-    if cfg.mlp_activation in ("swiglu", "geglu"):
-        if not any(".mlp.w1." in k for k in ranks[0]) or len(ranks) > 1:
-            raise ConversionError(
-                "GPT-NeoX GLU checkpoints are read only in the Llama MLP layout (w1/w2/w3) without tensor parallelism"
-            )
+    # A gated config over a checkpoint without gated weights fails the exact-load check later.
+    gated = cfg.mlp_activation in ("swiglu", "geglu")
 
     n = cfg.num_layers
     index = {0: 0, **{i + 2: i + 1 for i in range(n)}, n + 3: n + 1, n + 4: n + 2}
@@ -101,7 +105,7 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
         for old, new in _RENAMES:
             name = name.replace(old, new)
         ours = f"layers.{index[int(m.group(1))]}{name}"
-        out[ours] = _merge(ours, [r[key] for r in ranks])
+        out[ours] = _merge(ours, [r[key] for r in ranks], gated)
     for i in range(1, n + 1):  # Llama-style w1 (gate) / w3 (up) / w2 (down)
         pre = f"layers.{i}.mlp."
         if pre + "w1.weight" in out:
