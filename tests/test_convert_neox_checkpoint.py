@@ -210,3 +210,35 @@ def test_gated_mlp_layouts(tmp_path: Path, layout: str, tp: int) -> None:
     ids = torch.randint(0, 64, (1, 10))
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))
+
+
+GQA = CFG.model_copy(update={"num_attention_heads": 8, "num_kv_heads": 2, "hidden_size": 64})
+
+
+def _gpt_neox_gqa_rows(ours: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    """Our grouped QKV rows ([kv, q_per_kv + 2, head_dim]) as GPT-NeoX's rank shard: [Q; K; V] of its heads."""
+    kv, hd = GQA.kv_heads, GQA.head_dim
+    groups = ours.reshape(kv, -1, hd, *ours.shape[1:]).chunk(tp)[rank]
+    q, k, v = groups[:, :-2], groups[:, -2], groups[:, -1]
+    return torch.cat([t.reshape(-1, *ours.shape[1:]) for t in (q, k, v)]).clone()
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_grouped_query_attention(tmp_path: Path, tp: int) -> None:
+    """GPT-NeoX keeps a GQA rank's queries, keys and values as three blocks; ours groups them per KV head."""
+    torch.manual_seed(4)
+    model = GPTModel(GQA, 64).eval()
+    for r in range(tp):
+        state = {}
+        for key, value in _theirs(model).items():
+            if ".attention.query_key_value." in key:
+                state[key] = _gpt_neox_gqa_rows(value, tp, r)
+            else:
+                state[key] = _shard(key, value, r, tp)
+        torch.save({"module": state}, tmp_path / f"mp_rank_{r:02d}_model_states.pt")
+    sd = load_gpt_neox_checkpoint(tmp_path, GQA)
+    loaded = GPTModel(GQA, 64)
+    loaded.load_state_dict(sd, strict=True)
+    ids = torch.randint(0, 64, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))

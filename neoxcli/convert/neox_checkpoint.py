@@ -63,7 +63,28 @@ def _read_ranks(step_dir: Path) -> list[dict[str, Tensor]]:
     )
 
 
-def _merge(key: str, shards: list[Tensor], gated: bool = False) -> Tensor:
+def _gqa_rows(shard: Tensor, heads: int, kv_heads: int, head_dim: int) -> Tensor:
+    """One rank's GQA ``query_key_value`` rows, GPT-NeoX's [all Q; all K; all V], in our grouping.
+
+    Ours groups rows per key/value head: that head's queries, then its key, then its value.
+    """
+    rest = shard.shape[1:]
+    q, k, v = shard.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+    parts = [
+        q.reshape(kv_heads, heads // kv_heads * head_dim, *rest),
+        k.reshape(kv_heads, head_dim, *rest),
+        v.reshape(kv_heads, head_dim, *rest),
+    ]
+    return torch.cat(parts, dim=1).reshape(-1, *rest)
+
+
+def _merge(key: str, shards: list[Tensor], gated: bool = False, cfg: ModelConfig | None = None) -> Tensor:
+    if cfg is not None and cfg.kv_heads != cfg.num_attention_heads and ".attention.query_key_value." in key:
+        tp = len(shards)
+        regrouped = [
+            _gqa_rows(s, cfg.num_attention_heads // tp, cfg.kv_heads // tp, cfg.head_dim) for s in shards
+        ]
+        return torch.cat(regrouped)
     if gated and key.endswith(_GATED_IN):
         # GPT-NeoX splits each rank's shard into (value, gate) and activates the gate;
         # ours is [gate; value] over the full width.
@@ -87,8 +108,6 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
     if not step_dir.is_dir():
         raise DataError(f"checkpoint directory not found: {step_dir}")
     ranks = _read_ranks(step_dir)
-    if cfg.kv_heads != cfg.num_attention_heads:
-        raise ConversionError("reading GPT-NeoX checkpoints with grouped-query attention is not supported")
     # A gated config over a checkpoint without gated weights fails the exact-load check later.
     gated = cfg.mlp_activation in ("swiglu", "geglu")
 
@@ -105,7 +124,7 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
         for old, new in _RENAMES:
             name = name.replace(old, new)
         ours = f"layers.{index[int(m.group(1))]}{name}"
-        out[ours] = _merge(ours, [r[key] for r in ranks], gated)
+        out[ours] = _merge(ours, [r[key] for r in ranks], gated, cfg)
     for i in range(1, n + 1):  # Llama-style w1 (gate) / w3 (up) / w2 (down)
         pre = f"layers.{i}.mlp."
         if pre + "w1.weight" in out:
