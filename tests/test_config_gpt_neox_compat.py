@@ -84,7 +84,10 @@ def test_gpt_neox_gated_intermediate_size_builds_their_width(tmp_path: Path) -> 
     from neoxcli.model import mlp_width
 
     text = '{\n  "hidden_size": 4096,\n  "intermediate_size": 32768,\n  "activation": "swiglu",\n  "mlp_multiple_of": 256,\n}\n'
-    assert mlp_width(load_config([write(tmp_path, text)]).model) == 11008
+    cfg = load_config([write(tmp_path, text)])
+    assert mlp_width(cfg.model) == 11008
+    cfg.train.train_micro_batch_size_per_gpu = 1
+    assert resolve(cfg, world_size=1).mlp_width == 11008  # what `neox config show` prints under derived
     # Without intermediate_size a gated branch is a third of 4h (rounded), not Llama's 8h/3.
     plain = "hidden_size: 4096\nactivation: swiglu\nmlp_multiple_of: 256\n"
     assert mlp_width(load_config([write(tmp_path, plain, "b.yml")]).model) == 5632

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from neoxcli.config.schema import NeoXConfig, TrainConfig
+from neoxcli.config.schema import ModelConfig, NeoXConfig, TrainConfig
 from neoxcli.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -42,6 +42,7 @@ class Derived:
     precision: Precision
     zero_stage: int
     is_pipe_parallel: bool
+    mlp_width: int  # of each branch for gated activations (GPT-NeoX's sizing rule)
     vocab_size: int | None = None
     padded_vocab_size: int | None = None
 
@@ -136,6 +137,23 @@ def batch_sizes(
             hint="give only two of the three and neox derives the third",
         )
     return train_batch, micro_batch, grad_accum
+
+
+def mlp_width(cfg: ModelConfig) -> int:
+    """Hidden width of the MLP (of each branch, for GLU), by GPT-NeoX's rule.
+
+    The size is ``intermediate_size`` or 4h. A gated activation (SwiGLU/GeGLU)
+    scales it by 2/3 and splits it between gate and value, so the three matrices
+    cost what two of the full size would; the width is then rounded up to a
+    multiple of ``mlp_multiple_of``. GPT-NeoX's Llama-2-7B config writes 32768
+    with multiple 256 for Llama's 11008; a Hugging Face ``intermediate_size`` I
+    is ``3 * I`` here.
+    """
+    size = cfg.intermediate_size if cfg.intermediate_size is not None else 4 * cfg.hidden_size
+    if cfg.mlp_activation in ("swiglu", "geglu"):
+        size = int(size * 2 / 3) // 2
+    multiple = cfg.mlp_multiple_of
+    return multiple * math.ceil(size / multiple)
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, model_parallel_size: int = 1) -> int:
@@ -266,6 +284,7 @@ def resolve(
         precision=resolve_precision(cfg.train, bf16_supported),
         zero_stage=_zero_stage(par.zero_optimization),
         is_pipe_parallel=par.pipe_parallel_size > 1,
+        mlp_width=mlp_width(cfg.model),
         vocab_size=vocab_size,
         padded_vocab_size=padded,
     )

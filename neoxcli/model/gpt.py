@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neoxcli import kernels
+from neoxcli.config.derived import mlp_width
 from neoxcli.config.schema import ModelConfig
 from neoxcli.model.init import init_function
 from neoxcli.model.kv_cache import KVCache
@@ -172,23 +173,6 @@ _ACTIVATIONS = {
     "swiglu": F.silu,
     "geglu": F.gelu,
 }
-
-
-def mlp_width(cfg: ModelConfig) -> int:
-    """Hidden width of the MLP (of each branch, for GLU), by GPT-NeoX's rule.
-
-    The size is ``intermediate_size`` or 4h. A gated activation (SwiGLU/GeGLU)
-    scales it by 2/3 and splits it between gate and value, so the three matrices
-    cost what two of the full size would; the width is then rounded up to a
-    multiple of ``mlp_multiple_of``. GPT-NeoX's Llama-2-7B config writes 32768
-    with multiple 256 for Llama's 11008; a Hugging Face ``intermediate_size`` I
-    is ``3 * I`` here.
-    """
-    size = cfg.intermediate_size if cfg.intermediate_size is not None else 4 * cfg.hidden_size
-    if cfg.mlp_activation in ("swiglu", "geglu"):
-        size = int(size * 2 / 3) // 2
-    multiple = cfg.mlp_multiple_of
-    return multiple * math.ceil(size / multiple)
 
 
 class MLP(nn.Module):
