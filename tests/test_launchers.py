@@ -828,3 +828,11 @@ def test_local_default_ranks_without_gpus_fill_one_model_replica(monkeypatch: py
     assert LocalLauncher().default_hosts(cfg, {}) == [Host("localhost", 8)]
     cfg.launcher.num_gpus = 2
     assert LocalLauncher().default_hosts(cfg, {}) == [Host("localhost", 2)]
+
+
+def test_sbatch_output_pattern_keeps_the_run_directory() -> None:
+    """sbatch expands %x in the whole --output path, and a backslash turns all expansion off."""
+    from neoxcli.launchers.slurm import filename_pattern
+
+    assert filename_pattern(Path("/runs/50%x"), "slurm-%j.out") == "/runs/50%%x/slurm-%j.out"
+    assert filename_pattern(Path("/runs/a\\b%x"), "slurm-%j.out") == "/runs/a\\b%x/slurm.out"

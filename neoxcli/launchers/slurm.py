@@ -69,7 +69,12 @@ def filename_pattern(directory: Path, name: str) -> str:
 
     Every ``%`` of the directory is doubled (``%%`` is a literal ``%``), so a run
     directory such as ``runs/50%xp`` is not rewritten into one that does not exist.
+    A backslash anywhere turns sbatch's replacement off, so then the path is taken
+    literally and the name's own placeholders are dropped (``slurm-%j.out`` ->
+    ``slurm.out``).
     """
+    if "\\" in str(directory) or "\\" in name:
+        return str(directory) + "/" + re.sub(r"-?%[0-9]*[A-Za-z]", "", name)
     return str(directory).replace("%", "%%") + "/" + name
 
 
