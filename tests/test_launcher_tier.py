@@ -35,7 +35,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 from cluster import IFACE, Cluster, missing_requirements  # noqa: E402
-from runs import NEOX, processes_mentioning, read_where, write_hooks, write_tiny_config  # noqa: E402
+from runs import (  # noqa: E402
+    NEOX,
+    finish_timed,
+    processes_mentioning,
+    read_where,
+    wait_for_path,
+    wait_gone,
+    write_hooks,
+    write_tiny_config,
+)
 
 _why = missing_requirements()
 if _why is None:
@@ -115,27 +124,15 @@ def test_pdsh_failed_rank_on_other_host_ends_the_job(cluster: Cluster, hooks: Pa
     proc = cluster.popen(
         "node01", [*NEOX, "train", str(cfg), "--launcher", "pdsh", "--hostfile", str(hostfile)], env=env
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert trigger.exists(), "training never reached step 2"
-        started = time.monotonic()
-        out, err = proc.communicate(timeout=90)
-        took = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    reached = wait_for_path(trigger, proc)
+    out, err, took = finish_timed(proc, 90)
+    assert reached, "training never reached step 2"
     assert proc.returncode == 3, out[-2000:] + err[-3000:]
     assert "error: rank 1 on host node02 exited with code 3; stopped the other ranks" in err
     assert took < 60
     # node01's agent sees its ssh session drop and stops its rank: SIGTERM, then SIGKILL after the
     # agent's grace period, since a rank blocked in a collective with the dead peer ignores SIGTERM.
-    deadline = time.monotonic() + 20
-    while processes_mentioning(str(save / "run-config.yml")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(str(save / "run-config.yml")) == []
+    assert wait_gone(str(save / "run-config.yml")) == []
 
 
 def test_pdsh_ctrl_c_stops_ranks_on_both_hosts(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:
@@ -148,23 +145,15 @@ def test_pdsh_ctrl_c_stops_ranks_on_both_hosts(cluster: Cluster, hooks: Path, tm
     )
     marker = str(save / "run-config.yml")
     try:
-        deadline = time.monotonic() + 240
-        while not (save / "global_step2").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_path(save / "global_step2", proc)
         assert sorted(read_where(where)) == ["0", "1"]
         assert len(processes_mentioning(marker)) >= 4  # two agents and two workers
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal delivers
-        out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err, _ = finish_timed(proc, 60)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted (SIGINT): stopped all ranks" in err
-    deadline = time.monotonic() + 20
-    while processes_mentioning(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_mpi_trains_across_two_hosts(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 FAKE_BIN = Path(__file__).parent / "fake_bin"
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
-from runs import NEOX, processes_mentioning, write_hooks, write_tiny_config  # noqa: E402
+from runs import NEOX, finish_timed, processes_mentioning, wait_for_path, write_hooks, write_tiny_config  # noqa: E402
 
 
 def env_for_runs(**extra: str) -> dict[str, str]:
@@ -68,18 +67,9 @@ def test_local_failed_rank_ends_the_job_and_is_named(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert trigger.exists(), "training never reached step 2"
-        started = time.monotonic()
-        out, err = proc.communicate(timeout=90)
-        took = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    reached = wait_for_path(trigger, proc)
+    out, err, took = finish_timed(proc, 90)
+    assert reached, "training never reached step 2"
     assert proc.returncode == 3, out[-2000:] + err[-3000:]
     assert "error: rank 1 on localhost exited with code 3; stopped the other ranks" in err
     assert took < 60

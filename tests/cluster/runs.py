@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,31 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def wait_for_path(path: Path, proc: subprocess.Popen, timeout: float = 240) -> bool:
+    """Poll until ``path`` exists, ``proc`` ends or ``timeout`` passes; whether it exists."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return path.exists()
+
+
+def finish_timed(proc: subprocess.Popen, timeout: float) -> tuple[str, str, float]:
+    """(stdout, stderr, seconds) of ``proc`` running to its end; it is killed if it outlives ``timeout``."""
+    started = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out, err, time.monotonic() - started
+
+
+def wait_gone(text: str, timeout: float = 20) -> list[int]:
+    """Poll until no process mentions ``text`` (a rank may need its agent's SIGKILL grace); those left."""
+    deadline = time.monotonic() + timeout
+    while processes_mentioning(text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return processes_mentioning(text)
