@@ -48,7 +48,7 @@ def _shard(key: str, value: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
 
 def _check(model: GPTModel, sd: dict[str, torch.Tensor]) -> None:
     assert set(sd) == set(model.state_dict())
-    loaded = GPTModel(CFG, 64)
+    loaded = GPTModel(model.cfg, 64)
     loaded.load_state_dict(sd, strict=True)
     ids = torch.randint(0, 64, (1, 10))
     with torch.no_grad():
@@ -203,13 +203,7 @@ def test_gated_mlp_layouts(tmp_path: Path, layout: str, tp: int) -> None:
     model = GPTModel(cfg, 64).eval()
     for r, state in enumerate(_theirs_gated(model, tp, layout)):
         torch.save({"module": state}, tmp_path / f"mp_rank_{r:02d}_model_states.pt")
-    sd = load_gpt_neox_checkpoint(tmp_path, cfg)
-    assert set(sd) == set(model.state_dict())
-    loaded = GPTModel(cfg, 64)
-    loaded.load_state_dict(sd, strict=True)
-    ids = torch.randint(0, 64, (1, 10))
-    with torch.no_grad():
-        assert torch.equal(loaded(ids), model(ids))
+    _check(model, load_gpt_neox_checkpoint(tmp_path, cfg))
 
 
 GQA = CFG.model_copy(update={"num_attention_heads": 8, "num_kv_heads": 2, "hidden_size": 64})
@@ -236,9 +230,4 @@ def test_grouped_query_attention(tmp_path: Path, tp: int) -> None:
             else:
                 state[key] = _shard(key, value, r, tp)
         torch.save({"module": state}, tmp_path / f"mp_rank_{r:02d}_model_states.pt")
-    sd = load_gpt_neox_checkpoint(tmp_path, GQA)
-    loaded = GPTModel(GQA, 64)
-    loaded.load_state_dict(sd, strict=True)
-    ids = torch.randint(0, 64, (1, 10))
-    with torch.no_grad():
-        assert torch.equal(loaded(ids), model(ids))
+    _check(model, load_gpt_neox_checkpoint(tmp_path, GQA))
