@@ -207,7 +207,8 @@ def export_hf(
     checkpoint's tokenizer is a ``tokenizers`` one, the tokenizer files.
     """
     from neoxcli.config import load_config
-    from neoxcli.convert import save_hf_dir, to_hf
+    from neoxcli.convert.archs import to_hf
+    from neoxcli.convert.hf_io import save_hf_dir
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME, load_module_state, resolve_checkpoint
 
@@ -318,7 +319,8 @@ def import_hf(
     """
     from neoxcli.config.loader import dump_config
     from neoxcli.config.schema import NeoXConfig, TokenizerConfig
-    from neoxcli.convert import from_hf, load_hf_dir
+    from neoxcli.convert.archs import from_hf
+    from neoxcli.convert.hf_io import load_hf_dir
     from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME, tag_for
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
