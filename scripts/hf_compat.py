@@ -46,10 +46,10 @@ def export(root: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_convert_cli import ARCHS, BASE, write_neox_checkpoint
 
+    from neoxcli.checkpoint import load_for_inference
     from neoxcli.cli import main
     from neoxcli.config.schema import ModelConfig
     from neoxcli.data.tokenizer import train_bpe_tokenizer
-    from neoxcli.training.checkpoint import load_for_inference
 
     tok = root / "tokenizer.json"
     train_bpe_tokenizer(

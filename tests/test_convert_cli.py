@@ -18,12 +18,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from neoxcli.checkpoint import load_for_inference  # noqa: E402
 from neoxcli.cli import main  # noqa: E402
 from neoxcli.config.loader import dump_config  # noqa: E402
 from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig  # noqa: E402
 from neoxcli.data.tokenizer import train_bpe_tokenizer  # noqa: E402
 from neoxcli.model import GPTModel  # noqa: E402
-from neoxcli.training.checkpoint import load_for_inference  # noqa: E402
 
 TEXT = [
     "The quick brown fox jumps over the lazy dog.",
@@ -194,7 +194,7 @@ def test_tensor_parallel_checkpoint_exports_like_one_shard(
 
     from safetensors.torch import load_file
 
-    from neoxcli.parallel.reshard import model_specs, split_shard
+    from neoxcli.checkpoint.reshard import model_specs, split_shard
 
     model_cfg = ModelConfig(**{**BASE, **ARCHS["llama"][1]})  # GQA and a gated MLP: the uneven cuts
     model = write_neox_checkpoint(tmp_path / "one", model_cfg, tokenizer_file)

@@ -122,9 +122,9 @@ def _write_gpt_neox_run(root: Path, model: GPTModel) -> Path:
 
 def test_neox_convert_from_gpt_neox_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """GPT-NeoX run -> `neox convert --from neox` -> our checkpoint: identical logits in one process."""
+    from neoxcli.checkpoint import load_for_inference
     from neoxcli.cli import main
     from neoxcli.data.tokenizer import train_bpe_tokenizer
-    from neoxcli.training.checkpoint import load_for_inference
 
     tok = tmp_path / "tok.json"
     train_bpe_tokenizer(["def f(x):\n    return x + 1\n"] * 20, vocab_size=300, out_path=tok, min_frequency=1)

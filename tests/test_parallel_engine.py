@@ -300,8 +300,8 @@ def test_layout_change_without_portable_files_is_refused(runs: dict[str, Any]) -
 
 def test_pipeline_names_match_a_real_pipeline(runs: dict[str, Any]) -> None:
     """``shard_names`` (used to re-split offline) names exactly what DeepSpeed's stages saved."""
+    from neoxcli.checkpoint.reshard import shard_names
     from neoxcli.config import load_config
-    from neoxcli.parallel.reshard import shard_names
 
     root: Path = runs["root"]
     cfg = load_config([root / "pp2.yml"])
@@ -314,9 +314,9 @@ def test_pipeline_names_match_a_real_pipeline(runs: dict[str, Any]) -> None:
 
 def test_sharded_checkpoints_load_for_inference(runs: dict[str, Any], tmp_path: Path) -> None:
     """Merged TP/PP checkpoints give the 1-process model's logits and greedy text, both ways of merging agree."""
+    from neoxcli.checkpoint import load_for_inference, load_module_state
+    from neoxcli.checkpoint.reshard import merge_module_files
     from neoxcli.cli import main
-    from neoxcli.parallel.reshard import merge_module_files
-    from neoxcli.training.checkpoint import load_for_inference, load_module_state
 
     root: Path = runs["root"] / "runs"
     ref, tokenizer, _ = load_for_inference(root / "ref")

@@ -1,4 +1,4 @@
-"""Unit tier for neoxcli.parallel.reshard: shard names, cut and merge round trips, checkpoint files.
+"""Unit tier for neoxcli.checkpoint.reshard: shard names, cut and merge round trips, checkpoint files.
 
 No processes: tensor-parallel shards are checked against ``apply_tensor_parallel``
 on a copy of the model; pipeline names against DeepSpeed's own partitioning
@@ -15,12 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from neoxcli.config.schema import ModelConfig  # noqa: E402
-from neoxcli.errors import NeoxError  # noqa: E402
-from neoxcli.model import GPTModel  # noqa: E402
-from neoxcli.parallel.grid import Layout  # noqa: E402
-from neoxcli.parallel.portable import portable_name, write_layout  # noqa: E402
-from neoxcli.parallel.reshard import (  # noqa: E402
+from neoxcli.checkpoint.portable import portable_name, write_layout  # noqa: E402
+from neoxcli.checkpoint.reshard import (  # noqa: E402
     full_name,
     merge_module_files,
     merge_portable,
@@ -30,6 +26,10 @@ from neoxcli.parallel.reshard import (  # noqa: E402
     shard_names,
     split_shard,
 )
+from neoxcli.config.schema import ModelConfig  # noqa: E402
+from neoxcli.errors import NeoxError  # noqa: E402
+from neoxcli.model import GPTModel  # noqa: E402
+from neoxcli.parallel.grid import Layout  # noqa: E402
 from neoxcli.parallel.tensor import apply_tensor_parallel  # noqa: E402
 
 VOCAB = 64
@@ -162,7 +162,7 @@ def _write_portable(tag_dir: Path, shards: dict[tuple[int, int], dict[str, Any]]
 
 
 def test_portable_files_reshard_for_another_layout(tmp_path: Path) -> None:
-    from neoxcli.training.checkpoint import load_module_state
+    from neoxcli.checkpoint import load_module_state
 
     model = _model("tied-swiglu")
     tag = tmp_path / "global_step5"
@@ -185,7 +185,7 @@ def test_portable_files_reshard_for_another_layout(tmp_path: Path) -> None:
 
 def test_deepspeed_module_files_merge(tmp_path: Path) -> None:
     """Without portable files: per-rank mp_rank files (TP) and per-layer files (PP) as DeepSpeed writes them."""
-    from neoxcli.training.checkpoint import load_module_state
+    from neoxcli.checkpoint import load_module_state
 
     model = _model("untied-gelu")
     weights = {n: p.detach() for n, p in model.named_parameters()}

@@ -105,7 +105,7 @@ def test_loss_falls_and_checkpoints_written(trained) -> None:
 
 
 def test_reloaded_checkpoint_gives_identical_logits(trained) -> None:
-    from neoxcli.training.checkpoint import load_for_inference
+    from neoxcli.checkpoint import load_for_inference
 
     tmp, _cfg, result, _ = trained
     model, tokenizer, cfg = load_for_inference(tmp / "run")
@@ -119,7 +119,7 @@ def test_reloaded_checkpoint_gives_identical_logits(trained) -> None:
 
 def test_resume_is_exact(trained) -> None:
     """Restart from the step-15 checkpoint: steps 16..30 reproduce the first run bit for bit."""
-    from neoxcli.training.checkpoint import write_latest
+    from neoxcli.checkpoint import write_latest
     from neoxcli.training.trainer import train
 
     tmp, _cfg, result, _ = trained
@@ -166,7 +166,7 @@ def test_generate_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.
 
 
 def _resume_from_step15(tmp: Path, name: str) -> Path:
-    from neoxcli.training.checkpoint import write_latest
+    from neoxcli.checkpoint import write_latest
 
     run = tmp / name
     run.mkdir()
@@ -246,7 +246,7 @@ def test_run_directory_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Capt
 
 def test_extra_save_iters_zero_saves_the_initial_weights(tmp_path: Path) -> None:
     """As in GPT-NeoX (Pythia's configs list 0): global_step0 is saved before the first step, and resumes."""
-    from neoxcli.training.checkpoint import write_latest
+    from neoxcli.checkpoint import write_latest
     from neoxcli.training.trainer import train
 
     over = {"train-iters": 4, "checkpoint-factor": None, "extra-save-iters": [0, 3], "sample_at_end": False}

@@ -44,10 +44,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         import json
 
+        from neoxcli.checkpoint import load_for_inference
         from neoxcli.errors import NeoxError
         from neoxcli.fileio import check_output_file
         from neoxcli.generation import generate as gen
-        from neoxcli.training.checkpoint import load_for_inference
 
         # Arguments are checked before the model loads, so a mistake costs no sampling time;
         # options that would otherwise be silently ignored are refused.

@@ -148,8 +148,8 @@ def check_state_fits(model_cfg: ModelConfig, state: StateDict, source: str) -> N
     count. Without this an incomplete or mis-shaped state dict is converted
     "successfully" and fails only when the result is loaded.
     """
+    from neoxcli.checkpoint import check_module_state
     from neoxcli.model import GPTModel
-    from neoxcli.training.checkpoint import check_module_state
 
     emb = state.get("layers.0.word_embeddings.weight")
     rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else model_cfg.make_vocab_size_divisible_by
@@ -206,11 +206,11 @@ def export_hf(
     The directory holds ``config.json``, ``model.safetensors`` and, when the
     checkpoint's tokenizer is a ``tokenizers`` one, the tokenizer files.
     """
+    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, load_module_state, resolve_checkpoint
     from neoxcli.config import load_config
     from neoxcli.convert.archs import to_hf
     from neoxcli.convert.hf_io import save_hf_dir
     from neoxcli.data.tokenizer import build_tokenizer
-    from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME, load_module_state, resolve_checkpoint
 
     torch_dtype = parse_dtype(dtype)
     tag_dir = resolve_checkpoint(ckpt_dir, tag)
@@ -317,11 +317,11 @@ def import_hf(
     (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml`` and ``tokenizer.json``.
     Weights default to fp32, the dtype training keeps its master weights in.
     """
+    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, tag_for
     from neoxcli.config.loader import dump_config
     from neoxcli.config.schema import NeoXConfig, TokenizerConfig
     from neoxcli.convert.archs import from_hf
     from neoxcli.convert.hf_io import load_hf_dir
-    from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME, tag_for
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     torch_dtype = parse_dtype(dtype)

@@ -36,7 +36,7 @@ def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], StateDict]:
             except Exception as exc:  # safetensors reports damage as its own error type
                 raise DataError(f"cannot read {shard}: damaged or not safetensors ({exc})") from None
     else:
-        from neoxcli.training.checkpoint import torch_load
+        from neoxcli.checkpoint import torch_load
 
         bins = sorted(path.glob("pytorch_model*.bin"))
         if not bins:

@@ -36,7 +36,7 @@ _IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
 
 def _load(path: Path) -> dict[str, Tensor]:
-    from neoxcli.training.checkpoint import torch_load
+    from neoxcli.checkpoint import torch_load
 
     blob = torch_load(path)
     return blob.get("module", blob) if isinstance(blob, dict) else blob
@@ -161,11 +161,11 @@ def import_gpt_neox(
     shards are merged, so the result loads in one process. Nothing is written
     unless the merged weights load into the configured model exactly.
     """
+    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME
     from neoxcli.config import dump_config, load_config, padded_vocab_size
     from neoxcli.convert.cli_ops import atomic_dir, parse_dtype, vocab_divisor
     from neoxcli.data.tokenizer import CharLevelTokenizer, build_tokenizer
     from neoxcli.model import GPTModel
-    from neoxcli.training.checkpoint import CONFIG_NAME, TOKENIZER_NAME
 
     src = Path(src)
     if not src.is_dir():

@@ -81,7 +81,7 @@ def pipeline_layers(model: GPTModel) -> list[Any]:
     Layer ``i`` of the pipeline is ``model.layers[i]``, so a stage's parameter
     names are ``{i}.embedding.*``, ``{i}.block.*`` or ``{i}.<the layer's own
     names>``, and ``tied_modules.embed.embedding.*`` for a tied embedding
-    (``neoxcli.parallel.reshard`` maps them back to ``layers.{i}.*``).
+    (``neoxcli.checkpoint.reshard`` maps them back to ``layers.{i}.*``).
     """
     from deepspeed.pipe import TiedLayerSpec
 

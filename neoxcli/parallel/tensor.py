@@ -23,7 +23,7 @@ Sharded parameters carry ``tensor_model_parallel = True`` so DeepSpeed counts
 them once per shard when it computes the gradient norm.
 
 Sharded modules keep the parameter names of the modules they replace, so a
-shard's state dict is the full one sliced (see ``neoxcli.parallel.reshard``).
+shard's state dict is the full one sliced (see ``neoxcli.checkpoint.reshard``).
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neoxcli import checkpoint as ckpt
 from neoxcli.config.derived import Derived
 from neoxcli.config.schema import OPTIMIZER_TYPES, NeoXConfig
 from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.grid import Layout, ParallelGrid
-from neoxcli.training import checkpoint as ckpt
 from neoxcli.training.distributed import DistEnv
 
 
@@ -211,7 +211,7 @@ def check_resume_layout(
     if not cuts and layout.pp > 1 and saved_partition is not None and partition is not None:
         cuts = saved_partition.strip().lower() != partition.strip().lower()
     if cuts:
-        from neoxcli.parallel.reshard import require_portable
+        from neoxcli.checkpoint.portable import require_portable
 
         require_portable(where, saved, layout)
         return "reshard"
@@ -254,7 +254,7 @@ def _model_differences(tag_dir: Path, model_cfg: Any) -> str | None:
     if model_cfg is None:
         return None
     try:
-        saved = ckpt._saved_model_config(tag_dir).model_dump()
+        saved = ckpt.saved_model_config(tag_dir).model_dump()
     except Exception:  # noqa: BLE001 - only a better hint is lost
         return None
     now = model_cfg.model_dump()
@@ -296,9 +296,7 @@ def train(
     import numpy as np
     import torch
 
-    from neoxcli.data.tokenizer import build_tokenizer
-    from neoxcli.model import GPTModel
-    from neoxcli.parallel.portable import (
+    from neoxcli.checkpoint import (
         load_module_weights,
         load_optimizer_state,
         load_portable,
@@ -306,6 +304,8 @@ def train(
         save_portable,
         write_layout,
     )
+    from neoxcli.data.tokenizer import build_tokenizer
+    from neoxcli.model import GPTModel
     from neoxcli.parallel.tensor import apply_tensor_parallel
     from neoxcli.training.data import build_datasets, ensure_data
     from neoxcli.training.distributed import detect, init_distributed
@@ -376,7 +376,7 @@ def train(
         model = build_pipeline(model, grid.topology(), loss_fn, cfg.parallel.pipe_partition_method)
     if mode == "reshard":
         # Tensor/pipeline layout changed: the full state from every saved shard, cut for this rank.
-        from neoxcli.parallel.reshard import reshard_portable
+        from neoxcli.checkpoint import reshard_portable
 
         assert load_dir is not None and resume_tag
         with reading_checkpoint(load_dir / resume_tag, cfg.model):
@@ -548,8 +548,9 @@ def train(
         if dist.is_main:
             write_layout(tag_dir, layout)
             from neoxcli.config import dump_config
+            from neoxcli.fileio import atomic_write_text
 
-            ckpt.atomic_write_text(tag_dir / ckpt.CONFIG_NAME, dump_config(cfg))
+            atomic_write_text(tag_dir / ckpt.CONFIG_NAME, dump_config(cfg))
             vocab = cfg.tokenizer.vocab_file
             if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
                 shutil.copyfile(vocab, tag_dir / ckpt.TOKENIZER_NAME)

@@ -32,17 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from neoxcli.checkpoint.io import torch_load
+from neoxcli.checkpoint.portable import missing_portable, portable_files, read_layout
 from neoxcli.config.schema import ModelConfig
 from neoxcli.errors import NeoxError
-from neoxcli.parallel.grid import Layout
-from neoxcli.parallel.portable import portable_name, read_layout
 from neoxcli.parallel.tensor import merge_tensors, shard_specs, split_tensor
-from neoxcli.training.checkpoint import torch_load
 
 Entry = Mapping[str, Tensor]
 Specs = Mapping[str, tuple[int, str] | None]
 
-_PORTABLE_RE = re.compile(r"^portable_pp(\d+)_tp(\d+)\.pt$")
 _LAYER_RE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 _MP_RE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 _WRAPPERS = ("embedding", "block")  # EmbeddingPipe.embedding, TransformerBlockPipe.block
@@ -178,41 +176,13 @@ def split_shard(
 # --------------------------------------------------------------------------- checkpoint files
 
 
-def portable_files(tag_dir: Path) -> dict[tuple[int, int], Path]:
-    """``(stage, tp_rank) -> portable_ppSS_tpRR.pt`` found in a checkpoint directory."""
-    found = {}
-    for path in tag_dir.glob("portable_pp*_tp*.pt"):
-        m = _PORTABLE_RE.match(path.name)
-        if m:
-            found[(int(m.group(1)), int(m.group(2)))] = path
-    return found
-
-
-def _missing_portable(tag_dir: Path, saved: Layout) -> list[str]:
-    have = portable_files(tag_dir)
-    return [portable_name(s, r) for s in range(saved.pp) for r in range(saved.tp) if (s, r) not in have]
-
-
-def require_portable(tag_dir: Path, saved: Layout, layout: Layout) -> None:
-    """Raise unless ``tag_dir`` holds the portable file of every shard of its ``saved`` layout."""
-    if not _missing_portable(tag_dir, saved):
-        return
-    raise NeoxError(
-        f"{tag_dir} was saved with model_parallel_size {saved.tp} and pipe_parallel_size {saved.pp} "
-        f"(now {layout.tp} and {layout.pp}) and has no complete layout-free state (portable_pp*_tp*.pt), "
-        "so it cannot be re-split for this layout",
-        hint=f"resume with model_parallel_size: {saved.tp} and pipe_parallel_size: {saved.pp} "
-        "(save with portable_checkpoint: true to be able to change them later)",
-    )
-
-
 def merge_portable(tag_dir: Path, cfg: ModelConfig, moments: bool = True) -> dict[str, Any]:
     """All portable shards of a checkpoint merged: ``{"params": full entries, "step", "lr_scheduler", "client"}``."""
     files = portable_files(tag_dir)
     if not files:
         raise NeoxError(f"{tag_dir} has no layout-free state (portable_pp*_tp*.pt)")
     saved = read_layout(tag_dir)
-    missing = _missing_portable(tag_dir, saved) if saved is not None else []
+    missing = missing_portable(tag_dir, saved) if saved is not None else []
     if missing:
         raise NeoxError(f"{tag_dir} lacks {missing[0]} of its layout-free state (an incomplete copy?)")
     shards: dict[tuple[int, int], Mapping[str, Entry]] = {}

@@ -1,52 +1,22 @@
-"""Layout-free training state, so a run can resume under another parallel layout.
+"""Layout-free state to and from a live DeepSpeed engine (the files are ``neoxcli.checkpoint.portable``).
 
-DeepSpeed's own files partition fp32 weights and Adam moments by ZeRO stage
-and data-parallel rank, and its loader refuses any other data-parallel size.
-Next to them each checkpoint holds ``portable_pp{stage}_tp{rank}.pt`` (one per
-pipeline stage and tensor-parallel rank, written by data-parallel rank 0):
-for every parameter of that shard, the full fp32 value and Adam's
-``exp_avg``/``exp_avg_sq``, plus the step count, the LR scheduler and the
-run's client state. Loading it sets exactly those values under the new layout,
-so training continues as it would have (up to the summation order of the new
-gradient all-reduce). With the same tensor- and pipeline-parallel sizes each
-shard reads its own file (ZeRO stage or data-parallel size changed); when they
-change, ``neoxcli.parallel.reshard`` merges all files into the full model and
-cuts out the new shard, weights and moments alike.
+Gathering a shard's full fp32 weights and Adam moments is collective under
+ZeRO (every rank of the shard's data-parallel group calls it); setting them
+works on a freshly built engine of any ZeRO stage. DeepSpeed is imported only
+when one of these functions runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from neoxcli.errors import NeoxError
-from neoxcli.parallel.grid import Layout
-from neoxcli.training.checkpoint import torch_load
+from neoxcli.checkpoint.portable import portable_name
 
-LAYOUT_NAME = "layout.json"
 _MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def portable_name(stage: int, tp_rank: int) -> str:
-    return f"portable_pp{stage:02d}_tp{tp_rank:02d}.pt"
-
-
-def write_layout(tag_dir: Path, layout: Layout) -> None:
-    """Record the layout a checkpoint was saved under (read before any engine exists)."""
-    from neoxcli.fileio import atomic_write_text
-
-    atomic_write_text(tag_dir / LAYOUT_NAME, json.dumps(layout.as_dict()) + "\n")
-
-
-def read_layout(tag_dir: Path) -> Layout | None:
-    path = tag_dir / LAYOUT_NAME
-    if not path.is_file():
-        return None
-    return Layout.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _base_optimizer(engine: Any) -> Any:
@@ -131,30 +101,6 @@ def save_portable(
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
-    path = tag_dir / portable_name(stage, tp_rank)
-    if not path.is_file():
-        raise NeoxError(
-            f"{tag_dir} has no layout-free state ({path.name}), so it only resumes under the layout it was saved with",
-            hint="resume with its original process count and zero stage (portable_checkpoint was off when it was saved)",
-        )
-    return torch_load(path)
-
-
-def load_module_weights(module: Any, state: dict[str, Any]) -> None:
-    """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module."""
-    named = dict(module.named_parameters())
-    missing = sorted(set(named) ^ set(state["params"]))
-    if missing:
-        raise NeoxError(
-            f"the checkpoint's parameters do not match this model ({len(missing)} differ, e.g. {missing[0]})",
-            hint="resume with the model settings the checkpoint was trained with",
-        )
-    with torch.no_grad():
-        for name, p in named.items():
-            p.copy_(state["params"][name]["fp32"].to(p.dtype))
 
 
 def load_optimizer_state(engine: Any, state: dict[str, Any]) -> None:

@@ -1,0 +1,125 @@
+"""The on-disk checkpoint formats: the one place that knows how checkpoints are laid out, written and read.
+
+A save directory looks like GPT-NeoX's: ``{save}/latest`` names the tag,
+``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_XX_model_states.pt``
+per tensor-parallel rank, per-layer files under pipeline parallelism, optimizer
+shards) plus ``config.yml`` (the resolved config), the tokenizer,
+``layout.json`` and the layout-free ``portable_pp*_tp*.pt`` files.
+
+- ``tags``: tag names, ``latest``, listing, pruning, resolving a path to a tag directory;
+- ``io``: ``torch_load`` and the config saved beside the weights;
+- ``portable``: the layout-free files' names, ``layout.json``, reading them;
+- ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
+- ``reshard``: merging shards into the full model and cutting them for another layout;
+- ``load``: the full model's weights, and a model ready for sampling.
+
+It builds on ``neoxcli.parallel`` for how tensors are sharded; nothing there
+imports it. Importing the package does not import torch: ``engine`` and
+``reshard``, which need it at import time, load on first use of one of their names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from neoxcli.checkpoint.io import check_module_state, saved_model_config, torch_load
+from neoxcli.checkpoint.load import load_for_inference, load_module_state
+from neoxcli.checkpoint.portable import (
+    LAYOUT_NAME,
+    load_module_weights,
+    load_portable,
+    portable_files,
+    portable_name,
+    read_layout,
+    require_portable,
+    write_layout,
+)
+from neoxcli.checkpoint.tags import (
+    CONFIG_NAME,
+    TOKENIZER_NAME,
+    list_checkpoints,
+    prune_checkpoints,
+    read_latest,
+    resolve_checkpoint,
+    tag_for,
+    write_latest,
+)
+
+if TYPE_CHECKING:
+    from neoxcli.checkpoint.engine import gather_state, load_optimizer_state, save_portable
+    from neoxcli.checkpoint.reshard import (
+        full_name,
+        merge_module_files,
+        merge_portable,
+        merge_shards,
+        meta_model,
+        model_specs,
+        reshard_portable,
+        shard_names,
+        split_shard,
+    )
+
+_LAZY = {
+    **dict.fromkeys(("gather_state", "load_optimizer_state", "save_portable"), "engine"),
+    **dict.fromkeys(
+        (
+            "full_name",
+            "merge_module_files",
+            "merge_portable",
+            "merge_shards",
+            "meta_model",
+            "model_specs",
+            "reshard_portable",
+            "shard_names",
+            "split_shard",
+        ),
+        "reshard",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "LAYOUT_NAME",
+    "TOKENIZER_NAME",
+    "check_module_state",
+    "full_name",
+    "gather_state",
+    "list_checkpoints",
+    "load_for_inference",
+    "load_module_state",
+    "load_module_weights",
+    "load_optimizer_state",
+    "load_portable",
+    "merge_module_files",
+    "merge_portable",
+    "merge_shards",
+    "meta_model",
+    "model_specs",
+    "portable_files",
+    "portable_name",
+    "prune_checkpoints",
+    "read_latest",
+    "read_layout",
+    "require_portable",
+    "reshard_portable",
+    "resolve_checkpoint",
+    "save_portable",
+    "saved_model_config",
+    "shard_names",
+    "split_shard",
+    "tag_for",
+    "torch_load",
+    "write_latest",
+    "write_layout",
+]

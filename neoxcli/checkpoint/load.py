@@ -1,0 +1,86 @@
+"""The full model's weights from a checkpoint of any layout, and a model ready for sampling.
+
+Neither needs DeepSpeed: a single shard's module file is read as stored, and
+several shards are merged (``neoxcli.checkpoint.reshard``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neoxcli.checkpoint.io import check_module_state, saved_model_config, torch_load
+from neoxcli.checkpoint.portable import portable_files
+from neoxcli.checkpoint.tags import CONFIG_NAME, TOKENIZER_NAME, resolve_checkpoint
+from neoxcli.errors import NeoxError
+
+if TYPE_CHECKING:
+    from neoxcli.config.schema import ModelConfig
+
+
+def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """The full model's weights from a checkpoint of any tensor/pipeline layout, without DeepSpeed.
+
+    A single shard's DeepSpeed module file is returned as stored. Several
+    shards (``model_parallel_size`` or ``pipe_parallel_size`` > 1) are merged
+    from their layout-free files (fp32) or else from DeepSpeed's per-rank
+    module files; merging needs the model config (``model_cfg``, default: the
+    checkpoint's config.yml).
+    """
+    from neoxcli.checkpoint.reshard import merge_module_files, merge_portable
+
+    flat = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    layered = sorted(tag_dir.glob("layer_*-model_*-model_states.pt"))
+    portable = portable_files(tag_dir)
+    if not (flat or layered or portable):
+        raise NeoxError(
+            f"no model states (mp_rank_*_model_states.pt or layer_*-model_states.pt) in {tag_dir}"
+        )
+    if len(flat) == 1 and not layered:
+        # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
+        # the file is one this tool (or the user's own GPT-NeoX run) wrote.
+        blob = torch_load(flat[0])
+        module = blob.get("module") if isinstance(blob, dict) else None
+        if module:
+            return dict(module)
+        if not portable:
+            raise NeoxError(
+                f"{flat[0]} holds no full model weights (ZeRO-3 partitions them)",
+                hint="consolidate with DeepSpeed's zero_to_fp32.py, or save with portable_checkpoint: true",
+            )
+    if model_cfg is None:
+        model_cfg = saved_model_config(tag_dir)
+    if portable:
+        merged = merge_portable(tag_dir, model_cfg, moments=False)["params"]
+        return {name: entry["fp32"] for name, entry in merged.items()}
+    return merge_module_files(tag_dir, model_cfg)
+
+
+def load_for_inference(path: str | Path, tag: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """Load (model, tokenizer, config) from a checkpoint for sampling or evaluation."""
+    import torch
+
+    from neoxcli.config import load_config, padded_vocab_size
+    from neoxcli.data.tokenizer import build_tokenizer
+    from neoxcli.model import GPTModel
+
+    tag_dir = resolve_checkpoint(path, tag)
+    cfg_path = tag_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise NeoxError(f"{tag_dir} has no {CONFIG_NAME}; was it written by neox?")
+    cfg = load_config([cfg_path])
+    tok_path = tag_dir / TOKENIZER_NAME
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.tokenizer_type,
+        str(tok_path) if tok_path.is_file() else cfg.tokenizer.vocab_file,
+        cfg.tokenizer.merge_file,
+    )
+    state = load_module_state(tag_dir, cfg.model)
+    vocab = padded_vocab_size(
+        tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
+    )
+    model = GPTModel(cfg.model, vocab)
+    check_module_state(model.state_dict(), state, f"the checkpoint {tag_dir}")
+    model.load_state_dict(state)
+    model.to(device=device, dtype=torch.float32).eval()
+    return model, tokenizer, cfg
