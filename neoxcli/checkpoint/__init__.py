@@ -7,8 +7,8 @@ shards) plus ``config.yml`` (the resolved config), the tokenizer,
 ``layout.json`` and the layout-free ``portable_pp*_tp*.pt`` files.
 
 - ``tags``: tag names, ``latest``, listing, pruning, resolving a path to a tag directory;
-- ``io``: ``torch_load`` and the config saved beside the weights;
-- ``portable``: the layout-free files' names, ``layout.json``, reading them;
+- ``io``: ``torch_load``, ``reading_checkpoint``, the config saved beside the weights;
+- ``portable``: the layout-free files' names, ``layout.json``, reading them, how a resume uses them;
 - ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
 - ``reshard``: merging shards into the full model and cutting them for another layout;
 - ``load``: the full model's weights, and a model ready for sampling.
@@ -23,10 +23,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from neoxcli.checkpoint.io import check_module_state, saved_model_config, torch_load
+from neoxcli.checkpoint.io import (
+    check_module_state,
+    reading_checkpoint,
+    saved_model_config,
+    saved_partition,
+    torch_load,
+)
 from neoxcli.checkpoint.load import load_for_inference, load_module_state
 from neoxcli.checkpoint.portable import (
     LAYOUT_NAME,
+    check_resume_layout,
     load_module_weights,
     load_portable,
     portable_files,
@@ -93,6 +100,7 @@ __all__ = [
     "LAYOUT_NAME",
     "TOKENIZER_NAME",
     "check_module_state",
+    "check_resume_layout",
     "full_name",
     "gather_state",
     "list_checkpoints",
@@ -111,11 +119,13 @@ __all__ = [
     "prune_checkpoints",
     "read_latest",
     "read_layout",
+    "reading_checkpoint",
     "require_portable",
     "reshard_portable",
     "resolve_checkpoint",
     "save_portable",
     "saved_model_config",
+    "saved_partition",
     "shard_names",
     "split_shard",
     "tag_for",

@@ -76,6 +76,30 @@ def require_portable(tag_dir: Path, saved: Layout, layout: Layout) -> None:
     )
 
 
+def check_resume_layout(
+    saved: Layout,
+    layout: Layout,
+    where: Path,
+    saved_partition: str | None = None,
+    partition: str | None = None,
+) -> str | None:
+    """How to resume a checkpoint saved under ``saved`` with ``layout``.
+
+    None: same layout, DeepSpeed's own files. ``"portable"``: ZeRO stage or
+    data-parallel size changed, each shard reads its layout-free file.
+    ``"reshard"``: tensor- or pipeline-parallel size (or the pipeline's
+    partition method) changed, so every rank merges all shards' layout-free
+    files and cuts out its own; refused here when they were not saved.
+    """
+    cuts = (saved.tp, saved.pp) != (layout.tp, layout.pp)
+    if not cuts and layout.pp > 1 and saved_partition is not None and partition is not None:
+        cuts = saved_partition.strip().lower() != partition.strip().lower()
+    if cuts:
+        require_portable(where, saved, layout)
+        return "reshard"
+    return "portable" if saved != layout else None
+
+
 def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
     path = tag_dir / portable_name(stage, tp_rank)
     if not path.is_file():
