@@ -24,7 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from neoxcli.checkpoint.io import (
-    check_module_state,
+    check_state_fits,
     reading_checkpoint,
     saved_model_config,
     saved_partition,
@@ -99,8 +99,8 @@ __all__ = [
     "CONFIG_NAME",
     "LAYOUT_NAME",
     "TOKENIZER_NAME",
-    "check_module_state",
     "check_resume_layout",
+    "check_state_fits",
     "full_name",
     "gather_state",
     "list_checkpoints",

@@ -38,29 +38,50 @@ def torch_load(path: Path, *, weights_only: bool = False) -> Any:
         ) from None
 
 
-def check_module_state(expected: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
-    """Fail with one error line when ``state`` does not fit a model whose ``state_dict()`` is ``expected``.
+_FOREIGN = "the weights do not belong to the model its config describes"
 
-    ``torch``'s strict ``load_state_dict`` would say the same as a multi-line
-    RuntimeError; this names the first missing, unexpected or mis-shaped tensor
-    and where the weights came from.
+
+def check_state_fits(
+    expected: Mapping[str, Any] | ModelConfig, state: Mapping[str, Any], source: str, *, hint: str = _FOREIGN
+) -> None:
+    """Fail with one error line when the weights ``state`` do not fit the model ``expected``.
+
+    ``expected`` is the model's ``state_dict()`` (or any name -> tensor mapping,
+    such as its ``named_parameters()``), or its ``ModelConfig``: then the model
+    is built on the meta device (no memory) with as many vocabulary rows as
+    ``state``'s embedding has. torch's strict ``load_state_dict`` would say the
+    same as a multi-line RuntimeError, and a converter without the check would
+    write weights that fail only when loaded; this names the first missing,
+    unexpected or mis-shaped tensor and where the weights came from (``source``).
     """
+    from neoxcli.config.schema import ModelConfig
+
+    if isinstance(expected, ModelConfig):
+        expected = _meta_state(expected, state)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
         more = len(missing) + len(unexpected) - 1
-        raise NeoxError(
-            f"{source}: {what}" + (f" ({more} more mismatches)" if more else ""),
-            hint="the weights do not belong to the model its config describes",
-        )
+        raise NeoxError(f"{source}: {what}" + (f" ({more} more mismatches)" if more else ""), hint=hint)
     for name, ref in expected.items():
         got = tuple(state[name].shape)
         if got != tuple(ref.shape):
             raise NeoxError(
-                f"{source}: tensor {name!r} has shape {list(got)}, the model needs {list(ref.shape)}",
-                hint="the weights do not belong to the model its config describes",
+                f"{source}: tensor {name!r} has shape {list(got)}, the model needs {list(ref.shape)}", hint=hint
             )
+
+
+def _meta_state(model_cfg: ModelConfig, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``state_dict()`` of ``model_cfg``'s model on the meta device, sized to ``state``'s vocabulary."""
+    import torch
+
+    from neoxcli.model import GPTModel
+
+    emb = state.get("layers.0.word_embeddings.weight")
+    rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else model_cfg.make_vocab_size_divisible_by
+    with torch.device("meta"):
+        return GPTModel(model_cfg, rows).state_dict()
 
 
 def saved_model_config(tag_dir: Path) -> ModelConfig:

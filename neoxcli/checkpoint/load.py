@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neoxcli.checkpoint.io import check_module_state, saved_model_config, torch_load
+from neoxcli.checkpoint.io import check_state_fits, saved_model_config, torch_load
 from neoxcli.checkpoint.portable import portable_files
 from neoxcli.checkpoint.tags import CONFIG_NAME, TOKENIZER_NAME, resolve_checkpoint
 from neoxcli.errors import NeoxError
@@ -80,7 +80,7 @@ def load_for_inference(path: str | Path, tag: str | None = None, device: str = "
         tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
     )
     model = GPTModel(cfg.model, vocab)
-    check_module_state(model.state_dict(), state, f"the checkpoint {tag_dir}")
+    check_state_fits(model.state_dict(), state, f"the checkpoint {tag_dir}")
     model.load_state_dict(state)
     model.to(device=device, dtype=torch.float32).eval()
     return model, tokenizer, cfg

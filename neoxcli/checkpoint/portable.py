@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neoxcli.checkpoint.io import torch_load
+from neoxcli.checkpoint.io import check_state_fits, torch_load
 from neoxcli.errors import NeoxError
 from neoxcli.parallel.grid import Layout
 
@@ -110,17 +110,13 @@ def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
     return torch_load(path)
 
 
-def load_module_weights(module: Any, state: dict[str, Any]) -> None:
+def load_module_weights(module: Any, state: dict[str, Any], source: str = "the checkpoint's layout-free state") -> None:
     """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module."""
     import torch
 
     named = dict(module.named_parameters())
-    missing = sorted(set(named) ^ set(state["params"]))
-    if missing:
-        raise NeoxError(
-            f"the checkpoint's parameters do not match this model ({len(missing)} differ, e.g. {missing[0]})",
-            hint="resume with the model settings the checkpoint was trained with",
-        )
+    weights = {name: entry["fp32"] for name, entry in state["params"].items()}
+    check_state_fits(named, weights, source, hint="resume with the model settings the checkpoint was trained with")
     with torch.no_grad():
         for name, p in named.items():
-            p.copy_(state["params"][name]["fp32"].to(p.dtype))
+            p.copy_(weights[name].to(p.dtype))

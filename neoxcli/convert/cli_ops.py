@@ -141,23 +141,6 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_state_fits(model_cfg: ModelConfig, state: StateDict, source: str) -> None:
-    """Refuse weights that the model described by ``model_cfg`` could not load.
-
-    Built on the meta device (no memory); the vocabulary is the embedding's row
-    count. Without this an incomplete or mis-shaped state dict is converted
-    "successfully" and fails only when the result is loaded.
-    """
-    from neoxcli.checkpoint import check_module_state
-    from neoxcli.model import GPTModel
-
-    emb = state.get("layers.0.word_embeddings.weight")
-    rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else model_cfg.make_vocab_size_divisible_by
-    with torch.device("meta"):
-        expected = GPTModel(model_cfg, rows).state_dict()
-    check_module_state(expected, state, source)
-
-
 def _first_token(backend: Any, candidates: tuple[str, ...]) -> str | None:
     return next((t for t in candidates if backend.token_to_id(t) is not None), None)
 
@@ -206,7 +189,13 @@ def export_hf(
     The directory holds ``config.json``, ``model.safetensors`` and, when the
     checkpoint's tokenizer is a ``tokenizers`` one, the tokenizer files.
     """
-    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, load_module_state, resolve_checkpoint
+    from neoxcli.checkpoint import (
+        CONFIG_NAME,
+        TOKENIZER_NAME,
+        check_state_fits,
+        load_module_state,
+        resolve_checkpoint,
+    )
     from neoxcli.config import load_config
     from neoxcli.convert.archs import to_hf
     from neoxcli.convert.hf_io import save_hf_dir
@@ -317,7 +306,7 @@ def import_hf(
     (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml`` and ``tokenizer.json``.
     Weights default to fp32, the dtype training keeps its master weights in.
     """
-    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, tag_for
+    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, check_state_fits, tag_for
     from neoxcli.config.loader import dump_config
     from neoxcli.config.schema import NeoXConfig, TokenizerConfig
     from neoxcli.convert.archs import from_hf

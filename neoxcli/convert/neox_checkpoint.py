@@ -161,11 +161,10 @@ def import_gpt_neox(
     shards are merged, so the result loads in one process. Nothing is written
     unless the merged weights load into the configured model exactly.
     """
-    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME
-    from neoxcli.config import dump_config, load_config, padded_vocab_size
+    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, check_state_fits
+    from neoxcli.config import dump_config, load_config
     from neoxcli.convert.cli_ops import atomic_dir, parse_dtype, vocab_divisor
     from neoxcli.data.tokenizer import CharLevelTokenizer, build_tokenizer
-    from neoxcli.model import GPTModel
 
     src = Path(src)
     if not src.is_dir():
@@ -202,21 +201,13 @@ def import_gpt_neox(
     model_cfg = cfg.model.model_copy(update={"make_vocab_size_divisible_by": divisor})
     torch_dtype = parse_dtype(dtype)
     module = cast_state(state, torch_dtype)
-    model = GPTModel(model_cfg, padded_vocab_size(tokenizer.vocab_size, divisor))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = sorted(set(expected) ^ set(module)) or [
-        f"{k}: {tuple(module[k].shape)} in the checkpoint, {shape} in the config's model"
-        for k, shape in expected.items()
-        if tuple(module[k].shape) != shape
-    ]
-    if problems:
-        raise ConversionError(
-            f"the GPT-NeoX weights in {step_dir} do not match the config's model "
-            f"({len(problems)} tensors differ, e.g. {problems[0]})",
-            hint="pass the config files the model was trained with (--config)",
-        )
-    model.load_state_dict(module)
-    del model
+    # The vocabulary is the embedding's rows, which the divisor pads the tokenizer's to exactly.
+    check_state_fits(
+        model_cfg,
+        module,
+        f"the GPT-NeoX weights in {step_dir} do not fit the config's model",
+        hint="pass the config files the model was trained with (--config)",
+    )
 
     iteration = int(m.group(1)) if (m := re.search(r"(\d+)$", step_dir.name)) else 0
     out_tag = f"global_step{iteration}"
