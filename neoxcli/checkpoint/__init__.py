@@ -11,7 +11,8 @@ shards) plus ``config.yml`` (the resolved config), the tokenizer,
 - ``portable``: the layout-free files' names, ``layout.json``, reading them, how a resume uses them;
 - ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
 - ``reshard``: merging shards into the full model and cutting them for another layout;
-- ``load``: the full model's weights, and a model ready for sampling.
+- ``load``: the full model's weights, and a model ready for sampling;
+- ``writer``: a whole one-rank checkpoint (the importers), and rank 0's files after a training save.
 
 It builds on ``neoxcli.parallel`` for how tensors are sharded; nothing there
 imports it. Importing the package does not import torch: ``engine`` and
@@ -52,6 +53,7 @@ from neoxcli.checkpoint.tags import (
     tag_for,
     write_latest,
 )
+from neoxcli.checkpoint.writer import finalize_tag, write_checkpoint
 
 if TYPE_CHECKING:
     from neoxcli.checkpoint.engine import gather_state, load_optimizer_state, save_portable
@@ -71,7 +73,8 @@ _LAZY = {
     **dict.fromkeys(("gather_state", "load_optimizer_state", "save_portable"), "engine"),
     **dict.fromkeys(
         (
-            "full_name",
+            "finalize_tag",
+    "full_name",
             "merge_module_files",
             "merge_portable",
             "merge_shards",
@@ -101,6 +104,7 @@ __all__ = [
     "TOKENIZER_NAME",
     "check_resume_layout",
     "check_state_fits",
+    "finalize_tag",
     "full_name",
     "gather_state",
     "list_checkpoints",
@@ -130,6 +134,7 @@ __all__ = [
     "split_shard",
     "tag_for",
     "torch_load",
+    "write_checkpoint",
     "write_latest",
     "write_layout",
 ]

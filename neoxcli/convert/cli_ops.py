@@ -303,11 +303,11 @@ def import_hf(
     """Write a Hugging Face model directory as our checkpoint, loadable by ``load_for_inference``.
 
     Layout: ``out_dir/latest`` -> ``global_step0/`` with ``mp_rank_00_model_states.pt``
-    (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml`` and ``tokenizer.json``.
+    (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml``, ``tokenizer.json``
+    and ``layout.json`` (``neoxcli.checkpoint.write_checkpoint``).
     Weights default to fp32, the dtype training keeps its master weights in.
     """
-    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, check_state_fits, tag_for
-    from neoxcli.config.loader import dump_config
+    from neoxcli.checkpoint import TOKENIZER_NAME, check_state_fits, tag_for, write_checkpoint
     from neoxcli.config.schema import NeoXConfig, TokenizerConfig
     from neoxcli.convert.archs import from_hf
     from neoxcli.convert.hf_io import load_hf_dir
@@ -339,14 +339,9 @@ def import_hf(
         ),
     )
     module = cast_state(state, torch_dtype)
+    header = f"# imported from Hugging Face: {hf_dir} ({hf_config.get('model_type')})\n"
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        tag_dir = tmp / tag
-        tag_dir.mkdir()
-        torch.save({"module": module, "iteration": 0}, tag_dir / "mp_rank_00_model_states.pt")
-        backend.save(str(tag_dir / TOKENIZER_NAME))
-        header = f"# imported from Hugging Face: {hf_dir} ({hf_config.get('model_type')})\n"
-        (tag_dir / CONFIG_NAME).write_text(header + dump_config(cfg))
-        (tmp / "latest").write_text(tag)
+        write_checkpoint(tmp, cfg, module, tokenizer=backend, header=header)
     return {
         "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
         "out_dir": str(out_dir),

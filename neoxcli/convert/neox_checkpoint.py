@@ -161,8 +161,8 @@ def import_gpt_neox(
     shards are merged, so the result loads in one process. Nothing is written
     unless the merged weights load into the configured model exactly.
     """
-    from neoxcli.checkpoint import CONFIG_NAME, TOKENIZER_NAME, check_state_fits
-    from neoxcli.config import dump_config, load_config
+    from neoxcli.checkpoint import TOKENIZER_NAME, check_state_fits, tag_for, write_checkpoint
+    from neoxcli.config import load_config
     from neoxcli.convert.cli_ops import atomic_dir, parse_dtype, vocab_divisor
     from neoxcli.data.tokenizer import CharLevelTokenizer, build_tokenizer
 
@@ -210,7 +210,7 @@ def import_gpt_neox(
     )
 
     iteration = int(m.group(1)) if (m := re.search(r"(\d+)$", step_dir.name)) else 0
-    out_tag = f"global_step{iteration}"
+    out_tag = tag_for(iteration)
     final_tag_dir = Path(out_dir).resolve() / out_tag
     keep_type = isinstance(tokenizer, CharLevelTokenizer) or not hasattr(tokenizer, "backend")
     new_tok = (
@@ -226,15 +226,10 @@ def import_gpt_neox(
     )
     parallel = cfg.parallel.model_copy(update={"model_parallel_size": 1, "pipe_parallel_size": 0})
     new_cfg = cfg.model_copy(update={"model": model_cfg, "tokenizer": new_tok, "parallel": parallel})
+    backend = None if keep_type else tokenizer.backend  # type: ignore[attr-defined]
+    header = f"# imported from a GPT-NeoX checkpoint: {step_dir}\n"
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
-        tag_dir = tmp / out_tag
-        tag_dir.mkdir()
-        torch.save({"module": module, "iteration": iteration}, tag_dir / "mp_rank_00_model_states.pt")
-        if not keep_type:
-            tokenizer.backend.save(str(tag_dir / TOKENIZER_NAME))  # type: ignore[attr-defined]
-        header = f"# imported from a GPT-NeoX checkpoint: {step_dir}\n"
-        (tag_dir / CONFIG_NAME).write_text(header + dump_config(new_cfg))
-        (tmp / "latest").write_text(out_tag)
+        write_checkpoint(tmp, new_cfg, module, iteration=iteration, tokenizer=backend, header=header)
     return {
         "out_dir": str(out_dir),
         "tag": out_tag,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,7 +214,6 @@ def train(
         load_portable,
         read_layout,
         save_portable,
-        write_layout,
     )
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.model import GPTModel
@@ -459,16 +457,7 @@ def train(
         if dist.world_size > 1:
             torch.distributed.barrier()
         if dist.is_main:
-            write_layout(tag_dir, layout)
-            from neoxcli.config import dump_config
-            from neoxcli.fileio import atomic_write_text
-
-            atomic_write_text(tag_dir / ckpt.CONFIG_NAME, dump_config(cfg))
-            vocab = cfg.tokenizer.vocab_file
-            if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
-                shutil.copyfile(vocab, tag_dir / ckpt.TOKENIZER_NAME)
-            ckpt.write_latest(save_dir, tag)
-            ckpt.prune_checkpoints(save_dir, cfg.checkpoint.keep_last_n_checkpoints)
+            ckpt.finalize_tag(save_dir, tag, cfg, layout, cfg.checkpoint.keep_last_n_checkpoints)
             emit("checkpoint", {"iteration": it, "path": str(tag_dir)})
         if dist.world_size > 1:
             torch.distributed.barrier()

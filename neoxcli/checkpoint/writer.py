@@ -1,0 +1,83 @@
+"""Writing checkpoints: a whole one-rank checkpoint, and the files training adds to DeepSpeed's own.
+
+Either way the tag directory gets ``layout.json``, ``config.yml`` and the
+tokenizer, and ``latest`` is written after everything else, so a save
+directory's ``latest`` never names a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neoxcli.checkpoint.portable import write_layout
+from neoxcli.checkpoint.tags import CONFIG_NAME, TOKENIZER_NAME, prune_checkpoints, tag_for, write_latest
+from neoxcli.fileio import atomic_write_text
+from neoxcli.parallel.grid import Layout
+
+if TYPE_CHECKING:
+    from neoxcli.config.schema import NeoXConfig
+
+#: DeepSpeed's module file of tensor-parallel rank 0 without a pipeline: all weights of a one-rank run.
+MODULE_STATES_NAME = "mp_rank_00_model_states.pt"
+
+
+def _describe(tag_dir: Path, cfg: NeoXConfig, layout: Layout, header: str = "") -> None:
+    """``layout.json`` and ``config.yml`` (``header`` + the resolved config) of a tag directory."""
+    from neoxcli.config import dump_config
+
+    write_layout(tag_dir, layout)
+    atomic_write_text(tag_dir / CONFIG_NAME, header + dump_config(cfg))
+
+
+def write_checkpoint(
+    save_dir: Path,
+    cfg: NeoXConfig,
+    module: Mapping[str, Any],
+    *,
+    iteration: int = 0,
+    tokenizer: Any = None,
+    header: str = "",
+) -> Path:
+    """Write the full model's state dict ``module`` as a one-rank checkpoint in ``save_dir``; returns its tag dir.
+
+    ``save_dir/global_step{iteration}/`` gets ``mp_rank_00_model_states.pt``
+    (``{"module": ..., "iteration": ...}``, what DeepSpeed writes for one rank,
+    so DeepSpeed's loader reads it as well as ours), ``layout.json`` (one rank),
+    ``config.yml`` (``header`` first, then ``cfg``) and, when given,
+    ``tokenizer.json`` from ``tokenizer`` (a ``tokenizers.Tokenizer``);
+    ``latest`` comes last.
+    """
+    import torch
+
+    tag = tag_for(iteration)
+    tag_dir = save_dir / tag
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": dict(module), "iteration": iteration}, tag_dir / MODULE_STATES_NAME)
+    if tokenizer is not None:
+        tokenizer.save(str(tag_dir / TOKENIZER_NAME))
+    _describe(tag_dir, cfg, Layout(), header)
+    write_latest(save_dir, tag)
+    return tag_dir
+
+
+def finalize_tag(
+    save_dir: Path, tag: str, cfg: NeoXConfig, layout: Layout, keep_last: int | None = None
+) -> Path:
+    """Rank 0's files after DeepSpeed's own save of ``tag``; returns the tag dir.
+
+    ``layout.json`` (the layout it was saved under), ``config.yml`` and a copy
+    of an ``HFTokenizer``'s vocabulary file go into the tag directory; then
+    ``latest`` names it, and all but the newest ``keep_last`` checkpoints are
+    deleted.
+    """
+    tag_dir = save_dir / tag
+    _describe(tag_dir, cfg, layout)
+    vocab = cfg.tokenizer.vocab_file
+    if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
+        shutil.copyfile(vocab, tag_dir / TOKENIZER_NAME)
+    write_latest(save_dir, tag)
+    prune_checkpoints(save_dir, keep_last)
+    return tag_dir
