@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from neoxcli.checkpoint import read_latest, torch_load
 from neoxcli.config.schema import ModelConfig
 from neoxcli.convert._common import ConversionError, StateDict, cast_state
 from neoxcli.errors import DataError
@@ -36,8 +37,6 @@ _IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
 
 def _load(path: Path) -> dict[str, Tensor]:
-    from neoxcli.checkpoint import torch_load
-
     blob = torch_load(path)
     return blob.get("module", blob) if isinstance(blob, dict) else blob
 
@@ -102,8 +101,8 @@ def load_gpt_neox_checkpoint(path: str | Path, cfg: ModelConfig, tag: str | None
     ``cfg`` is the model section of the run's YAML, which GPT-NeoX saves beside the weights.
     """
     path = Path(path)
-    if (path / "latest").is_file() and tag is None:
-        tag = (path / "latest").read_text().strip()
+    if tag is None:
+        tag = read_latest(path)
     step_dir = path / tag if tag else path
     if not step_dir.is_dir():
         raise DataError(f"checkpoint directory not found: {step_dir}")
@@ -169,8 +168,8 @@ def import_gpt_neox(
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"checkpoint directory not found: {src}")
-    if tag is None and (src / "latest").is_file():
-        tag = (src / "latest").read_text().strip()
+    if tag is None:
+        tag = read_latest(src)
     step_dir = src / tag if tag else src
     if not step_dir.is_dir():
         raise DataError(f"checkpoint directory not found: {step_dir}")
