@@ -212,7 +212,7 @@ def test_deepspeed_module_files_merge(tmp_path: Path) -> None:
 
 
 def test_resume_modes(tmp_path: Path) -> None:
-    from neoxcli.training.trainer import check_resume_layout
+    from neoxcli.training.resume import check_resume_layout
 
     tag = tmp_path / "global_step5"
     tag.mkdir()

@@ -6,13 +6,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from neoxcli.config.derived import check_layout  # noqa: E402
 from neoxcli.config.schema import ModelConfig  # noqa: E402
 from neoxcli.errors import NeoxError  # noqa: E402
 from neoxcli.model import GPTModel  # noqa: E402
 from neoxcli.parallel.grid import Layout  # noqa: E402
 from neoxcli.parallel.pipeline import check_partition_method  # noqa: E402
 from neoxcli.parallel.tensor import check_divisible, merge_tensors, shard_specs, split_tensor  # noqa: E402
-from neoxcli.training.trainer import check_layout, check_resume_layout  # noqa: E402
+from neoxcli.training.resume import check_resume_layout  # noqa: E402
 
 
 def test_layout_rank_order_matches_deepspeed() -> None:

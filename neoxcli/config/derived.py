@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from neoxcli.config.schema import ModelConfig, NeoXConfig, TrainConfig
@@ -241,6 +242,20 @@ def _zero_stage(zero: dict[str, Any] | None) -> int:
     return int(stage)
 
 
+def check_layout(layout: Any, precision: str) -> None:
+    """Refuse parallel combinations DeepSpeed cannot run (``layout``: anything with ``pp`` and ``zero_stage``)."""
+    if layout.pp > 1 and layout.zero_stage > 1:
+        raise ConfigError(
+            f"ZeRO stage {layout.zero_stage} cannot be combined with pipeline parallelism",
+            hint="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1",
+        )
+    if layout.pp > 1 and layout.zero_stage == 0 and precision == "bf16":
+        raise ConfigError(
+            "bf16 pipelines need ZeRO stage 1",
+            hint="set zero_optimization: {stage: 1} (DeepSpeed cannot reload bf16 stage-0 pipeline checkpoints)",
+        )
+
+
 def resolve(
     cfg: NeoXConfig,
     world_size: int | None = None,
@@ -273,6 +288,9 @@ def resolve(
         padded = padded_vocab_size(
             vocab_size, cfg.model.make_vocab_size_divisible_by, par.model_parallel_size
         )
+    precision = resolve_precision(cfg.train, bf16_supported)
+    stage = _zero_stage(par.zero_optimization)
+    check_layout(SimpleNamespace(pp=max(par.pipe_parallel_size, 1), zero_stage=stage), precision)
     return Derived(
         world_size=world_size,
         data_parallel_size=dp,
@@ -281,8 +299,8 @@ def resolve(
         train_batch_size=train_batch,
         lr_decay_iters=decay,
         warmup_iters=warmup,
-        precision=resolve_precision(cfg.train, bf16_supported),
-        zero_stage=_zero_stage(par.zero_optimization),
+        precision=precision,
+        zero_stage=stage,
         is_pipe_parallel=par.pipe_parallel_size > 1,
         mlp_width=mlp_width(cfg.model),
         vocab_size=vocab_size,

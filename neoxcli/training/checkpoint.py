@@ -212,3 +212,16 @@ def load_for_inference(path: str | Path, tag: str | None = None, device: str = "
     model.load_state_dict(state)
     model.to(device=device, dtype=torch.float32).eval()
     return model, tokenizer, cfg
+
+
+def finalize_tag(save_dir: Path, tag: str, cfg: Any) -> None:
+    """Rank 0's part of a save after DeepSpeed's files: config, tokenizer, then ``latest``, then pruning."""
+    from neoxcli.config import dump_config
+
+    tag_dir = save_dir / tag
+    atomic_write_text(tag_dir / CONFIG_NAME, dump_config(cfg))
+    vocab = cfg.tokenizer.vocab_file
+    if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
+        shutil.copyfile(vocab, tag_dir / TOKENIZER_NAME)
+    write_latest(save_dir, tag)
+    prune_checkpoints(save_dir, cfg.checkpoint.keep_last_n_checkpoints)
