@@ -289,3 +289,19 @@ def test_extra_save_iters_zero_saves_the_initial_weights(tmp_path: Path) -> None
     write_latest(again, "global_step0")
     resumed = train(load_config([tmp_path / "tiny.yml"], [f"save={again}", f"load={again}"]))
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]
+
+
+def test_compile_and_prefetch_train_like_eager(tmp_path: Path) -> None:
+    """``compile: true`` (each block compiled) and ``num_workers`` give the eager run's losses."""
+    from neoxcli.training.trainer import train
+
+    over = {"train-iters": 4, "eval-interval": 4, "sample_at_end": False, "checkpoint-factor": None}
+    eager_cfg = load_config([_config(tmp_path, save=str(tmp_path / "eager"), load=None, **over)])
+    fast_cfg = load_config(
+        [_config(tmp_path, save=str(tmp_path / "fast"), load=None, compile=True, num_workers=2, **over)]
+    )
+    eager = [row["loss"] for row in train(eager_cfg).history]
+    fast = train(fast_cfg)
+    assert np.allclose([row["loss"] for row in fast.history], eager, rtol=1e-5, atol=1e-5)
+    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl for block in fast.model.blocks)
+    assert (tmp_path / "fast" / "inductor-cache").is_dir()

@@ -197,3 +197,22 @@ def test_console_log_line_is_the_mean_loss_since_the_last_line(capsys: pytest.Ca
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
     assert [line.split()[3] for line in lines] == ["3.0000", "2.0000", "7.0000"]
     assert lines[-1].endswith("valid_loss 6.5000")
+
+
+def test_prefetcher_gives_the_sampler_batches_in_order() -> None:
+    """num_workers only moves the reading off the step: the batches are the sampler's, exactly."""
+    import numpy as np
+    import torch
+
+    from neoxcli.training.batches import BatchSampler, Prefetcher
+
+    data = [np.arange(i, i + 9) for i in range(50)]
+    plain = BatchSampler(data, micro=2, dp_size=2, dp_rank=1)
+    ahead = Prefetcher(BatchSampler(data, micro=2, dp_size=2, dp_rank=1), 3, 12, workers=2)
+    try:
+        steps = [(c, m) for c in range(0, 120, 12) for m in range(3)] + [(240, 0), (0, 0)]  # then a jump back
+        for consumed, m in steps:
+            want, got = plain.batch(consumed, m), ahead.batch(consumed, m)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    finally:
+        ahead.close()

@@ -175,7 +175,11 @@ class DataConfig(Section):
     label_data_paths: list[str] | None = None
     split: str = "969,30,1"
     data_impl: Literal["mmap"] = "mmap"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="threads that read the next step's batches while this step runs (0: read in line)",
+    )
     data_preset: str | None = Field(
         None,
         description="neox: a `neox prepare --preset` name, prepared on first use if data_path is missing",
@@ -294,7 +298,6 @@ class LoggingConfig(Section):
     use_wandb: bool = False
     wandb_project: str = "neox"
     wandb_group: str | None = None
-    log_dir: str | None = None
     sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
 
 

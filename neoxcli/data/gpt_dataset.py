@@ -38,16 +38,13 @@ def split_boundaries(split: str, size: int) -> list[int]:
     Weights are normalised, each part's count rounded, and every boundary after
     the first shifted by the rounding excess so that the last one is ``size``.
     """
-    text = str(split).strip()
-    sep = "," if "," in text else "/" if "/" in text else None
+    from neoxcli.config.derived import split_weights
+
     try:
-        weights = [float(s) for s in (text.split(sep) if sep else [text])]
-    except ValueError:
-        raise DataError(f"invalid split {split!r}", hint='use three weights such as "969,30,1"') from None
-    weights = (weights + [0.0, 0.0, 0.0])[:3]
+        weights = split_weights(split)
+    except ValueError as exc:
+        raise DataError(str(exc), hint='use three weights such as "969,30,1"') from None
     total = sum(weights)
-    if total <= 0 or any(w < 0 for w in weights):
-        raise DataError(f"invalid split {split!r}: weights must be >= 0 and not all zero")
     weights = [w / total for w in weights]
     bounds = [0]
     for i, w in enumerate(weights):

@@ -69,8 +69,10 @@ def tp_plan(model: GPTModel) -> dict[str, tuple[str, str]]:
     head_path = f"layers.{len(model.layers) - 1}"
     plan: dict[str, tuple[str, str]] = {}
     for path, _ in model.named_modules():
-        key = HEAD if path == head_path else next(
-            (k for k in TP_PLAN if k != HEAD and (path == k or path.endswith("." + k))), None
+        key = (
+            HEAD
+            if path == head_path
+            else next((k for k in TP_PLAN if k != HEAD and (path == k or path.endswith("." + k))), None)
         )
         if key is not None:
             glu = gated and key == "mlp.dense_h_to_4h"
@@ -214,7 +216,9 @@ def check_divisible(model: GPTModel, world: int) -> None:
             )
 
 
-def _parallel_module(style: str, module: nn.Module, kind: str, group: Any, rank: int, world: int) -> nn.Module:
+def _parallel_module(
+    style: str, module: nn.Module, kind: str, group: Any, rank: int, world: int
+) -> nn.Module:
     if style == "column":
         return ColumnParallelLinear(module, group, rank, world, kind)  # type: ignore[arg-type]
     if style == "row":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
@@ -46,3 +47,49 @@ def valid_start(iteration: int, eval_interval: int, eval_iters: int, train_batch
     """
     window = max(iteration - 1, 0) // eval_interval
     return window * eval_iters * train_batch
+
+
+class Prefetcher:
+    """Reads the batches of the next micro step ahead, on ``workers`` threads, in the sampler's order.
+
+    Exactly the batches ``sampler.batch`` would give, in the same order: it
+    only moves the reading (memory-mapped tokens, numpy stacking, pinning on
+    GPU) off the step's critical path. ``workers`` 0 reads in line.
+    """
+
+    def __init__(
+        self, sampler: BatchSampler, micro_steps: int, global_batch: int, workers: int, pin: bool = False
+    ):
+        self.sampler, self.micro_steps, self.global_batch, self.pin = sampler, micro_steps, global_batch, pin
+        self._pool = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neox-data") if workers else None
+        )
+        self._ahead: dict[tuple[int, int], Future[Any]] = {}
+        self._depth = max(workers, 1)
+
+    def _read(self, consumed: int, micro_step: int) -> Any:
+        x, y = self.sampler.batch(consumed, micro_step)
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def _next(self, key: tuple[int, int]) -> tuple[int, int]:
+        consumed, m = key
+        return (consumed, m + 1) if m + 1 < self.micro_steps else (consumed + self.global_batch, 0)
+
+    def batch(self, consumed: int, micro_step: int) -> Any:
+        if self._pool is None:
+            return self._read(consumed, micro_step)
+        key = (consumed, micro_step)
+        future = self._ahead.pop(key, None)
+        # Anything queued for another position (a jump in consumed) is stale.
+        for stale in self._ahead.values():
+            stale.cancel()
+        self._ahead.clear()
+        ahead = key
+        for _ in range(self._depth):
+            ahead = self._next(ahead)
+            self._ahead[ahead] = self._pool.submit(self._read, *ahead)
+        return future.result() if future is not None else self._read(consumed, micro_step)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -20,7 +20,7 @@ from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.parallel.grid import Layout, ParallelGrid
-from neoxcli.training.batches import BatchSampler
+from neoxcli.training.batches import BatchSampler, Prefetcher
 from neoxcli.training.report import Reporter
 
 
@@ -40,7 +40,7 @@ class Run:
     loss_fn: Callable[[Any, Any], Any]
     train_ds: Any
     valid_ds: Any
-    sampler: BatchSampler
+    sampler: BatchSampler | Prefetcher
     save_dir: Path | None
     iteration: int = 0
     consumed: int = 0
@@ -185,7 +185,8 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
     if cfg.train.compile and save_dir is not None:
         # Compiled kernels are cached with the run, so a resume does not compile again.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((save_dir / "inductor-cache").absolute()))
+        # (Set, not defaulted: torch writes its own default into the variable on first use.)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((save_dir / "inductor-cache").absolute())
 
     seed_everything(cfg.train.seed)
     model = GPTModel(cfg.model, plan.padded_vocab_size)
@@ -238,7 +239,13 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         loss_fn=loss_fn,
         train_ds=train_ds,
         valid_ds=valid_ds,
-        sampler=BatchSampler(train_ds, plan.micro_batch, plan.dp_size, grid.dp_rank),
+        sampler=Prefetcher(
+            BatchSampler(train_ds, plan.micro_batch, plan.dp_size, grid.dp_rank),
+            plan.gradient_accumulation_steps,
+            plan.train_batch_size,
+            cfg.data.num_workers,
+            pin=device.type == "cuda",
+        ),
         save_dir=save_dir,
         n_params=n_params,
     )

@@ -147,7 +147,9 @@ def train(
     start_iter, t = run.iteration, cfg.train
     train_samples = len(run.train_ds) if run.train_ds is not None else 0
     say.on_start(
-        StartInfo(t.train_iters, start_iter, run.n_params, run.plan, str(run.device), dist.world_size, train_samples)
+        StartInfo(
+            t.train_iters, start_iter, run.n_params, run.plan, str(run.device), dist.world_size, train_samples
+        )
     )
     result = TrainResult(iterations=run.iteration)
     metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main)
@@ -184,6 +186,7 @@ def train(
             result.checkpoint = save(run, say)
     finally:
         metrics.close()
+        run.sampler.close()
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
     done = run.iteration - start_iter
