@@ -303,5 +303,7 @@ def test_compile_and_prefetch_train_like_eager(tmp_path: Path) -> None:
     eager = [row["loss"] for row in train(eager_cfg).history]
     fast = train(fast_cfg)
     assert np.allclose([row["loss"] for row in fast.history], eager, rtol=1e-5, atol=1e-5)
-    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl for block in fast.model.blocks)
+    assert all(
+        hasattr(block, "_compiled_call_impl") and block._compiled_call_impl for block in fast.model.blocks
+    )
     assert (tmp_path / "fast" / "inductor-cache").is_dir()

@@ -193,13 +193,26 @@ class DataConfig(Section):
 OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam", "sgd")
 
 
+DEFAULT_LR = 6e-4
+# What an optimizer uses for a key ``optimizer.params`` leaves out: the optimizer's own
+# defaults, as GPT-NeoX's (Fused)Adam leaves them. So unset betas are (0.9, 0.999), not
+# the (0.9, 0.95) that neox's default params spell out.
+UNSET_PARAMS: dict[str, Any] = {"lr": DEFAULT_LR, "betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.0}
+
+
 class OptimizerConfig(Section):
     type: str = "Adam"
-    params: dict[str, Any] = Field(default_factory=lambda: {"lr": 6e-4, "betas": [0.9, 0.95], "eps": 1e-8})
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": DEFAULT_LR, "betas": [0.9, 0.95], "eps": UNSET_PARAMS["eps"]}
+    )
 
     @property
     def lr(self) -> float:
-        return float(self.params.get("lr", 6e-4))
+        return float(self.params.get("lr", DEFAULT_LR))
+
+    def setting(self, name: str) -> Any:
+        """``params[name]``, or what the optimizer itself uses when the file leaves it out."""
+        return self.params.get(name, UNSET_PARAMS[name])
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:

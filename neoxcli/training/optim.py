@@ -13,12 +13,8 @@ def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
 
     opt = cfg.train.optimizer
     kind = opt.type.lower()
-    params = dict(opt.params)
-    lr = float(params.pop("lr", 6e-4))
-    # Unset betas are the optimizer's own default, as GPT-NeoX's (Fused)Adam leaves them:
-    # (0.9, 0.999), not the (0.9, 0.95) that neox's default config spells out.
-    betas = tuple(params.pop("betas", (0.9, 0.999)))
-    eps = float(params.pop("eps", 1e-8))
+    lr, eps = float(opt.setting("lr")), float(opt.setting("eps"))
+    betas = tuple(opt.setting("betas"))
     from neoxcli.model.mup import param_groups
 
     groups = param_groups(model, cfg.train.weight_decay)
@@ -26,7 +22,7 @@ def build_optimizer(cfg: NeoXConfig, model: Any, device_type: str) -> Any:
         # Fused AdamW runs on CPU and GPU; DeepSpeed's own Adam variants need JIT-built ops.
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(params.pop("momentum", 0.0)))
+        return torch.optim.SGD(groups, lr=lr, momentum=float(opt.setting("momentum")))
     raise NeoxError(
         f"optimizer.type {opt.type!r} is not supported",
         hint="use Adam, AdamW or SGD",
