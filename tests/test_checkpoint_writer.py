@@ -46,7 +46,9 @@ def test_finalize_tag_then_latest_then_pruning(tmp_path: Path) -> None:
     vocab = tmp_path / "vocab.json"
     vocab.write_text("{}")
     save = tmp_path / "run"
-    cfg = NeoXConfig(model=CFG, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(vocab)))
+    cfg = NeoXConfig(
+        model=CFG, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(vocab))
+    )
     for it in (1, 2, 3):
         (save / f"global_step{it}").mkdir(parents=True)
         tag_dir = finalize_tag(save, f"global_step{it}", cfg, Layout(dp=2), keep_last=2)

@@ -138,6 +138,7 @@ PYTHIA_IGNORED = [
     "distributed_backend",
     "steps_per_print",
     "wall_clock_breakdown",
+    "log_dir",
     "wandb_host",
     "deepspeed_mpi",
 ]

@@ -162,3 +162,28 @@ def test_help_shows_examples_without_importing_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "fine"
+
+
+# What `neox train` refuses before it starts, `neox config validate` refuses too, with the same words.
+TRAIN_REFUSES = [
+    (("pipe_parallel_size=2", "zero_optimization.stage=2"), "ZeRO stage 2 cannot be combined with pipeline"),
+    (("pipe_partition_method=balanced",), "pipe_partition_method 'balanced' is not supported"),
+    (("model_parallel_size=2", "intermediate_size=1001"), "does not divide the MLP width (1001)"),
+    (("split=abc",), "invalid split 'abc'"),
+    (("train_iters=100000000000",), "a dataset index can hold"),
+    (("pipe_parallel_size=2", "precision=bf16"), "bf16 pipelines need ZeRO stage 1"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), TRAIN_REFUSES)
+def test_validate_refuses_what_train_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: tuple[str, ...], fragment: str
+) -> None:
+    path = write(tmp_path, "job.yml", GOOD)
+    sets = [a for o in overrides for a in ("--set", o)]
+    code, out, err = run(capsys, "validate", path, *sets)
+    assert code == 2 and fragment in err.splitlines()[0], err
+    code = main(["train", path, *sets, "--dry-run"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and fragment in errors[0], err

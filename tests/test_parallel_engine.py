@@ -137,7 +137,7 @@ def _resume_config(root: Path, source: str, name: str, **over: Any) -> Path:
 
 def _launch(root: Path, configs: list[Path], label: str, nproc: int = 2) -> dict[str, Any]:
     """Start ``nproc`` worker processes with torch-style variables; each trains ``configs`` in turn."""
-    from neoxcli.training.distributed import free_port
+    from neoxcli.parallel.distributed import free_port
 
     out = root / f"{label}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}

@@ -7,13 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from neoxcli.checkpoint import check_resume_layout  # noqa: E402
+from neoxcli.config.derived import check_layout  # noqa: E402
 from neoxcli.config.schema import ModelConfig  # noqa: E402
 from neoxcli.errors import NeoxError  # noqa: E402
 from neoxcli.model import GPTModel  # noqa: E402
 from neoxcli.parallel.grid import Layout  # noqa: E402
 from neoxcli.parallel.pipeline import check_partition_method  # noqa: E402
 from neoxcli.parallel.tensor import check_divisible, merge_tensors, shard_specs, split_tensor  # noqa: E402
-from neoxcli.training.trainer import check_layout  # noqa: E402
 
 
 def test_layout_rank_order_matches_deepspeed() -> None:
@@ -65,3 +65,18 @@ def test_refusals_are_clear() -> None:
     assert check_resume_layout(Layout(tp=2), Layout(tp=2), Path("x")) is None
     with pytest.raises(NeoxError, match="pipe_parallel_size 2"):
         check_resume_layout(Layout(pp=2), Layout(), Path("x"))  # no layout-free files to re-split
+
+
+def test_tp_shard_sizes_its_kv_cache_from_local_heads() -> None:
+    """A tensor-parallel shard holds heads/tp query and kv_heads/tp key/value heads; its cache fits them."""
+    import copy
+
+    from neoxcli.parallel.tensor import apply_tensor_parallel
+
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=8, num_kv_heads=4, seq_length=16)
+    model = GPTModel(cfg, 64)
+    shard = apply_tensor_parallel(copy.deepcopy(model), None, 1, 2)
+    cache = shard.make_kv_cache(batch_size=3, max_len=16)
+    assert cache.keys[0].shape == (3, 2, 16, 8)
+    assert shard.blocks[0].attention.num_heads == 4
+    assert model.make_kv_cache(batch_size=3, max_len=16).keys[0].shape == (3, 4, 16, 8)

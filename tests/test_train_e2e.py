@@ -17,6 +17,7 @@ from neoxcli.cli import main  # noqa: E402
 from neoxcli.config import load_config  # noqa: E402
 from neoxcli.data.indexed import IndexedDatasetWriter  # noqa: E402
 from neoxcli.data.tokenizer import build_tokenizer  # noqa: E402
+from neoxcli.training.report import NullReporter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,28 @@ def _config(tmp: Path, **over: object) -> Path:
     return path
 
 
+class _Recorder(NullReporter):
+    """Keeps the name of each report the run made."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def on_start(self, info: object) -> None:
+        self.events.append("start")
+
+    def on_step(self, row: object) -> None:
+        self.events.append("step")
+
+    def on_eval(self, iteration: int, valid_loss: float) -> None:
+        self.events.append("eval")
+
+    def on_save(self, iteration: int, path: object) -> None:
+        self.events.append("checkpoint")
+
+    def on_end(self, result: object) -> None:
+        self.events.append("end")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     from neoxcli.training.trainer import train
@@ -82,7 +105,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = load_config([_config(tmp)])
     events: list[str] = []
-    result = train(cfg, report=lambda e, d: events.append(e))
+    result = train(cfg, report=_Recorder(events))
     return tmp, cfg, result, events
 
 
@@ -266,3 +289,21 @@ def test_extra_save_iters_zero_saves_the_initial_weights(tmp_path: Path) -> None
     write_latest(again, "global_step0")
     resumed = train(load_config([tmp_path / "tiny.yml"], [f"save={again}", f"load={again}"]))
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]
+
+
+def test_compile_and_prefetch_train_like_eager(tmp_path: Path) -> None:
+    """``compile: true`` (each block compiled) and ``num_workers`` give the eager run's losses."""
+    from neoxcli.training.trainer import train
+
+    over = {"train-iters": 4, "eval-interval": 4, "sample_at_end": False, "checkpoint-factor": None}
+    eager_cfg = load_config([_config(tmp_path, save=str(tmp_path / "eager"), load=None, **over)])
+    fast_cfg = load_config(
+        [_config(tmp_path, save=str(tmp_path / "fast"), load=None, compile=True, num_workers=2, **over)]
+    )
+    eager = [row["loss"] for row in train(eager_cfg).history]
+    fast = train(fast_cfg)
+    assert np.allclose([row["loss"] for row in fast.history], eager, rtol=1e-5, atol=1e-5)
+    assert all(
+        hasattr(block, "_compiled_call_impl") and block._compiled_call_impl for block in fast.model.blocks
+    )
+    assert (tmp_path / "fast" / "inductor-cache").is_dir()

@@ -117,7 +117,7 @@ def _tiny_cfg(**train: object) -> NeoXConfig:
 def test_optimizer_settings_pass_through() -> None:
     pytest.importorskip("torch")
     from neoxcli.model import GPTModel
-    from neoxcli.training.trainer import build_optimizer
+    from neoxcli.training.optim import build_optimizer
 
     opt_cfg = OptimizerConfig(type="Adam", params={"lr": 1e-3, "betas": [0.8, 0.9], "eps": 1e-6})
     cfg = _tiny_cfg(optimizer=opt_cfg, weight_decay=0.1)
@@ -134,7 +134,7 @@ def test_optimizer_settings_pass_through() -> None:
 def test_adam_betas_default_to_adams_own() -> None:
     pytest.importorskip("torch")
     from neoxcli.model import GPTModel
-    from neoxcli.training.trainer import build_optimizer
+    from neoxcli.training.optim import build_optimizer
 
     # A GPT-NeoX config that gives only lr: its Adam runs with betas (0.9, 0.999).
     cfg = _tiny_cfg(optimizer=OptimizerConfig(type="Adam", params={"lr": 1e-3}))
@@ -143,8 +143,8 @@ def test_adam_betas_default_to_adams_own() -> None:
 
 
 def test_each_evaluation_reads_the_next_validation_window() -> None:
+    from neoxcli.training.batches import valid_start
     from neoxcli.training.data import sample_counts
-    from neoxcli.training.trainer import valid_start
 
     # eval_interval 10, eval_iters 2, global batch 8: GPT-NeoX's one validation iterator
     # reads samples 0-15 after step 10, 16-31 after step 20, and 32-47 at a final step 25.
@@ -160,7 +160,7 @@ def test_label_files_give_the_targets_and_negatives_are_masked(tmp_path: Path) -
     pytest.importorskip("torch")
     from neoxcli.data.gpt_dataset import BlendableDataset, GPTDataset
     from neoxcli.data.indexed import IndexedDataset, IndexedDatasetWriter
-    from neoxcli.training.trainer import _Sampler
+    from neoxcli.training.batches import BatchSampler as _Sampler
 
     with IndexedDatasetWriter(tmp_path / "text", np.uint16) as w:
         for d in range(4):
@@ -186,7 +186,7 @@ def test_label_files_give_the_targets_and_negatives_are_masked(tmp_path: Path) -
 
 def test_console_log_line_is_the_mean_loss_since_the_last_line(capsys: pytest.CaptureFixture[str]) -> None:
     """As GPT-NeoX logs: the loss printed every log_interval steps averages those steps."""
-    from neoxcli.commands.train import ConsoleReporter
+    from neoxcli.training.report import ConsoleReporter
 
     report = ConsoleReporter(log_interval=2, live=False)
     for it, loss in enumerate([4.0, 2.0, 3.0, 1.0, 7.0], start=1):
@@ -197,3 +197,22 @@ def test_console_log_line_is_the_mean_loss_since_the_last_line(capsys: pytest.Ca
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
     assert [line.split()[3] for line in lines] == ["3.0000", "2.0000", "7.0000"]
     assert lines[-1].endswith("valid_loss 6.5000")
+
+
+def test_prefetcher_gives_the_sampler_batches_in_order() -> None:
+    """num_workers only moves the reading off the step: the batches are the sampler's, exactly."""
+    import numpy as np
+    import torch
+
+    from neoxcli.training.batches import BatchSampler, Prefetcher
+
+    data = [np.arange(i, i + 9) for i in range(50)]
+    plain = BatchSampler(data, micro=2, dp_size=2, dp_rank=1)
+    ahead = Prefetcher(BatchSampler(data, micro=2, dp_size=2, dp_rank=1), 3, 12, workers=2)
+    try:
+        steps = [(c, m) for c in range(0, 120, 12) for m in range(3)] + [(240, 0), (0, 0)]  # then a jump back
+        for consumed, m in steps:
+            want, got = plain.batch(consumed, m), ahead.batch(consumed, m)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    finally:
+        ahead.close()

@@ -74,7 +74,7 @@ _LAZY = {
     **dict.fromkeys(
         (
             "finalize_tag",
-    "full_name",
+            "full_name",
             "merge_module_files",
             "merge_portable",
             "merge_shards",

@@ -68,7 +68,8 @@ def check_state_fits(
         got = tuple(state[name].shape)
         if got != tuple(ref.shape):
             raise NeoxError(
-                f"{source}: tensor {name!r} has shape {list(got)}, the model needs {list(ref.shape)}", hint=hint
+                f"{source}: tensor {name!r} has shape {list(got)}, the model needs {list(ref.shape)}",
+                hint=hint,
             )
 
 

@@ -110,13 +110,17 @@ def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
     return torch_load(path)
 
 
-def load_module_weights(module: Any, state: dict[str, Any], source: str = "the checkpoint's layout-free state") -> None:
+def load_module_weights(
+    module: Any, state: dict[str, Any], source: str = "the checkpoint's layout-free state"
+) -> None:
     """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module."""
     import torch
 
     named = dict(module.named_parameters())
     weights = {name: entry["fp32"] for name, entry in state["params"].items()}
-    check_state_fits(named, weights, source, hint="resume with the model settings the checkpoint was trained with")
+    check_state_fits(
+        named, weights, source, hint="resume with the model settings the checkpoint was trained with"
+    )
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(weights[name].to(p.dtype))

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from neoxcli.config.schema import ModelConfig, NeoXConfig, TrainConfig
@@ -241,6 +242,68 @@ def _zero_stage(zero: dict[str, Any] | None) -> int:
     return int(stage)
 
 
+PARTITION_METHODS = ("parameters", "uniform")
+
+# Beyond this many samples in one split the sample and shuffle indices (16 + 8 bytes a
+# sample) outgrow any host's memory: 2^32 samples is already ~96 GiB of index.
+MAX_SPLIT_SAMPLES = 2**32
+
+
+def check_partition_method(method: str) -> str:
+    """Validate ``pipe_partition_method``: parameters, uniform or type:REGEX (matched on layer class names)."""
+    m = method.strip()
+    if m.lower() in PARTITION_METHODS or (m.lower().startswith("type:") and len(m) > 5):
+        return m
+    raise ConfigError(
+        f"pipe_partition_method {method!r} is not supported",
+        hint="use parameters, uniform or type:Block (any regex over the layer class names)",
+    )
+
+
+def split_weights(split: str) -> list[float]:
+    """GPT-NeoX's ``split`` string ("969,30,1" or "98/2/0") as three weights; ValueError if it is not one."""
+    text = str(split).strip()
+    sep = "," if "," in text else "/" if "/" in text else None
+    try:
+        weights = [float(s) for s in (text.split(sep) if sep else [text])]
+    except ValueError:
+        raise ValueError(f"invalid split {split!r}") from None
+    weights = (weights + [0.0, 0.0, 0.0])[:3]
+    if not all(math.isfinite(w) for w in weights) or sum(weights) <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"invalid split {split!r}: weights must be >= 0 and not all zero")
+    return weights
+
+
+def check_split_sizes(cfg: NeoXConfig, train_batch: int) -> None:
+    """Refuse a run whose sample index could never be built (``train_iters`` absurdly large)."""
+    t = cfg.train
+    wanted = {
+        "train_iters": t.train_iters * train_batch,
+        "eval_iters": (t.train_iters // t.eval_interval + 1) * t.eval_iters * train_batch,
+    }
+    for key, samples in wanted.items():
+        if samples > MAX_SPLIT_SAMPLES:
+            raise ConfigError(
+                f"train.{key}: {samples:,} samples (batch {train_batch}) is more than the "
+                f"{MAX_SPLIT_SAMPLES:,} a dataset index can hold",
+                hint="lower train_iters (or eval_iters)",
+            )
+
+
+def check_layout(layout: Any, precision: str) -> None:
+    """Refuse parallel combinations DeepSpeed cannot run (``layout``: anything with ``pp`` and ``zero_stage``)."""
+    if layout.pp > 1 and layout.zero_stage > 1:
+        raise ConfigError(
+            f"ZeRO stage {layout.zero_stage} cannot be combined with pipeline parallelism",
+            hint="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1",
+        )
+    if layout.pp > 1 and layout.zero_stage == 0 and precision == "bf16":
+        raise ConfigError(
+            "bf16 pipelines need ZeRO stage 1",
+            hint="set zero_optimization: {stage: 1} (DeepSpeed cannot reload bf16 stage-0 pipeline checkpoints)",
+        )
+
+
 def resolve(
     cfg: NeoXConfig,
     world_size: int | None = None,
@@ -273,6 +336,10 @@ def resolve(
         padded = padded_vocab_size(
             vocab_size, cfg.model.make_vocab_size_divisible_by, par.model_parallel_size
         )
+    precision = resolve_precision(cfg.train, bf16_supported)
+    stage = _zero_stage(par.zero_optimization)
+    check_layout(SimpleNamespace(pp=max(par.pipe_parallel_size, 1), zero_stage=stage), precision)
+    check_split_sizes(cfg, train_batch)
     return Derived(
         world_size=world_size,
         data_parallel_size=dp,
@@ -281,8 +348,8 @@ def resolve(
         train_batch_size=train_batch,
         lr_decay_iters=decay,
         warmup_iters=warmup,
-        precision=resolve_precision(cfg.train, bf16_supported),
-        zero_stage=_zero_stage(par.zero_optimization),
+        precision=precision,
+        zero_stage=stage,
         is_pipe_parallel=par.pipe_parallel_size > 1,
         mlp_width=mlp_width(cfg.model),
         vocab_size=vocab_size,

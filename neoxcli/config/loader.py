@@ -662,6 +662,34 @@ def _check(cfg: NeoXConfig, m: _Merged) -> None:
             f"parallel.zero_optimization.stage: expected 0, 1, 2 or 3, got {_describe(stage)}"
             + m.where(("parallel", "zero_optimization")),
         )
+    from neoxcli.config.derived import check_partition_method, mlp_width, split_weights
+
+    width = mlp_width(cfg.model)
+    if width % mp:
+        raise ConfigError(
+            f"model_parallel_size ({mp}) does not divide the MLP width ({width})"
+            + m.where(("model", "intermediate_size"), ("parallel", "model_parallel_size")),
+            hint="each model-parallel rank holds an equal slice of the MLP: pick a width that "
+            "model_parallel_size divides",
+        )
+    if cfg.parallel.pipe_parallel_size > 1 and stage > 1:
+        raise ConfigError(
+            f"parallel.zero_optimization.stage: ZeRO stage {stage} cannot be combined with pipeline "
+            "parallelism" + m.where(("parallel", "zero_optimization"), ("parallel", "pipe_parallel_size")),
+            hint="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1",
+        )
+    try:
+        check_partition_method(cfg.parallel.pipe_partition_method)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"parallel.{exc.message}" + m.where(("parallel", "pipe_partition_method")), hint=exc.hint
+        ) from None
+    try:
+        split_weights(cfg.data.split)
+    except ValueError as exc:
+        raise ConfigError(
+            f"data.split: {exc}" + m.where(("data", "split")), hint='use three weights such as "969,30,1"'
+        ) from None
 
 
 # --------------------------------------------------------------------------- public API

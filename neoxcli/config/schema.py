@@ -175,7 +175,11 @@ class DataConfig(Section):
     label_data_paths: list[str] | None = None
     split: str = "969,30,1"
     data_impl: Literal["mmap"] = "mmap"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="threads that read the next step's batches while this step runs (0: read in line)",
+    )
     data_preset: str | None = Field(
         None,
         description="neox: a `neox prepare --preset` name, prepared on first use if data_path is missing",
@@ -189,13 +193,26 @@ class DataConfig(Section):
 OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam", "sgd")
 
 
+DEFAULT_LR = 6e-4
+# What an optimizer uses for a key ``optimizer.params`` leaves out: the optimizer's own
+# defaults, as GPT-NeoX's (Fused)Adam leaves them. So unset betas are (0.9, 0.999), not
+# the (0.9, 0.95) that neox's default params spell out.
+UNSET_PARAMS: dict[str, Any] = {"lr": DEFAULT_LR, "betas": (0.9, 0.999), "eps": 1e-8, "momentum": 0.0}
+
+
 class OptimizerConfig(Section):
     type: str = "Adam"
-    params: dict[str, Any] = Field(default_factory=lambda: {"lr": 6e-4, "betas": [0.9, 0.95], "eps": 1e-8})
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": DEFAULT_LR, "betas": [0.9, 0.95], "eps": UNSET_PARAMS["eps"]}
+    )
 
     @property
     def lr(self) -> float:
-        return float(self.params.get("lr", 6e-4))
+        return float(self.params.get("lr", DEFAULT_LR))
+
+    def setting(self, name: str) -> Any:
+        """``params[name]``, or what the optimizer itself uses when the file leaves it out."""
+        return self.params.get(name, UNSET_PARAMS[name])
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:
@@ -294,7 +311,6 @@ class LoggingConfig(Section):
     use_wandb: bool = False
     wandb_project: str = "neox"
     wandb_group: str | None = None
-    log_dir: str | None = None
     sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
 
 

@@ -11,18 +11,17 @@ vectorised numpy (no compiled helper needed) and cached as ``.npy`` files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from neoxcli.config.schema import DataConfig
 from neoxcli.data.indexed import IndexedDataset
 from neoxcli.errors import DataError
 
@@ -38,16 +37,13 @@ def split_boundaries(split: str, size: int) -> list[int]:
     Weights are normalised, each part's count rounded, and every boundary after
     the first shifted by the rounding excess so that the last one is ``size``.
     """
-    text = str(split).strip()
-    sep = "," if "," in text else "/" if "/" in text else None
+    from neoxcli.config.derived import split_weights
+
     try:
-        weights = [float(s) for s in (text.split(sep) if sep else [text])]
-    except ValueError:
-        raise DataError(f"invalid split {split!r}", hint='use three weights such as "969,30,1"') from None
-    weights = (weights + [0.0, 0.0, 0.0])[:3]
+        weights = split_weights(split)
+    except ValueError as exc:
+        raise DataError(str(exc), hint='use three weights such as "969,30,1"') from None
     total = sum(weights)
-    if total <= 0 or any(w < 0 for w in weights):
-        raise DataError(f"invalid split {split!r}: weights must be >= 0 and not all zero")
     weights = [w / total for w in weights]
     bounds = [0]
     for i, w in enumerate(weights):
@@ -430,30 +426,25 @@ class BlendableDataset:
 # --------------------------------------------------------------------------- top level
 
 
-@dataclass
-class DataSpec:
-    """The data settings ``build_train_valid_test`` needs (GPT-NeoX key names)."""
+def data_settings(data: Any = None, **fields: Any) -> DataConfig:
+    """The data section as a ``DataConfig``, from one, a dict or any object with its attributes.
 
-    data_path: str | None = None
-    split: str = "969,30,1"
-    train_data_paths: list[str] | None = None
-    valid_data_paths: list[str] | None = None
-    test_data_paths: list[str] | None = None
-    train_data_weights: list[float] | None = None
-    valid_data_weights: list[float] | None = None
-    test_data_weights: list[float] | None = None
-    label_data_paths: list[str] | None = None
-
-    @classmethod
-    def of(cls, cfg: Any) -> DataSpec:
-        """From a DataConfig, a dict or any object with those attributes."""
-        if isinstance(cfg, DataSpec):
-            return cfg
-        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-        kw = {k: get(k, getattr(cls, k, None)) for k in cls.__dataclass_fields__}
-        if kw["split"] is None:
-            kw["split"] = "969,30,1"
-        return cls(**kw)
+    Library callers can pass plain values; the training config passes its own section.
+    """
+    names = DataConfig.model_fields
+    unknown = set(fields) - set(names)
+    if unknown:
+        raise TypeError(f"unknown data settings: {', '.join(sorted(unknown))}")
+    if isinstance(data, DataConfig):
+        values = data.model_dump()
+    elif isinstance(data, dict):
+        values = {k: v for k, v in data.items() if k in names}
+    else:
+        values = {k: getattr(data, k) for k in names if data is not None and hasattr(data, k)}
+    values.update(fields)
+    if values.get("split") is None:
+        values["split"] = "969,30,1"
+    return DataConfig(**values)
 
 
 _OPENED: dict[str, IndexedDataset] = {}
@@ -489,14 +480,7 @@ def build_train_valid_test(
     (a collective), rank 0 writes the index caches first and the other ranks
     map them after the barrier; without it they poll for the files.
     """
-    spec = dataclasses.replace(DataSpec.of(data if data is not None else {}))
-    unknown = set(fields) - set(DataSpec.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown data settings: {', '.join(sorted(unknown))}")
-    for k, v in fields.items():
-        setattr(spec, k, v)
-    if spec.split is None:
-        spec.split = "969,30,1"
+    spec = data_settings(data, **fields)
     args = (
         spec,
         seq_length,
@@ -517,7 +501,7 @@ def build_train_valid_test(
 
 
 def _build_splits(
-    spec: DataSpec,
+    spec: DataConfig,
     seq_length: int,
     seed: int,
     counts: tuple[int, int, int],

@@ -49,7 +49,7 @@ class LocalLauncher(Launcher):
         return [Host(LOCALHOST, gpus)]
 
     def master(self, config: NeoXConfig, hosts: Sequence[Node]) -> tuple[str, int]:
-        from neoxcli.training.distributed import free_port
+        from neoxcli.parallel.distributed import free_port
 
         lc = config.launcher
         # An unset port gets a free one, so two local runs (or test runs) never collide.

@@ -109,7 +109,7 @@ def with_master_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
 def launcher_rank(env: Mapping[str, str]) -> str:
     """This process's rank as the launcher named it, for messages only."""
     try:
-        from neoxcli.training.distributed import detect
+        from neoxcli.parallel.distributed import detect
 
         return str(detect(env).rank)
     except Exception:

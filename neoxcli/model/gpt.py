@@ -362,14 +362,19 @@ class GPTModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> KVCache:
-        """An empty cache sized for this model (``max_len`` defaults to ``max_positions``)."""
-        ref = self.layers[1].attention.query_key_value.weight
+        """An empty cache sized for this model (``max_len`` defaults to ``max_positions``).
+
+        Head counts come from the attention modules, not the config: a
+        tensor-parallel shard holds only its local key/value heads.
+        """
+        attn = self.layers[1].attention
+        ref = attn.query_key_value.weight
         return KVCache(
             num_layers=self.cfg.num_layers,
             batch_size=batch_size,
-            kv_heads=self.cfg.kv_heads,
+            kv_heads=attn.kv_heads,
             max_len=max_len or self.cfg.max_positions,
-            head_dim=self.cfg.head_dim,
+            head_dim=attn.head_dim,
             dtype=dtype or ref.dtype,
             device=device or ref.device,
         )

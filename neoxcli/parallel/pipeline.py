@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from neoxcli.config.derived import check_partition_method
 from neoxcli.errors import NeoxError
 from neoxcli.model.gpt import Block, EmbeddingLayer, GPTModel, Head
 
-PARTITION_METHODS = ("parameters", "uniform")
 TIED_KEY = "embed"  # DeepSpeed registers the tied embedding as tied_modules.{TIED_KEY}
 
 
@@ -62,17 +62,6 @@ class TransformerBlockPipe(nn.Module):
 def _tied_head(module: EmbeddingPipe, x: Tensor) -> Tensor:
     assert module.head is not None
     return module.head(x)
-
-
-def check_partition_method(method: str) -> str:
-    """Validate ``pipe_partition_method``: parameters, uniform or type:REGEX (matched on layer class names)."""
-    m = method.strip()
-    if m.lower() in PARTITION_METHODS or (m.lower().startswith("type:") and len(m) > 5):
-        return m
-    raise NeoxError(
-        f"pipe_partition_method {method!r} is not supported",
-        hint="use parameters, uniform or type:Block (any regex over the layer class names)",
-    )
 
 
 def pipeline_layers(model: GPTModel) -> list[Any]:

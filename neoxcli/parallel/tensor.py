@@ -36,35 +36,58 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neoxcli.errors import NeoxError
-from neoxcli.model.gpt import Attention, EmbeddingLayer, GPTModel, Head, mlp_width
+from neoxcli.model.gpt import GPTModel, Head, mlp_width
 from neoxcli.parallel.comm import copy_to_tp, gather_from_tp, reduce_from_tp
 
-# How each sharded parameter is cut: parameter-name suffix -> (dim, kind).
-# kind "block" = contiguous blocks, "glu" = each half cut into blocks.
-SHARDING: dict[str, tuple[int, str]] = {
-    "attention.query_key_value.weight": (0, "block"),
-    "attention.query_key_value.bias": (0, "block"),
-    "attention.dense.weight": (1, "block"),
-    "mlp.dense_h_to_4h.weight": (0, "block"),  # "glu" for gated MLPs, see shard_spec
-    "mlp.dense_h_to_4h.bias": (0, "block"),
-    "mlp.dense_4h_to_h.weight": (1, "block"),
-    "word_embeddings.weight": (0, "block"),
-    "final_linear.weight": (0, "block"),
-    "final_linear.bias": (0, "block"),
+HEAD = "<head>"
+
+# The tensor-parallel plan, stated once: a module (by the last parts of its path in
+# ``GPTModel``) -> its parallel style. ``shard_specs`` (resharding checkpoints) and
+# ``apply_tensor_parallel`` (sharding a live model) both read it.
+TP_PLAN: dict[str, str] = {
+    "word_embeddings": "vocab_embedding",
+    "attention.query_key_value": "column",
+    "attention.dense": "row",
+    "mlp.dense_h_to_4h": "column",  # gated MLPs cut each half alike ("glu")
+    "mlp.dense_4h_to_h": "row",
+    HEAD: "vocab_head",  # the last layer, tied or not
 }
+
+# Which parameters of a module in each style are cut, and along which dim; the rest
+# (row-parallel biases, norms, positions) are replicated.
+STYLE_CUTS: dict[str, dict[str, int]] = {
+    "column": {"weight": 0, "bias": 0},
+    "row": {"weight": 1},
+    "vocab_embedding": {"weight": 0},
+    "vocab_head": {"final_linear.weight": 0, "final_linear.bias": 0, "bias": 0},
+}
+
+
+def tp_plan(model: GPTModel) -> dict[str, tuple[str, str]]:
+    """``TP_PLAN`` resolved on ``model``: module path -> (style, cut kind "block" or "glu")."""
+    gated = model.cfg.mlp_activation in ("swiglu", "geglu")
+    head_path = f"layers.{len(model.layers) - 1}"
+    plan: dict[str, tuple[str, str]] = {}
+    for path, _ in model.named_modules():
+        key = (
+            HEAD
+            if path == head_path
+            else next((k for k in TP_PLAN if k != HEAD and (path == k or path.endswith("." + k))), None)
+        )
+        if key is not None:
+            glu = gated and key == "mlp.dense_h_to_4h"
+            plan[path] = (TP_PLAN[key], "glu" if glu else "block")
+    return plan
 
 
 def shard_specs(model: GPTModel) -> dict[str, tuple[int, str] | None]:
     """How each parameter of the full (unsharded) ``model`` is split across ranks; None = replicated."""
-    gated = model.cfg.mlp_activation in ("swiglu", "geglu")
-    head_bias = f"layers.{len(model.layers) - 1}.bias"
-    specs: dict[str, tuple[int, str] | None] = {}
-    for name, _ in model.named_parameters():
-        spec: tuple[int, str] | None = (0, "block") if name == head_bias else None
-        for suffix, (dim, kind) in SHARDING.items():
-            if name.endswith(suffix):
-                spec = (dim, "glu" if gated and suffix.startswith("mlp.dense_h_to_4h") else kind)
-        specs[name] = spec
+    specs: dict[str, tuple[int, str] | None] = {name: None for name, _ in model.named_parameters()}
+    for path, (style, kind) in tp_plan(model).items():
+        for param, dim in STYLE_CUTS[style].items():
+            name = f"{path}.{param}"
+            if name in specs:
+                specs[name] = (dim, kind)
     return specs
 
 
@@ -102,8 +125,9 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, full: nn.Linear, group: Any, rank: int, world: int, kind: str = "block") -> None:
         super().__init__()
         self.group = group
-        self.weight = _shard_param(full.weight, 0, kind, rank, world)
-        self.bias = _shard_param(full.bias, 0, kind, rank, world) if full.bias is not None else None
+        cut = STYLE_CUTS["column"]
+        self.weight = _shard_param(full.weight, cut["weight"], kind, rank, world)
+        self.bias = _shard_param(full.bias, cut["bias"], kind, rank, world) if full.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
@@ -118,7 +142,7 @@ class RowParallelLinear(nn.Module):
     def __init__(self, full: nn.Linear, group: Any, rank: int, world: int) -> None:
         super().__init__()
         self.group = group
-        self.weight = _shard_param(full.weight, 1, "block", rank, world)
+        self.weight = _shard_param(full.weight, STYLE_CUTS["row"]["weight"], "block", rank, world)
         self.bias = nn.Parameter(full.bias.detach().clone()) if full.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,7 +156,7 @@ class VocabParallelEmbedding(nn.Module):
     def __init__(self, full: nn.Embedding, group: Any, rank: int, world: int) -> None:
         super().__init__()
         self.group = group
-        self.weight = _shard_param(full.weight, 0, "block", rank, world)
+        self.weight = _shard_param(full.weight, STYLE_CUTS["vocab_embedding"]["weight"], "block", rank, world)
         self.vocab_start = rank * self.weight.shape[0]
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -160,7 +184,8 @@ class VocabParallelHead(Head):
             if head.final_linear is not None
             else None
         )
-        self.bias = _shard_param(head.bias, 0, "block", rank, world) if head.bias is not None else None
+        dim = STYLE_CUTS["vocab_head"]["bias"]
+        self.bias = _shard_param(head.bias, dim, "block", rank, world) if head.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.logit_scale != 1.0:
@@ -191,29 +216,40 @@ def check_divisible(model: GPTModel, world: int) -> None:
             )
 
 
+def _parallel_module(
+    style: str, module: nn.Module, kind: str, group: Any, rank: int, world: int
+) -> nn.Module:
+    if style == "column":
+        return ColumnParallelLinear(module, group, rank, world, kind)  # type: ignore[arg-type]
+    if style == "row":
+        return RowParallelLinear(module, group, rank, world)  # type: ignore[arg-type]
+    if style == "vocab_embedding":
+        return VocabParallelEmbedding(module, group, rank, world)  # type: ignore[arg-type]
+    return VocabParallelHead(module, group, rank, world)  # type: ignore[arg-type]
+
+
 def apply_tensor_parallel(model: GPTModel, group: Any, rank: int, world: int) -> GPTModel:
-    """Shard ``model`` in place for tensor-parallel rank ``rank`` of ``world``; returns it."""
+    """Shard ``model`` in place for tensor-parallel rank ``rank`` of ``world`` as ``TP_PLAN`` says; returns it.
+
+    After the swap each attention module runs on its local heads, and
+    ``model.tp_size`` records the split, so caches are sized from local counts.
+    """
     if world == 1:
         return model
     check_divisible(model, world)
-    for layer in model.layers:
-        if isinstance(layer, EmbeddingLayer):
-            layer.word_embeddings = VocabParallelEmbedding(layer.word_embeddings, group, rank, world)
-        attn = getattr(layer, "attention", None)
-        if isinstance(attn, Attention):
-            attn.query_key_value = ColumnParallelLinear(attn.query_key_value, group, rank, world)
-            attn.dense = RowParallelLinear(attn.dense, group, rank, world)
-            attn.num_heads //= world
-            attn.kv_heads //= world
-            if attn.alibi is not None:
-                attn.alibi = attn.alibi.chunk(world)[rank].clone()
-        mlp = getattr(layer, "mlp", None)
-        if mlp is not None:
-            kind = "glu" if mlp.gated else "block"
-            mlp.dense_h_to_4h = ColumnParallelLinear(mlp.dense_h_to_4h, group, rank, world, kind)
-            mlp.dense_4h_to_h = RowParallelLinear(mlp.dense_4h_to_h, group, rank, world)
-    model.layers[-1] = VocabParallelHead(model.layers[-1], group, rank, world)
+    # Parents before children does not matter: no planned module contains another.
+    for path, (style, kind) in tp_plan(model).items():
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attr, _parallel_module(style, getattr(parent, attr), kind, group, rank, world))
+    for block in model.blocks:
+        attn = block.attention
+        attn.num_heads //= world
+        attn.kv_heads //= world
+        if attn.alibi is not None:
+            attn.alibi = attn.alibi.chunk(world)[rank].clone()
     model.tp_group = group  # type: ignore[assignment]
+    model.tp_size = world  # type: ignore[assignment]
     return model
 
 

@@ -72,6 +72,14 @@ def run_training(
     env = dict(os.environ)
     hosts = launcher.resolve_hosts(cfg, env)
     local = launcher.name == "local"
+    # What every rank would derive, checked once here so a bad setting is one error, not one per rank.
+    from neoxcli.config import resolve, vocab_size_from_file
+
+    resolve(
+        cfg,
+        world_size=sum(node.slots for node in hosts),
+        vocab_size=vocab_size_from_file(cfg.tokenizer.vocab_file),
+    )
     if local and sum(node.slots for node in hosts) == 1 and all(node.default_devices for node in hosts):
         if dry_run:
             print(f"in-process: 1 rank, config from {', '.join(sources)}")

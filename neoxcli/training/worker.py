@@ -1,7 +1,7 @@
 """Worker entry point: ``python -m neoxcli.training.worker --config RUN/run-config.yml``.
 
 Every launcher starts this same entry; rank, world size and rendezvous come
-from whatever variables the launcher set (see ``neoxcli.training.distributed``).
+from whatever variables the launcher set (see ``neoxcli.parallel.distributed``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the resolved run config written by `neox train`")
     args = parser.parse_args(argv)
     try:
-        from neoxcli.commands.train import ConsoleReporter
         from neoxcli.config import load_config
-        from neoxcli.training.distributed import detect
+        from neoxcli.parallel.distributed import detect
+        from neoxcli.training.report import ConsoleReporter
         from neoxcli.training.trainer import train
 
         cfg = load_config([args.config])

@@ -1,0 +1,262 @@
+"""Everything a training run holds, built once before the first step: ``build_run(cfg) -> Run``.
+
+Order: distributed init → data (prepared if a preset is missing) and tokenizer
+→ the derived plan and layout → which checkpoint to resume and how → the full
+model from the seed → ``parallelize`` → restored weights → optimizer and LR
+schedule → the DeepSpeed engine → datasets → restored optimizer state,
+counters and RNG. Every rank builds the same full model first, so all layouts
+start from the weights a single process would train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neoxcli.config.derived import Derived
+from neoxcli.config.schema import NeoXConfig
+from neoxcli.errors import DataError, NeoxError
+from neoxcli.parallel.distributed import DistEnv
+from neoxcli.parallel.grid import Layout, ParallelGrid
+from neoxcli.training.batches import BatchSampler, Prefetcher
+from neoxcli.training.report import Reporter
+
+
+@dataclass
+class Run:
+    """A built run: the engine and everything the loop reads or advances."""
+
+    cfg: NeoXConfig
+    dist: DistEnv
+    plan: Derived
+    layout: Layout
+    grid: ParallelGrid
+    device: Any
+    tokenizer: Any
+    engine: Any
+    scheduler: Any
+    loss_fn: Callable[[Any, Any], Any]
+    train_ds: Any
+    valid_ds: Any
+    sampler: BatchSampler | Prefetcher
+    save_dir: Path | None
+    iteration: int = 0
+    consumed: int = 0
+    n_params: int = 0
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.plan.train_batch_size * self.cfg.model.seq_length
+
+    def all_mean(self, value: float) -> float:
+        """Mean of ``value`` over all ranks (the value itself in a one-process job)."""
+        if self.dist.world_size == 1:
+            return value
+        import torch
+
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.dist.world_size
+
+
+@dataclass
+class _Resume:
+    load_dir: Path
+    tag: str
+    mode: str | None  # None: DeepSpeed's own files; "portable" / "reshard": the layout-free state
+    portable: dict[str, Any] | None = None
+
+    @property
+    def tag_dir(self) -> Path:
+        return self.load_dir / self.tag
+
+
+def _find_resume(cfg: NeoXConfig, layout: Layout, grid: ParallelGrid) -> _Resume | None:
+    """The checkpoint to resume from and which path a layout change needs."""
+    from neoxcli.checkpoint import (
+        check_resume_layout,
+        load_portable,
+        read_latest,
+        read_layout,
+        reading_checkpoint,
+        saved_partition,
+    )
+
+    if not cfg.checkpoint.load:
+        return None
+    load_dir = Path(cfg.checkpoint.load)
+    tag = read_latest(load_dir)
+    if not tag:
+        return None
+    if not (load_dir / tag).is_dir():
+        raise NeoxError(
+            f"{load_dir / 'latest'} names {tag!r}, which is not a directory in {load_dir}",
+            hint="write the tag of an existing checkpoint into 'latest', or remove it to start from scratch",
+        )
+    resume = _Resume(load_dir, tag, None)
+    saved_layout = read_layout(resume.tag_dir)
+    if saved_layout is not None:
+        resume.mode = check_resume_layout(
+            saved_layout,
+            layout,
+            resume.tag_dir,
+            saved_partition(resume.tag_dir),
+            cfg.parallel.pipe_partition_method,
+        )
+    if resume.mode == "portable":
+        with reading_checkpoint(resume.tag_dir, cfg.model):
+            resume.portable = load_portable(resume.tag_dir, grid.stage, grid.tp_rank)
+    return resume
+
+
+def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
+    """Optimizer state, schedule, counters and RNG from the checkpoint into the built engine."""
+    from neoxcli.checkpoint import load_optimizer_state, reading_checkpoint
+    from neoxcli.training.rng import set_rng_state
+
+    engine, cfg = run.engine, run.cfg
+    if resume.portable is not None:
+        # Layout changed: weights, moments and steps from the layout-free state.
+        load_optimizer_state(engine, resume.portable)
+        run.scheduler.load_state_dict(resume.portable["lr_scheduler"])
+        client = resume.portable["client"]
+        engine.global_steps = int(client["iteration"])
+        engine.global_samples = int(client["consumed_samples"])
+        resume.portable = None
+    else:
+        with reading_checkpoint(resume.tag_dir, cfg.model):
+            path, client = engine.load_checkpoint(str(resume.load_dir), tag=resume.tag)
+        if path is None:
+            raise NeoxError(f"could not load checkpoint {resume.tag_dir}")
+    run.iteration = int(client["iteration"])
+    run.consumed = int(client["consumed_samples"])
+    rng = client.get("rng")
+    if isinstance(rng, list) and rng:
+        # Every rank starts from the same seed, so with another process count rank 0's state
+        # is the one each rank would have reached.
+        set_rng_state(rng[run.dist.rank] if client.get("world_size") == run.dist.world_size else rng[0])
+    elif rng:
+        set_rng_state(rng)
+    how = {
+        "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
+        "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
+    }.get(resume.mode or "", "")
+    report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
+    if run.iteration >= cfg.train.train_iters:
+        report.on_info(f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue")
+
+
+def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
+    """Build this rank's run (see the module docstring for the order)."""
+    import os
+
+    import torch
+
+    from neoxcli.checkpoint import load_module_weights, reading_checkpoint
+    from neoxcli.config import resolve
+    from neoxcli.data.tokenizer import build_tokenizer
+    from neoxcli.model import GPTModel
+    from neoxcli.parallel.distributed import init_distributed
+    from neoxcli.parallel.plan import build_engine, make_loss_fn, parallelize
+    from neoxcli.training.data import build_datasets, ensure_data
+    from neoxcli.training.optim import build_optimizer
+    from neoxcli.training.rng import seed_everything
+    from neoxcli.training.schedule import AnnealingLR
+
+    backend = init_distributed(dist)
+    ensure_data(cfg, is_main=dist.is_main, say=report.on_info, barrier=torch.distributed.barrier)
+    tokenizer = build_tokenizer(
+        cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file
+    )
+    device = torch.device(f"cuda:{dist.local_rank}") if backend == "nccl" else torch.device("cpu")
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    plan = resolve(cfg, world_size=dist.world_size, vocab_size=tokenizer.vocab_size, bf16_supported=bf16_ok)
+    if device.type == "cpu" and plan.precision == "fp16":
+        raise NeoxError(
+            "fp16 is not supported on CPU", hint="set precision: fp32 (or bf16, which is slow on most CPUs)"
+        )
+    layout = Layout(
+        tp=cfg.parallel.model_parallel_size,
+        pp=max(cfg.parallel.pipe_parallel_size, 1),
+        dp=plan.dp_size,
+        zero_stage=plan.zero_stage,
+    )
+    grid = ParallelGrid(layout, dist.rank)
+    resume = _find_resume(cfg, layout, grid)
+    save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
+    if cfg.train.compile and save_dir is not None:
+        # Compiled kernels are cached with the run, so a resume does not compile again.
+        # (Set, not defaulted: torch writes its own default into the variable on first use.)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((save_dir / "inductor-cache").absolute())
+
+    seed_everything(cfg.train.seed)
+    model = GPTModel(cfg.model, plan.padded_vocab_size)
+    loss_fn = make_loss_fn(grid.tp_group if layout.tp > 1 else None)
+    module = parallelize(model, layout, grid, cfg, loss_fn)
+    n_params = sum(p.numel() for p in module.parameters())  # this rank's shard
+    if resume is not None and resume.mode == "reshard":
+        # Tensor/pipeline layout changed: the full state from every saved shard, cut for this rank.
+        from neoxcli.checkpoint import reshard_portable
+
+        with reading_checkpoint(resume.tag_dir, cfg.model):
+            resume.portable = reshard_portable(
+                resume.tag_dir, module, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
+            )
+    if resume is not None and resume.portable is not None:
+        load_module_weights(module, resume.portable)
+    optimizer = build_optimizer(cfg, module, device.type)
+    scheduler = AnnealingLR(
+        optimizer,
+        max_lr=cfg.train.optimizer.lr,
+        min_lr=cfg.train.min_lr,
+        warmup_iters=plan.warmup_iters,
+        decay_iters=plan.lr_decay_iters,
+        style=cfg.train.lr_decay_style,
+    )
+    engine = build_engine(module, optimizer, scheduler, cfg, plan, layout, grid)
+
+    cache_dir = (
+        Path(cfg.data.data_cache_dir)
+        if cfg.data.data_cache_dir
+        else (save_dir / "index-cache" if save_dir else Path(".neox-cache") / "index-cache")
+    )
+    train_ds, valid_ds, _test_ds = build_datasets(
+        cfg,
+        train_batch=plan.train_batch_size,
+        cache_dir=cache_dir,
+        rank=dist.rank,
+        barrier=torch.distributed.barrier,
+    )
+    run = Run(
+        cfg=cfg,
+        dist=dist,
+        plan=plan,
+        layout=layout,
+        grid=grid,
+        device=device,
+        tokenizer=tokenizer,
+        engine=engine,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        train_ds=train_ds,
+        valid_ds=valid_ds,
+        sampler=Prefetcher(
+            BatchSampler(train_ds, plan.micro_batch, plan.dp_size, grid.dp_rank),
+            plan.gradient_accumulation_steps,
+            plan.train_batch_size,
+            cfg.data.num_workers,
+            pin=device.type == "cuda",
+        ),
+        save_dir=save_dir,
+        n_params=n_params,
+    )
+    if resume is not None:
+        _restore(run, resume, report)
+    if train_ds is None and run.iteration < cfg.train.train_iters:
+        raise DataError(
+            f"the training split is empty: split {cfg.data.split!r} gives training no data",
+            hint='give training a share, e.g. split: "969,30,1"',
+        )
+    return run
