@@ -183,7 +183,7 @@ def test_validate_refuses_what_train_refuses(
     sets = [a for o in overrides for a in ("--set", o)]
     code, out, err = run(capsys, "validate", path, *sets)
     assert code == 2 and fragment in err.splitlines()[0], err
-    code = main(["train", path, *sets, "--dry-run"])
+    code = main(["train", path, *sets])  # refused before anything starts
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and fragment in errors[0], err

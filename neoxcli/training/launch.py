@@ -56,6 +56,14 @@ def check_checkpoint_dirs(cfg: NeoXConfig) -> None:
             )
 
 
+def check_job(cfg: NeoXConfig, hosts: list[Any]) -> None:
+    """What every rank would derive, checked once before any starts: a bad setting is one error, not one per rank."""
+    from neoxcli.config import resolve, vocab_size_from_file
+
+    ranks = sum(node.slots for node in hosts)
+    resolve(cfg, world_size=ranks, vocab_size=vocab_size_from_file(cfg.tokenizer.vocab_file))
+
+
 def run_training(
     cfg: NeoXConfig,
     sources: list[str],
@@ -72,20 +80,13 @@ def run_training(
     env = dict(os.environ)
     hosts = launcher.resolve_hosts(cfg, env)
     local = launcher.name == "local"
-    # What every rank would derive, checked once here so a bad setting is one error, not one per rank.
-    from neoxcli.config import resolve, vocab_size_from_file
-
-    resolve(
-        cfg,
-        world_size=sum(node.slots for node in hosts),
-        vocab_size=vocab_size_from_file(cfg.tokenizer.vocab_file),
-    )
     if local and sum(node.slots for node in hosts) == 1 and all(node.default_devices for node in hosts):
         if dry_run:
             print(f"in-process: 1 rank, config from {', '.join(sources)}")
             return 0
         from neoxcli.training.trainer import train
 
+        check_job(cfg, hosts)
         reporter = reporter_factory(cfg.logging.log_interval) if reporter_factory else None
         train(cfg, report=reporter, config_sources=sources)
         return 0
@@ -96,5 +97,6 @@ def run_training(
         print(plan.render(), end="")
         return 0
     launcher.check_available(plan)
+    check_job(cfg, hosts)
     write_run_config(cfg, config_path)
     return launcher.run(plan)
