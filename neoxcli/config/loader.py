@@ -19,6 +19,10 @@ name. Rules, and why:
   and named in one warning per load, so a GPT-NeoX file never fails on a
   switch neox does not act on; a key nobody knows is an error with a
   did-you-mean.
+* A config argument that names no existing file and has no path separator
+  may name a shipped preset (``pythia-160m``) or ``quickstart``; an existing
+  file of that name wins (see ``neoxcli.config.presets``). Every command that
+  loads configs goes through here, so every command accepts preset names.
 * ``launcher`` is both a section and a field of that section: a mapping is the
   section, anything else the field. Likewise a ``checkpoint`` mapping with none
   of neox's checkpoint keys is DeepSpeed's ``checkpoint`` block.
@@ -65,6 +69,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from neoxcli.config.neox_keys import GPT_NEOX_KEYS
+from neoxcli.config.presets import resolve_config_path
 from neoxcli.config.schema import SECTIONS, Activation, CheckpointConfig, NeoXConfig, field_index
 from neoxcli.errors import ConfigError
 
@@ -668,9 +673,9 @@ def _check(cfg: NeoXConfig, m: _Merged) -> None:
 
 
 def _read(path: str | Path) -> tuple[str, Mapping[Any, Any]]:
-    """(label, top-level mapping) of one config file."""
-    label = str(path)
-    p = Path(path).expanduser()
+    """(label, top-level mapping) of one config file (or shipped config named by a bare name)."""
+    label = resolve_config_path(path)
+    p = Path(label).expanduser()
     if not p.exists() and not p.suffix and p.with_name(p.name + ".yml").is_file():
         p = p.with_name(p.name + ".yml")  # GPT-NeoX lets `small` stand for `small.yml`
     if not p.exists():
