@@ -152,12 +152,11 @@ Examples:
 
 @app.command("presets", help=PRESETS_HELP)
 def presets() -> None:
-    """Name and first comment line of each preset."""
-    from neoxcli.config.presets import preset_dir, preset_names
+    """Name, Hugging Face id and title of each preset."""
+    from neoxcli.config.presets import list_presets
 
-    for name in preset_names():
-        first = (preset_dir() / f"{name}.yml").read_text(encoding="utf-8").splitlines()[0]
-        typer.echo(f"{name:<22} {first.lstrip('# ').strip()}")
+    for preset in list_presets():
+        typer.echo(f"{preset.name:<22} {preset.hf_id or '-':<29} {preset.title}")
 
 
 MUP_HELP = """Turn a standard config into a muP (maximal-update parametrisation) one.

@@ -1,13 +1,17 @@
 """The shipped model presets: where they are, their names, and resolving a preset name to its file.
 
 A preset is a config file in the templates' ``presets/`` directory
-(``pythia-160m.yml``); its name is the file name without ``.yml``.
-``quickstart`` names the quickstart config the same way. Standard library only.
+(``pythia-160m.yml``); its name is the file name without ``.yml``. Besides the
+model's settings it holds ``hf_id``, the Hugging Face model whose sizes it
+reproduces (``null`` where none was released). ``quickstart`` names the
+quickstart config the same way. Standard library and PyYAML only.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from neoxcli.resources import templates_dir
@@ -53,3 +57,29 @@ def resolve_config_path(name: str | os.PathLike[str]) -> str:
         return text
     found = _named_file(text)
     return str(found) if found is not None else text
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """One preset as ``neox config presets`` lists it."""
+
+    name: str
+    hf_id: str | None
+    title: str  # the file's first comment line, without its "Hugging Face: ..." part
+
+
+def preset_info(name: str) -> PresetInfo:
+    """Name, Hugging Face id and title of one preset."""
+    import yaml
+
+    path = preset_dir() / f"{name}.yml"
+    text = path.read_text(encoding="utf-8")
+    hf_id = (yaml.safe_load(text) or {}).get("hf_id")
+    first = text.splitlines()[0].lstrip("# ").strip()
+    title = re.split(r"\s*Hugging Face:", first, maxsplit=1)[0].strip()
+    return PresetInfo(name, str(hf_id) if hf_id is not None else None, title)
+
+
+def list_presets() -> list[PresetInfo]:
+    """Every shipped preset, by name."""
+    return [preset_info(name) for name in preset_names()]
