@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from neoxcli.cli import main
-from neoxcli.commands.mup import coord_check, format_table
 from neoxcli.config import load_config
+from neoxcli.model.coord_check import coord_check, format_table
 
 STANDARD = """\
 # a standard-parametrisation model
@@ -186,7 +186,7 @@ def test_coord_check_png_or_install_hint(
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_coord_check_png_has_one_panel_per_step(tmp_path: Path) -> None:
-    from neoxcli.commands.mup import save_plot
+    from neoxcli.model.coord_check import save_plot
 
     records = [
         {"width": w, "step": s, "embedding": 1.0, "block 1": 1.0 * w, "logits": 0.5, "loss": 5.0}

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from neoxcli.cli import main
-from neoxcli.commands.config import count_parameters, preset_dir, preset_names, resolve_config_path
-from neoxcli.config import load_config, padded_vocab_size, resolve
+from neoxcli.config import dump_config, load_config, padded_vocab_size, resolve
+from neoxcli.config.params import count_parameters
+from neoxcli.config.presets import preset_dir, preset_names, resolve_config_path
 
 # Released Hugging Face parameter counts (Pythia: ../shared/formats.md) and padded vocabularies.
 PYTHIA = {
@@ -131,3 +132,39 @@ def test_presets_command_lists_hf_ids(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "EleutherAI/pythia-160m" in out and "meta-llama/Llama-2-7b-hf" in out
     assert len(out.splitlines()) == len(preset_names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PRESETS))
+def test_preset_carries_its_hf_id_as_a_key(name: str) -> None:
+    import re
+
+    text = (preset_dir() / f"{name}.yml").read_text()
+    assert "hf_id" in yaml.safe_load(text)
+    named = re.search(r"Hugging Face: ([\w.-]+/[\w.-]+)$", text.splitlines()[0])
+    cfg = load_config([name], warn=pytest.fail)
+    assert cfg.hf_id == (named.group(1) if named else None)
+    assert "hf_id" not in dump_config(cfg)  # it describes the file; the model and run config ignore it
+
+
+def test_hf_id_must_be_an_id(tmp_path: Path) -> None:
+    from neoxcli.errors import ConfigError
+
+    (tmp_path / "a.yml").write_text("hf_id: 3\n")
+    with pytest.raises(ConfigError, match="hf_id"):
+        load_config([tmp_path / "a.yml"])
+    (tmp_path / "b.yml").write_text("hf_id: EleutherAI/pythia-14m\nnum_layers: 2\n")
+    assert load_config([tmp_path / "b.yml"], ["hf_id=me/model"]).hf_id == "me/model"
+
+
+def test_every_command_takes_a_preset_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "pythia-14m", "--dry-run"]) == 0
+    assert "config from pythia-14m" in capsys.readouterr().out
+    assert main(["config", "validate", "quickstart"]) == 0
+    assert load_config(["quickstart"]).sources == (str(preset_dir().parent / "quickstart.yml"),)
+    # only a bare name is a preset: with a directory part it is a path, and it is missing
+    assert main(["train", "presets/pythia-14m", "--dry-run"]) == 2
+    assert "config file not found: presets/pythia-14m" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

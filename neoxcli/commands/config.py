@@ -1,17 +1,17 @@
 """`neox config`: show, validate and convert configs; list the presets.
 
-A Typer sub-app whose subcommands add themselves with ``@app.command``. Only
-typer and the standard library are imported at module level; the config
-package (and torch, for ``--params``) is imported inside the commands.
+A Typer sub-app whose subcommands add themselves with ``@app.command``; each
+parses its options and prints what one library call returns
+(``neoxcli.config.report``, ``.presets``, ``.mup``). Only typer and the
+standard library are imported at module level.
 
-A config argument may name a preset in ``templates/presets`` (``pythia-160m``)
-instead of a file; an existing file of that name wins.
+A config argument may name a preset (``pythia-160m``) instead of a file; the
+config loader resolves it, and an existing file of that name wins.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -86,147 +86,21 @@ _WORLD_SIZE = typer.Option(
 )
 
 
-def preset_dir() -> Path:
-    """``templates/presets`` of this source tree."""
-    return Path(__file__).resolve().parents[2] / "templates" / "presets"
-
-
-def preset_names() -> list[str]:
-    """Names of the shipped presets (file names without ``.yml``)."""
-    return sorted(p.stem for p in preset_dir().glob("*.yml"))
-
-
-def resolve_config_path(name: str | Path) -> str:
-    """A config file path: the file itself when it exists, else the preset of that name."""
-    path = Path(name)
-    if path.exists() or path.with_name(path.name + ".yml").exists():
-        return str(path)
-    preset = preset_dir() / f"{path.name.removesuffix('.yml')}.yml"
-    if path.parent == Path(".") and preset.is_file():
-        return str(preset)
-    return str(path)
-
-
 def _paths(files: list[Path] | None, command: str) -> list[str]:
-    """The file arguments (preset names resolved), or neox's own one-line error when there are none."""
+    """The file arguments, or neox's own one-line error when there are none."""
     if not files:
         from neoxcli.errors import ConfigError
 
         raise ConfigError("no config files given", hint=f"e.g. neox config {command} model.yml")
-    return [resolve_config_path(f) for f in files]
-
-
-#: Tokenizer vocab sizes (without padding) of well-known tokenizers, by type, file name or Hub id.
-KNOWN_VOCAB_SIZES: dict[str, int] = {
-    "20b_tokenizer.json": 50277,
-    "neox-20b-tokenizer.json": 50277,
-    "eleutherai/gpt-neox-20b": 50277,
-    "gpt2bpetokenizer": 50257,
-    "gpt2-vocab.json": 50257,
-    "gpt2": 50257,
-    "hfgpt2tokenizer": 50258,
-    "charleveltokenizer": 512,
-    "huggyllama/llama-7b": 32000,
-    "huggyllama/llama-13b": 32000,
-    "meta-llama/llama-2-7b-hf": 32000,
-    "meta-llama/llama-2-13b-hf": 32000,
-}
-DEFAULT_VOCAB_SIZE = 50277  # the GPT-NeoX-20B tokenizer, GPT-NeoX's and Pythia's
-
-
-def _count_vocab(cfg: Any, vocab_size: int | None) -> tuple[int, str]:
-    """(tokenizer vocab size, where it came from) for counting parameters."""
-    from neoxcli.config import vocab_size_from_file
-
-    if vocab_size is not None:
-        return vocab_size, "--vocab-size"
-    tok = cfg.tokenizer
-    from_file = vocab_size_from_file(tok.vocab_file)
-    if from_file is not None:
-        return from_file, f"read from {tok.vocab_file}"
-    names = [tok.tokenizer_type] + ([Path(tok.vocab_file).name] if tok.vocab_file else [])
-    for name in reversed(names):
-        key = name.lower()
-        if key in KNOWN_VOCAB_SIZES:
-            return KNOWN_VOCAB_SIZES[key], f"known size of {name}"
-        if key.startswith("eleutherai/pythia-"):
-            return 50277, f"known size of {name}"
-    return DEFAULT_VOCAB_SIZE, "assumed: the GPT-NeoX-20B tokenizer's size; pass --vocab-size N"
-
-
-def count_parameters(model_cfg: Any, padded_vocab: int) -> tuple[int, int]:
-    """(total, non-embedding) parameters of the model, built on the meta device (no memory)."""
-    import torch
-
-    from neoxcli.model import GPTModel, num_parameters
-
-    with torch.device("meta"):
-        model = GPTModel(model_cfg, padded_vocab)
-    return num_parameters(model), num_parameters(model, exclude_embeddings=True)
-
-
-def _human(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def _params_report(cfg: Any, vocab_size: int | None) -> str:
-    from neoxcli.config import padded_vocab_size
-    from neoxcli.config.loader import dump_yaml
-
-    vocab, origin = _count_vocab(cfg, vocab_size)
-    divisible, mp = cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size
-    padded = padded_vocab_size(vocab, divisible, mp)
-    total, non_embedding = count_parameters(cfg.model, padded)
-    lines = [
-        f"# resolved from: {', '.join(cfg.sources)}\n",
-        f"# vocab {vocab} ({origin}), padded to {padded}: a multiple of "
-        f"make_vocab_size_divisible_by {divisible} x model_parallel_size {mp}\n",
-        f"# {_human(total)} parameters, {_human(non_embedding)} without embeddings\n",
-    ]
-    data = {
-        "parameters": {
-            "total": total,
-            "non_embedding": non_embedding,
-            "vocab_size": vocab,
-            "padded_vocab_size": padded,
-        }
-    }
-    return "".join(lines) + dump_yaml(data)
+    return [str(f) for f in files]
 
 
 def _warn(messages: list[str]) -> None:
-    """Print load warnings once the config is known to be good, so a failure shows only its error."""
+    """Print load warnings (the library returns them once the config is known to be good)."""
     import sys
 
     for message in messages:
         print(f"warning: {message}", file=sys.stderr)
-
-
-def _derive(cfg: Any, world_size: int | None, vocab_size: int | None) -> tuple[Any, list[str]]:
-    """Resolve derived values and say, as YAML comments, what they assumed."""
-    from neoxcli.config import default_world_size, resolve, vocab_size_from_file
-
-    notes: list[str] = []
-    if world_size is None:
-        world_size = default_world_size(cfg)
-        gpus = cfg.launcher.num_gpus
-        origin = (
-            "num_gpus * num_nodes" if gpus and gpus > 0 else "no num_gpus in the config: one model replica"
-        )
-        notes.append(f"world_size {world_size} ({origin}); pass --world-size for another job size")
-    if vocab_size is None:
-        vocab_size = vocab_size_from_file(cfg.tokenizer.vocab_file)
-        if vocab_size is None:
-            notes.append(
-                "padded_vocab_size needs the vocab size: --vocab-size N or a tokenizer.vocab_file JSON"
-            )
-    derived = resolve(cfg, world_size=world_size, vocab_size=vocab_size, bf16_supported=False)
-    if cfg.train.precision == "auto":
-        notes.append("precision auto: bf16 on GPUs that support it, else fp32 (shown: fp32)")
-    return derived, notes
 
 
 @app.command("show", help=SHOW_HELP)
@@ -243,25 +117,13 @@ def show(
     ),
 ) -> None:
     """Show what a run would use, including what neox derives and what it ignores."""
-    from neoxcli.config import load_config
-    from neoxcli.config.loader import dump_config, dump_yaml
+    from neoxcli.config.report import show_config
 
-    warnings: list[str] = []
-    cfg = load_config(_paths(files, "show"), set_, warn=warnings.append)
-    if params:
-        report = _params_report(cfg, vocab_size)
-        _warn(warnings)
-        typer.echo(report, nl=False)
-        return
-    derived, notes = _derive(cfg, world_size, vocab_size)
-    _warn(warnings)
-    parts = [f"# resolved from: {', '.join(cfg.sources)}\n", dump_config(cfg, flat=flat), "\n"]
-    parts += [f"# {note}\n" for note in notes]
-    parts.append(dump_yaml({"derived": derived.as_dict()}))
-    if cfg.ignored_keys:
-        parts.append("\n# GPT-NeoX keys neox accepts but does not act on yet\n")
-        parts.append(dump_yaml({"ignored_gpt_neox_keys": cfg.ignored_keys}))
-    typer.echo("".join(parts), nl=False)
+    report = show_config(
+        _paths(files, "show"), set_, flat=flat, world_size=world_size, vocab_size=vocab_size, params=params
+    )
+    _warn(report.warnings)
+    typer.echo(report.text, nl=False)
 
 
 @app.command("validate", help=VALIDATE_HELP)
@@ -271,12 +133,9 @@ def validate(
     world_size: int | None = _WORLD_SIZE,
 ) -> None:
     """Fail fast (exit 2) on a config that `neox train` would reject."""
-    from neoxcli.config import load_config, resolve
+    from neoxcli.config.report import validate_config
 
-    warnings: list[str] = []
-    cfg = load_config(_paths(files, "validate"), set_, warn=warnings.append)
-    resolve(cfg, world_size=world_size)
-    _warn(warnings)
+    _warn(validate_config(_paths(files, "validate"), set_, world_size=world_size))
     typer.echo(f"ok: {' '.join(str(f) for f in files or ())}")
 
 
@@ -293,10 +152,11 @@ Examples:
 
 @app.command("presets", help=PRESETS_HELP)
 def presets() -> None:
-    """Name and first comment line of each preset."""
-    for name in preset_names():
-        first = (preset_dir() / f"{name}.yml").read_text(encoding="utf-8").splitlines()[0]
-        typer.echo(f"{name:<22} {first.lstrip('# ').strip()}")
+    """Name, Hugging Face id and title of each preset."""
+    from neoxcli.config.presets import list_presets
+
+    for preset in list_presets():
+        typer.echo(f"{preset.name:<22} {preset.hf_id or '-':<29} {preset.title}")
 
 
 MUP_HELP = """Turn a standard config into a muP (maximal-update parametrisation) one.
@@ -328,11 +188,9 @@ def mup(
     """Write (or print) the muP version of one config file."""
     import sys
 
-    from neoxcli.commands.mup import convert_config_file
+    from neoxcli.config.mup import convert_config_file
 
-    text, summary = convert_config_file(
-        resolve_config_path(config), output, base_width, base_lr, base_init_std, m_embed
-    )
+    text, summary = convert_config_file(config, output, base_width, base_lr, base_init_std, m_embed)
     if output is None:
         typer.echo(text, nl=False)
     print(summary, file=sys.stderr)

@@ -1,8 +1,7 @@
-"""`neox generate`: sample text from a checkpoint."""
+"""`neox generate`: sample text from a checkpoint (options in, ``generation.session.run_session`` out)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -42,12 +41,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(1234, "--seed", help="Sampling seed (same seed, same text)."),
         tag: str | None = typer.Option(None, "--tag", help="A global_stepN tag instead of 'latest'."),
     ) -> None:
-        import json
-
-        from neoxcli.checkpoint import load_for_inference
         from neoxcli.errors import NeoxError
-        from neoxcli.fileio import check_output_file
-        from neoxcli.generation import generate as gen
+        from neoxcli.generation.session import SamplingOptions, run_session
 
         # Arguments are checked before the model loads, so a mistake costs no sampling time;
         # options that would otherwise be silently ignored are refused.
@@ -57,85 +52,21 @@ def register(app: typer.Typer) -> None:
             raise NeoxError(f"--interactive reads prompts from the terminal, not {given[0]}")
         if prompt is not None and input_file is not None:
             raise NeoxError("give --prompt or --input-file, not both")
-        file_prompts = _read_prompts(input_file) if input_file is not None else None
-        if output_file is not None:
-            check_output_file(output_file)
-        model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
-
-        def complete(text: str | None, sample_seed: int, stream: bool) -> str:
-            ids = tokenizer.encode(text) if text else []
-            if not ids:
-                ids = [tokenizer.eod_id] if tokenizer.eod_id is not None else tokenizer.encode("\n")
-            emitted: list[int] = []
-            printed = [""]
-
-            def on_token(tok: int) -> None:
-                emitted.append(tok)
-                now = tokenizer.decode(emitted)
-                sys.stdout.write(now[len(printed[0]) :])
-                sys.stdout.flush()
-                printed[0] = now
-
-            out = gen(
-                model,
-                ids,
-                max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                greedy=greedy,
-                seed=sample_seed,
-                eos_id=tokenizer.eod_id,
-                stream=on_token if stream else None,
-            )
-            return tokenizer.decode(out)
-
-        if interactive:
-            print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
-            i = 0
-            while True:
-                try:
-                    line = input("> ")
-                except EOFError:
-                    print(file=sys.stderr)
-                    return
-                complete(line, seed + i, stream=True)
-                print()
-                i += 1
-
-        prompts: list[str | None]
-        if file_prompts is not None:
-            prompts = list(file_prompts)
-        elif prompt is not None:
-            prompts = [prompt]
-        else:
-            prompts = [None] * num_samples
-        results = []
-        for i, p in enumerate(prompts):
-            streaming = output_file is None
-            if streaming and p:
-                sys.stdout.write(p)
-            text = complete(p, seed + i, stream=streaming)
-            if streaming:
-                print()
-            results.append({"prompt": p or "", "text": text})
-        if output_file is not None:
-            from neoxcli.fileio import atomic_write_text
-
-            atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
-            print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
-
-
-def _read_prompts(path: Path) -> list[str]:
-    """The prompts of ``--input-file``, one per line; a file without any is a mistake, not 0 samples."""
-    from neoxcli.errors import NeoxError
-
-    if not path.is_file():
-        raise NeoxError(f"input file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise NeoxError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    if not lines:
-        raise NeoxError(f"{path} holds no prompts", hint="write one prompt per line")
-    return lines
+        options = SamplingOptions(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            seed=seed,
+        )
+        run_session(
+            checkpoint,
+            options,
+            tag=tag,
+            prompt=prompt,
+            input_file=input_file,
+            output_file=output_file,
+            interactive=interactive,
+            num_samples=num_samples,
+        )

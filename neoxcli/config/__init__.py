@@ -1,7 +1,11 @@
 """neox configuration: the schema, loading files and overrides, and derived values.
 
-Kept import-light (pydantic and PyYAML only, never torch) so that
-``neox config`` and ``neox --help`` stay fast.
+Submodules not re-exported here: ``presets`` (the shipped presets and preset
+names), ``params`` (parameter counts), ``report`` (what ``neox config show``
+and ``validate`` print) and ``mup`` (the muP recipe for config files).
+
+Kept import-light (pydantic and PyYAML only, never torch at import time) so
+that ``neox config`` and ``neox --help`` stay fast.
 """
 
 from __future__ import annotations

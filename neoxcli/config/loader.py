@@ -19,6 +19,12 @@ name. Rules, and why:
   and named in one warning per load, so a GPT-NeoX file never fails on a
   switch neox does not act on; a key nobody knows is an error with a
   did-you-mean.
+* A config argument that names no existing file and has no path separator
+  may name a shipped preset (``pythia-160m``) or ``quickstart``; an existing
+  file of that name wins (see ``neoxcli.config.presets``). Every command that
+  loads configs goes through here, so every command accepts preset names.
+* ``hf_id`` (top level) names the Hugging Face model a file reproduces. The
+  model ignores it; it is kept as ``cfg.hf_id`` and not written back out.
 * ``launcher`` is both a section and a field of that section: a mapping is the
   section, anything else the field. Likewise a ``checkpoint`` mapping with none
   of neox's checkpoint keys is DeepSpeed's ``checkpoint`` block.
@@ -65,6 +71,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from neoxcli.config.neox_keys import GPT_NEOX_KEYS
+from neoxcli.config.presets import resolve_config_path
 from neoxcli.config.schema import SECTIONS, Activation, CheckpointConfig, NeoXConfig, field_index
 from neoxcli.errors import ConfigError
 
@@ -85,6 +92,10 @@ _ALIASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 _SET = "--set"
 _MISSING: Any = object()
+
+# Top-level keys that describe a file rather than set anything: kept aside, never validated as fields.
+_META_KEYS = ("hf_id",)
+_META = "(meta)"  # the _Op.section of such a key
 
 
 # --------------------------------------------------------------------------- YAML
@@ -207,7 +218,7 @@ def _suggest(name: str, section: str | None) -> str | None:
     pools: list[list[str]] = []
     if section is not None:
         pools.append(list(SECTIONS[section].model_fields))
-    pools.append([*_FIELDS, *SECTIONS, *_ALIASES])
+    pools.append([*_FIELDS, *SECTIONS, *_ALIASES, *_META_KEYS])
     pools.append(sorted(GPT_NEOX_KEYS))
     for pool in pools:
         match = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
@@ -236,6 +247,8 @@ def _classify(
         target = (_FIELDS[name], name, ())
     elif name in _ALIASES:
         target, alias = _ALIASES[name], True
+    if name in _META_KEYS and section is None:
+        return _Op(_META, name, path, value, label)
     if target is not None:
         tsection, field, tpath = target
         if section is not None and tsection != section:
@@ -330,8 +343,18 @@ class _Merged:
         self.origins: dict[tuple[str, str], list[str]] = {}
         self.ignored: dict[str, Any] = {}
         self.ignored_origins: dict[str, list[str]] = {}
+        self.meta: dict[str, Any] = {}
 
     def apply(self, op: _Op) -> None:
+        if op.section == _META:
+            if op.path or not (op.value is None or isinstance(op.value, str)):
+                raise ConfigError(
+                    f"{op.name} (in {op.label}) must be a Hugging Face model id or null, "
+                    f"got {_describe(op.value) if not op.path else 'a dotted key'}",
+                    hint=f"e.g. {op.name}: EleutherAI/pythia-160m",
+                )
+            self.meta[op.name] = op.value
+            return
         if op.section is None:
             if op.path:
                 current = self.ignored.get(op.name)
@@ -696,9 +719,9 @@ def _check(cfg: NeoXConfig, m: _Merged) -> None:
 
 
 def _read(path: str | Path) -> tuple[str, Mapping[Any, Any]]:
-    """(label, top-level mapping) of one config file."""
-    label = str(path)
-    p = Path(path).expanduser()
+    """(label, top-level mapping) of one config file (or shipped config named by a bare name)."""
+    label = resolve_config_path(path)
+    p = Path(label).expanduser()
     if not p.exists() and not p.suffix and p.with_name(p.name + ".yml").is_file():
         p = p.with_name(p.name + ".yml")  # GPT-NeoX lets `small` stand for `small.yml`
     if not p.exists():
@@ -762,6 +785,7 @@ def load_config(
     _check(cfg, merged)
     cfg._ignored_keys = merged.ignored
     cfg._sources = tuple(sources)
+    cfg._hf_id = merged.meta.get("hf_id")
     unused = _unused_optimizer_params(cfg, merged)
     if merged.ignored or unused:
         names = ", ".join([*merged.ignored, *unused])

@@ -369,6 +369,7 @@ class NeoXConfig(Section):
     # Filled by neoxcli.config.loader; private so they never look like settings.
     _ignored_keys: dict[str, Any] = PrivateAttr(default_factory=dict)
     _sources: tuple[str, ...] = PrivateAttr(default=())
+    _hf_id: str | None = PrivateAttr(default=None)
 
     @property
     def ignored_keys(self) -> dict[str, Any]:
@@ -379,6 +380,11 @@ class NeoXConfig(Section):
     def sources(self) -> tuple[str, ...]:
         """Where the settings came from, in merge order (file paths, then ``--set``)."""
         return self._sources
+
+    @property
+    def hf_id(self) -> str | None:
+        """The Hugging Face model the config files say they reproduce (``hf_id:``); the model ignores it."""
+        return self._hf_id
 
 
 def field_index() -> dict[str, str]:

@@ -15,19 +15,34 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from neoxcli.errors import NeoxError
 from neoxcli.launchers.hostfile import Host, filter_hosts, read_hostfile
+from neoxcli.launchers.plan import LaunchCommand, LaunchPlan, Node
 
 if TYPE_CHECKING:
     from neoxcli.config.schema import NeoXConfig
+
+# The plan types are part of the plugin API and stay importable from here.
+__all__ = [
+    "AGENT_MODULE",
+    "WORKER_MODULE",
+    "LaunchCommand",
+    "LaunchPlan",
+    "Launcher",
+    "Node",
+    "check_env_names",
+    "check_host_names",
+    "forwarded_env",
+    "requested_slots",
+    "select_nodes",
+    "uniform_slots",
+]
 
 WORKER_MODULE = "neoxcli.training.worker"
 AGENT_MODULE = "neoxcli.launchers.node_agent"
@@ -58,71 +73,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # option (ssh -oProxyCommand=...); ',', '[', '%' and '@' mean something to pdsh, hostlists or
 # include/exclude. Real host names and addresses (IPv4, IPv6) fit comfortably.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
-
-
-@dataclass(frozen=True)
-class Node:
-    """One host of the job and the local device indices (slots) its ranks use, in order."""
-
-    name: str
-    devices: tuple[int, ...]
-
-    @property
-    def slots(self) -> int:
-        return len(self.devices)
-
-    @property
-    def default_devices(self) -> bool:
-        """True when the slots are simply 0..n-1, so no device mask is needed."""
-        return self.devices == tuple(range(len(self.devices)))
-
-
-@dataclass
-class LaunchCommand:
-    """One process the launcher starts: an argv list and the variables it sets on top of its own environment."""
-
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    label: str = ""
-
-    def shell(self) -> str:
-        """The command as one shell line (``env K=V ... argv``), every word quoted."""
-        prefix = ["env", *(f"{k}={v}" for k, v in self.env.items())] if self.env else []
-        return shlex.join([*prefix, *self.argv])
-
-
-@dataclass
-class LaunchPlan:
-    """What a launcher would do: files to write first, then commands run side by side."""
-
-    launcher: str
-    commands: list[LaunchCommand]
-    files: dict[Path, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    world_size: int = 0
-
-    def render(self) -> str:
-        """Human-readable and copy-pasteable: notes and files as comments, then one shell line per command."""
-        lines = [f"# launcher: {_comment(self.launcher)}, {self.world_size} rank(s)"]
-        lines += [f"# {_comment(note)}" for note in self.notes]
-        for path, text in self.files.items():
-            lines.append(f"# writes {_comment(shlex.quote(str(path)))}:")
-            lines += [f"#   {line}" for line in text.splitlines()]
-        for command in self.commands:
-            if command.label:
-                lines.append(f"# {_comment(command.label)}")
-            lines.append(command.shell())
-        return "\n".join(lines) + "\n"
-
-    def write_files(self) -> None:
-        for path, text in self.files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-
-
-def _comment(text: str) -> str:
-    """Text safe inside a ``#`` comment line: a newline would end the comment and start a command."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Launcher(ABC):

@@ -40,8 +40,10 @@ _REQUIRED = ("srun",)
 
 
 def default_template() -> Path:
-    """``templates/slurm/neox.sbatch`` of this source tree."""
-    return Path(__file__).resolve().parents[2] / "templates" / "slurm" / TEMPLATE_NAME
+    """``slurm/neox.sbatch`` of the shipped templates (``templates/`` in the repository, package data in a wheel)."""
+    from neoxcli.resources import template_path
+
+    return template_path("slurm", TEMPLATE_NAME)
 
 
 def render_template(template: str, values: Mapping[str, str], source: str = "the sbatch template") -> str:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from neoxcli.launchers.base import LaunchCommand
 from neoxcli.launchers.node_agent import (
     STOP_GRACE_S,
     ExitWatcher,
@@ -28,6 +27,7 @@ from neoxcli.launchers.node_agent import (
     die_with_parent,
     stop_all,
 )
+from neoxcli.launchers.plan import LaunchCommand
 
 # Written by neoxcli.launchers.node_agent when a rank fails; found anywhere in a line, because
 # pdsh and srun prefix lines with the host or task.
