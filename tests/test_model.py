@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from neoxcli.config.schema import ModelConfig
 from neoxcli.model import GPTModel, KVCache, RotaryEmbedding, alibi_slopes, mlp_width, num_parameters
@@ -13,12 +14,7 @@ from neoxcli.model import GPTModel, KVCache, RotaryEmbedding, alibi_slopes, mlp_
 V = 96
 
 
-def tiny(**overrides: object) -> ModelConfig:
-    base: dict[str, object] = dict(
-        num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32, pos_emb="rotary", rotary_pct=0.5
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
+tiny = tiny_model_config
 
 
 VARIANTS = {

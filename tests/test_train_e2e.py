@@ -8,72 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
+from conftest import tiny_train_config  # noqa: E402
+
 from neoxcli.cli import main  # noqa: E402
 from neoxcli.config import load_config  # noqa: E402
-from neoxcli.data.indexed import IndexedDatasetWriter  # noqa: E402
-from neoxcli.data.tokenizer import build_tokenizer  # noqa: E402
 from neoxcli.training.report import NullReporter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-TEXT = (
-    "the quick brown fox jumps over the lazy dog. "
-    "pack my box with five dozen liquor jugs. "
-    "how vexingly quick daft zebras jump! "
-)
-
-
-def _write_corpus(prefix: Path, docs: int = 120) -> None:
-    tok = build_tokenizer("CharLevelTokenizer")
-    rng = np.random.RandomState(0)
-    with IndexedDatasetWriter(prefix, np.uint16) as w:
-        for _ in range(docs):
-            start = rng.randint(0, len(TEXT) - 40)
-            text = (TEXT * 3)[start : start + 60 + rng.randint(0, 60)]
-            w.add_document(tok.encode(text) + [tok.eod_id])
-
-
-def _config(tmp: Path, **over: object) -> Path:
-    prefix = tmp / "data" / "tiny_text_document"
-    if not (tmp / "data").exists():
-        (tmp / "data").mkdir()
-        _write_corpus(prefix)
-    cfg = {
-        "num-layers": 2,
-        "hidden-size": 64,
-        "num-attention-heads": 4,
-        "seq-length": 32,
-        "max-position-embeddings": 32,
-        "pos-emb": "rotary",
-        "rotary-pct": 0.5,
-        "gpt-j-residual": True,
-        "norm": "layernorm",
-        "tokenizer-type": "CharLevelTokenizer",
-        "data-path": str(prefix),
-        "split": "90,10,0",
-        "optimizer": {"type": "Adam", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8}},
-        "train_micro_batch_size_per_gpu": 8,
-        "train-iters": 30,
-        "lr-decay-style": "cosine",
-        "warmup": 0.1,
-        "min-lr": 3e-4,
-        "eval-interval": 10,
-        "eval-iters": 2,
-        "save": str(tmp / "run"),
-        "load": str(tmp / "run"),
-        "checkpoint-factor": 15,
-        "log-interval": 10,
-        "seed": 1234,
-    }
-    cfg.update(over)
-    path = tmp / "tiny.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+_config = tiny_train_config
 
 
 class _Recorder(NullReporter):

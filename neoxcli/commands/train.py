@@ -51,7 +51,8 @@ def register(app: typer.Typer) -> None:
         if sbatch:
             overrides.append("sbatch=true")
         cfg = load_config([str(c) for c in configs], overrides, warn=_warn)
-        code = run_training(cfg, [str(c) for c in configs], dry_run=dry_run, reporter_factory=ConsoleReporter)
+        files = [s for s in cfg.sources if s != "--set"]  # preset names resolved to their files
+        code = run_training(cfg, files, dry_run=dry_run, reporter_factory=ConsoleReporter)
         if code:
             raise typer.Exit(code)
 
