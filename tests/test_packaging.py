@@ -108,7 +108,7 @@ def test_installed_wheel_finds_its_templates_outside_the_checkout(wheel: Path, t
     assert all(Path(line).resolve().is_relative_to(site) for line in where), where
 
     assert neox("config", "validate", "quickstart") == "ok: quickstart\n"
-    assert "config from pythia-14m" in neox("train", "pythia-14m", "--dry-run")
+    assert "neoxcli/templates/presets/pythia-14m.yml" in neox("train", "pythia-14m", "--dry-run")
     assert "EleutherAI/pythia-160m" in neox("config", "presets")
     sbatch = neox("train", "quickstart", "--launcher", "slurm", "--sbatch", "--dry-run")
     template = (ROOT / "templates" / "slurm" / "neox.sbatch").read_text(encoding="utf-8")
