@@ -54,7 +54,7 @@ def complete(
     re-decodes everything so far and prints only what is new, so multi-byte
     characters split across tokens come out whole.
     """
-    from neoxcli.generation.sampling import generate
+    from neoxcli.generation.decode import generate
 
     ids = tokenizer.encode(text) if text else []
     if not ids:

@@ -112,7 +112,12 @@ class Attention(nn.Module):
         self.window: int | None = cfg.sliding_window_width if local else None
 
     def forward(
-        self, x: Tensor, position_ids: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        x: Tensor,
+        position_ids: Tensor,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         qkv = self.query_key_value(x).view(B, T, self.kv_heads, self.q_per_kv + 2, self.head_dim)
@@ -126,7 +131,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
 
-        mask, causal = self._mask(T, k.shape[2], q.device, q.dtype)
+        mask, causal = self._mask(T, k.shape[2], q.device, q.dtype, key_mask)
         y = kernels.attention(
             q,
             k,
@@ -139,15 +144,18 @@ class Attention(nn.Module):
         return self.dense(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _mask(
-        self, t_q: int, t_k: int, device: torch.device, dtype: torch.dtype
+        self, t_q: int, t_k: int, device: torch.device, dtype: torch.dtype, key_mask: Tensor | None = None
     ) -> tuple[Tensor | None, bool]:
         """(mask, is_causal) for queries that are the last ``t_q`` of ``t_k`` positions.
 
         Plain causal attention uses the kernel's own causal path where it can;
-        ALiBi, a local band, or a chunk appended to a cache need an explicit mask.
+        ALiBi, a local band, a chunk appended to a cache, or ``key_mask``
+        (``[B, t_k]``, False for left padding in a batch) need an explicit mask.
+        A padding query still sees itself, so no row is all masked (which would
+        put NaN into the cache that later rows read).
         """
         offset = t_k - t_q
-        if self.alibi is None and self.window is None:
+        if self.alibi is None and self.window is None and key_mask is None:
             if offset == 0:
                 return None, True
             if t_q == 1:
@@ -157,9 +165,13 @@ class Attention(nn.Module):
         allowed = distance >= 0
         if self.window is not None:
             allowed &= distance < self.window
+        if key_mask is not None:
+            allowed = allowed[None] & (key_mask[:, None, :] | (distance == 0)[None])  # [B, Tq, Tk]
         if self.alibi is None:
-            return allowed, False
+            return (allowed[:, None] if key_mask is not None else allowed), False
         bias = -self.alibi.to(device)[:, None, None] * distance  # [H, Tq, Tk], -slope * (i - j)
+        if key_mask is not None:
+            return bias[None].masked_fill(~allowed[:, None], float("-inf")).to(dtype), False
         return bias.masked_fill(~allowed, float("-inf")).to(dtype)[None], False
 
 
@@ -243,10 +255,15 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(
-        self, x: Tensor, position_ids: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        x: Tensor,
+        position_ids: Tensor,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         h = self.input_layernorm(x)
-        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos))
+        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask))
         if self.parallel:
             h2 = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
             return x + attn + self.dropout(self.mlp(h2))
@@ -385,19 +402,26 @@ class GPTModel(nn.Module):
         position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
+        """fp32 logits ``[B, T, vocab]``.
+
+        ``key_mask`` ``[B, start_pos + T]`` marks the real tokens of every position
+        attended so far (False = left padding), so prompts of different lengths
+        share one batch; ``position_ids`` ``[B, T]`` then give each row its own positions.
+        """
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(start_pos, start_pos + T, device=input_ids.device)[None]
         elif position_ids.dim() == 1:
             position_ids = position_ids[None]
-        if self.cfg.pos_emb == "learned" and start_pos + T > self.cfg.max_positions:
+        if self.cfg.pos_emb == "learned" and int(position_ids.max()) >= self.cfg.max_positions:
             raise ValueError(
-                f"{start_pos + T} positions exceed max_position_embeddings ({self.cfg.max_positions})"
+                f"{int(position_ids.max()) + 1} positions exceed max_position_embeddings ({self.cfg.max_positions})"
             )
         x = self.embedding(input_ids, position_ids)
         for block in self.blocks:
-            x = block(x, position_ids, kv_cache, start_pos)
+            x = block(x, position_ids, kv_cache, start_pos, key_mask)
         return self.head(self.final_norm(x))
 
 

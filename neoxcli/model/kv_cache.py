@@ -39,3 +39,8 @@ class KVCache:
         self.keys[layer][:, :, start_pos:end] = k
         self.values[layer][:, :, start_pos:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep only the batch rows ``index`` (finished rows leave a batched generation)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]

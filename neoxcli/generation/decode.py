@@ -1,0 +1,199 @@
+"""Generation for many prompts at once: left-padded batches through one preallocated KV cache.
+
+Each row keeps its own positions (``0..len-1`` whatever the padding), its own
+key mask (padding is never attended) and its own random generator, so a row's
+tokens are the ones that prompt would get alone with the same seed. Rows that
+finish (EOD, a stop, their token budget, a full context) leave the batch, and
+the cache is compacted with them, so late steps cost only the live rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from neoxcli.generation.sampling import prompt_budget, sample_next
+from neoxcli.model.gpt import GPTModel
+
+
+@dataclass
+class Completion:
+    """One row's result: the new tokens (without the prompt or the EOD) and why it stopped."""
+
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    truncated_prompt: int = 0  # prompt tokens cut from the front to fit the context
+    finished: bool = False  # stopped at EOD or a stop condition, not at a length limit
+    reason: str = "length"  # "eod", "stop", "length" (max_new_tokens) or "context" (context full)
+
+
+def apply_repetition_penalty(logits: Tensor, seen: list[int], penalty: float) -> Tensor:
+    """CTRL's penalty (Keskar et al. 2019): seen tokens' logits divided by ``penalty`` if positive, else multiplied."""
+    if penalty == 1.0 or not seen:
+        return logits
+    ids = torch.tensor(sorted(set(seen)), device=logits.device)
+    picked = logits[..., ids]
+    logits = logits.clone()
+    logits[..., ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: GPTModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seeds: Sequence[int | None] | None = None,
+    eos_id: int | None = None,
+    min_new_tokens: int = 0,
+    repetition_penalty: float = 1.0,
+    should_stop: Callable[[int, list[int]], bool] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    pad_id: int = 0,
+) -> list[Completion]:
+    """Continue every prompt; returns one ``Completion`` per prompt, in order.
+
+    ``seeds[i]`` seeds row ``i``'s private generator (None: a fresh random seed).
+    ``should_stop(i, tokens)`` lets the caller end row ``i`` (e.g. a stop string
+    in the decoded text; the tokens are kept); ``on_token(i, token)`` sees each
+    token as it is drawn. EOD is never drawn before ``min_new_tokens``.
+    """
+    if not prompts:
+        return []
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt token per prompt")
+    max_len = model.cfg.max_positions
+    device = next(model.parameters()).device
+    results: list[Completion] = []
+    rows: list[list[int]] = []
+    for prompt in prompts:
+        keep = prompt_budget(len(prompt), max_len, max_new_tokens)
+        rows.append([int(t) for t in prompt[len(prompt) - keep :]])
+        results.append(Completion(prompt_tokens=keep, truncated_prompt=len(prompt) - keep))
+    gens = []
+    for i in range(len(rows)):
+        g = torch.Generator(device=device)
+        seed = seeds[i] if seeds is not None else None
+        g.manual_seed(seed) if seed is not None else g.seed()
+        gens.append(g)
+
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    limits = [min(max_len, n + max_new_tokens) for n in lengths]  # positions a row may feed
+    was_training = model.training
+    model.eval()
+    try:
+        batch = len(rows)
+        cache = model.make_kv_cache(batch, max_len=width + max(max_new_tokens, 1))
+        key_mask = torch.zeros(batch, cache.max_len, dtype=torch.bool, device=device)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+        for b, row in enumerate(rows):
+            ids[b, width - len(row) :] = torch.tensor(row, device=device)
+            key_mask[b, width - len(row) : width] = True
+        pads = torch.tensor([width - n for n in lengths], device=device)
+        positions = (torch.arange(width, device=device)[None] - pads[:, None]).clamp(min=0)
+        logits = model(ids, position_ids=positions, kv_cache=cache, key_mask=key_mask[:, :width])[:, -1]
+        live = list(range(batch))  # original row index of each batch row
+        step = 0
+        while live and max_new_tokens > 0:
+            tokens: list[int] = []
+            for j, i in enumerate(live):
+                row_logits = logits[j : j + 1]
+                res = results[i]
+                row_logits = apply_repetition_penalty(row_logits, rows[i] + res.tokens, repetition_penalty)
+                if eos_id is not None and len(res.tokens) < min_new_tokens:
+                    row_logits = row_logits.clone()
+                    row_logits[..., eos_id] = float("-inf")
+                tokens.append(int(sample_next(row_logits, temperature, top_k, top_p, gens[i], greedy)[0]))
+            keep: list[int] = []
+            for j, (i, token) in enumerate(zip(live, tokens, strict=True)):
+                res = results[i]
+                if eos_id is not None and token == eos_id:
+                    res.finished, res.reason = True, "eod"
+                    continue
+                res.tokens.append(token)
+                if on_token is not None:
+                    on_token(i, token)
+                if should_stop is not None and should_stop(i, res.tokens):
+                    res.finished, res.reason = True, "stop"
+                elif len(res.tokens) >= max_new_tokens:
+                    res.reason = "length"
+                elif lengths[i] + len(res.tokens) - 1 >= limits[i]:  # the last position was fed
+                    res.reason = "context"
+                else:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                index = torch.tensor(keep, device=device)
+                cache.select_rows(index)
+                key_mask = key_mask.index_select(0, index)
+                pads = pads.index_select(0, index)
+                live = [live[j] for j in keep]
+                tokens = [tokens[j] for j in keep]
+            start = width + step
+            key_mask[:, start] = True
+            positions = torch.tensor([[lengths[i] + len(results[i].tokens) - 1] for i in live], device=device)
+            step_ids = torch.tensor([[t] for t in tokens], device=device)
+            logits = model(
+                step_ids,
+                position_ids=positions,
+                kv_cache=cache,
+                start_pos=start,
+                key_mask=key_mask[:, : start + 1],
+            )[:, -1]
+            step += 1
+        return results
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPTModel,
+    prompt_ids: list[int] | Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    stream: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Continue one prompt and return the new token ids (without the prompt or the EOS).
+
+    The prompt keeps its last tokens so that prompt + ``max_new_tokens`` fits in
+    ``max_positions``, but it is never cut below half the context (or its own
+    length): asking for many tokens must not reduce a prompt to its last
+    token. Generation stops early at ``eos_id`` or when the context is full.
+    The prompt is run once, then one token at a time through a KV cache.
+    Sampling draws from a private ``torch.Generator`` seeded with ``seed``, so
+    a fixed seed gives the same text whatever else uses the global RNG.
+    ``stream`` is called with each new token as soon as it exists.
+    """
+    ids = torch.as_tensor(prompt_ids, dtype=torch.long).flatten().tolist()
+    if not ids:
+        raise ValueError("generate needs at least one prompt token")
+    (done,) = generate_batch(
+        model,
+        [ids],
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        seeds=[seed],
+        eos_id=eos_id,
+        on_token=(lambda _row, token: stream(token)) if stream is not None else None,
+    )
+    return done.tokens
