@@ -254,3 +254,41 @@ def test_compile_and_prefetch_train_like_eager(tmp_path: Path) -> None:
         hasattr(block, "_compiled_call_impl") and block._compiled_call_impl for block in fast.model.blocks
     )
     assert (tmp_path / "fast" / "inductor-cache").is_dir()
+
+
+def test_generate_batches_an_input_file(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prompts of an input file, K samples each, in batches: GPT-NeoX's fields, input order, batch-independent."""
+    tmp, *_ = trained
+    prompts = ["the quick", "pack my box with", "how", "the lazy dog jumps", "five"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    runs = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}.jsonl"
+        argv = ["generate", "-c", str(tmp / "run"), "--input-file", str(tmp_path / "prompts.txt")]
+        argv += ["--output-file", str(out), "-n", "2", "--batch-size", batch, "--max-new-tokens", "12"]
+        assert main([*argv, "--stop", "o"]) == 0
+        runs[batch] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "wrote 10 samples" in capsys.readouterr().err
+    rows = runs["3"]
+    assert [r["context"] for r in rows] == [p for p in prompts for _ in range(2)]
+    assert [r["seed"] for r in rows] == list(range(1234, 1244))
+    assert {"text", "length", "finished", "message", "duration_seconds", "temperature", "top_p"} <= set(
+        rows[0]
+    )
+    assert all("o" not in r["text"] for r in rows)
+    assert [(r["text"], r["finished"]) for r in rows] == [(r["text"], r["finished"]) for r in runs["1"]]
+    assert not list(tmp_path.glob(".*partial"))
+    txt = tmp_path / "samples.txt"
+    assert main(["generate", "-c", str(tmp / "run"), "-n", "3", "--output-file", str(txt)]) == 0
+    assert txt.read_text().count("=== sample ") == 3
+
+
+def test_unconditional_samples_are_separated(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp, *_ = trained
+    assert main(["generate", "-c", str(tmp / "run"), "-n", "3", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
+        "--- sample 1/3 ---",
+        "--- sample 2/3 ---",
+        "--- sample 3/3 ---",
+    ]

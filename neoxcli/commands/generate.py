@@ -14,7 +14,9 @@ Examples:
 
     neox generate -c runs/quickstart --greedy --prompt "import "
 
-    neox generate -c runs/quickstart --input-file prompts.txt --output-file samples.jsonl
+    neox generate -c runs/quickstart --input-file prompts.txt --output-file samples.jsonl --batch-size 8
+
+    neox generate -c runs/quickstart -p "def " -n 3 --stop "\\n\\n" --temperature 0.8
 
     neox generate -c runs/quickstart --interactive
 """
@@ -31,7 +33,24 @@ def register(app: typer.Typer) -> None:
             False, "--interactive", "-i", help="Read prompts from the terminal."
         ),
         num_samples: int = typer.Option(
-            1, "--num-samples", "-n", min=1, help="Unconditional samples to draw."
+            1,
+            "--num-samples",
+            "-n",
+            min=1,
+            help="Samples per prompt (without a prompt: unconditional samples).",
+        ),
+        batch_size: int | None = typer.Option(
+            None,
+            "--batch-size",
+            min=1,
+            help="Prompts sampled together (default: what 1 GiB of KV cache holds, ≤ 16).",
+        ),
+        stop: list[str] = typer.Option([], "--stop", help="End a sample before this text (repeatable)."),
+        min_new_tokens: int = typer.Option(
+            0, "--min-new-tokens", min=0, help="No end-of-document before this many."
+        ),
+        repetition_penalty: float = typer.Option(
+            1.0, "--repetition-penalty", min=0.01, help="Divide seen tokens' logits by this (1: off)."
         ),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
         temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="0 means greedy."),
@@ -52,6 +71,12 @@ def register(app: typer.Typer) -> None:
             raise NeoxError(f"--interactive reads prompts from the terminal, not {given[0]}")
         if prompt is not None and input_file is not None:
             raise NeoxError("give --prompt or --input-file, not both")
+        if any(s == "" for s in stop):
+            raise NeoxError("--stop needs a non-empty text")
+        if min_new_tokens > max_new_tokens:
+            raise NeoxError(
+                f"--min-new-tokens ({min_new_tokens}) is above --max-new-tokens ({max_new_tokens})"
+            )
         options = SamplingOptions(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -59,6 +84,10 @@ def register(app: typer.Typer) -> None:
             top_p=top_p,
             greedy=greedy,
             seed=seed,
+            stop=tuple(s.encode().decode("unicode_escape") for s in stop),
+            min_new_tokens=min_new_tokens,
+            repetition_penalty=repetition_penalty,
+            batch_size=batch_size,
         )
         run_session(
             checkpoint,

@@ -28,6 +28,22 @@ class SamplingOptions:
     top_p: float = 1.0
     greedy: bool = False
     seed: int = 1234
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
+    batch_size: int | None = None  # None: as many rows as the memory budget allows (at most 16)
+
+    def record(self) -> dict[str, Any]:
+        """The settings written next to every sample."""
+        return {
+            "temperature": 0.0 if self.greedy else self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            "stop": list(self.stop),
+        }
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -54,34 +70,43 @@ def complete(
     re-decodes everything so far and prints only what is new, so multi-byte
     characters split across tokens come out whole.
     """
-    from neoxcli.generation.decode import generate
+    from neoxcli.generation.decode import generate_batch
 
     ids = tokenizer.encode(text) if text else []
     if not ids:
         ids = [tokenizer.eod_id] if tokenizer.eod_id is not None else tokenizer.encode("\n")
-    emitted: list[int] = []
     printed = [""]
 
-    def on_token(tok: int) -> None:
-        emitted.append(tok)
-        now = tokenizer.decode(emitted)
+    def on_token(_row: int, tokens_so_far: list[int]) -> None:
+        now = _cut_at_stop(tokenizer.decode(tokens_so_far), options.stop)[0]
         sys.stdout.write(now[len(printed[0]) :])
         sys.stdout.flush()
         printed[0] = now
 
-    out = generate(
+    emitted: list[int] = []
+
+    def stop_rule(_row: int, tokens: list[int]) -> bool:
+        hit = _cut_at_stop(tokenizer.decode(tokens), options.stop)[1]
+        if stream:
+            on_token(_row, tokens)
+        return hit
+
+    (done,) = generate_batch(
         model,
-        ids,
+        [ids],
         options.max_new_tokens,
         temperature=options.temperature,
         top_k=options.top_k,
         top_p=options.top_p,
         greedy=options.greedy,
-        seed=seed,
+        seeds=[seed],
         eos_id=tokenizer.eod_id,
-        stream=on_token if stream else None,
+        min_new_tokens=options.min_new_tokens,
+        repetition_penalty=options.repetition_penalty,
+        should_stop=stop_rule if (options.stop or stream) else None,
     )
-    return tokenizer.decode(out)
+    emitted.extend(done.tokens)
+    return _cut_at_stop(tokenizer.decode(emitted), options.stop)[0]
 
 
 def interact(
@@ -102,19 +127,155 @@ def interact(
         i += 1
 
 
+def auto_batch_size(model: Any, max_len: int, budget_bytes: int = 1 << 30, cap: int = 16) -> int:
+    """Rows per batch: as many KV caches of ``max_len`` positions as fit ``budget_bytes`` (1 GiB), at most ``cap``."""
+    attn = model.layers[1].attention
+    itemsize = next(model.parameters()).element_size()
+    per_row = 2 * model.cfg.num_layers * attn.kv_heads * attn.head_dim * max_len * itemsize
+    return max(1, min(cap, budget_bytes // max(per_row, 1)))
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
 def sample_prompts(
-    model: Any, tokenizer: Any, prompts: Sequence[str | None], options: SamplingOptions, *, stream: bool
-) -> list[dict[str, str]]:
-    """One ``{"prompt", "text"}`` record per prompt (``None``: unconditional), streamed when asked."""
-    results = []
-    for i, p in enumerate(prompts):
-        if stream and p:
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | None],
+    options: SamplingOptions,
+    *,
+    stream: bool,
+    samples_per_prompt: int = 1,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One record per (prompt, sample), in input order, as GPT-NeoX's generate.py writes them.
+
+    Fields: ``context``/``prompt``, ``text``, ``length`` (new tokens),
+    ``finished`` (stopped at EOD or a stop string), ``message``,
+    ``duration_seconds``, ``seed`` and the sampling settings. Request ``r``
+    (prompt-major) uses seed ``seed + r``. Requests run in batches of similar
+    prompt length; a single prompt to the terminal streams instead.
+    ``on_result`` sees each record as its batch finishes.
+    """
+    import time
+
+    from neoxcli.generation.decode import generate_batch
+
+    requests: list[tuple[int, str | None, list[int]]] = []
+    for p in prompts:
+        ids = tokenizer.encode(p) if p else []
+        if not ids:
+            ids = [tokenizer.eod_id] if tokenizer.eod_id is not None else tokenizer.encode("\n")
+        for _ in range(samples_per_prompt):
+            requests.append((len(requests), p, ids))
+    if stream and len(requests) == 1:
+        _, p, _ids = requests[0]
+        if p:
             sys.stdout.write(p)
-        text = complete(model, tokenizer, p, options, options.seed + i, stream=stream)
-        if stream:
-            print()
-        results.append({"prompt": p or "", "text": text})
-    return results
+        t0 = time.perf_counter()
+        text = complete(model, tokenizer, p, options, options.seed, stream=True)
+        print()
+        text, stopped = _cut_at_stop(text, options.stop)
+        record = _record(p, text, len(tokenizer.encode(text)) if text else 0, stopped, options, 0, t0)
+        if on_result is not None:
+            on_result(record)
+        return [record]
+
+    max_len = model.cfg.max_positions
+    size = options.batch_size or auto_batch_size(model, max_len)
+    order = sorted(range(len(requests)), key=lambda r: (len(requests[r][2]), r))
+    records: list[dict[str, Any] | None] = [None] * len(requests)
+    cut_prompts = capped = 0
+    printed = 0  # samples go to the terminal in input order, as soon as all before them are done
+    bar = _progress(len(requests)) if progress else None
+    try:
+        for start in range(0, len(order), size):
+            chunk = [requests[r] for r in order[start : start + size]]
+            t0 = time.perf_counter()
+
+            def stop_rule(row: int, tokens: list[int]) -> bool:
+                return _cut_at_stop(tokenizer.decode(tokens), options.stop)[1]
+
+            done = generate_batch(
+                model,
+                [ids for _, _, ids in chunk],
+                options.max_new_tokens,
+                temperature=options.temperature,
+                top_k=options.top_k,
+                top_p=options.top_p,
+                greedy=options.greedy,
+                seeds=[options.seed + r for r, _, _ in chunk],
+                eos_id=tokenizer.eod_id,
+                min_new_tokens=options.min_new_tokens,
+                repetition_penalty=options.repetition_penalty,
+                should_stop=stop_rule if options.stop else None,
+            )
+            for (r, p, _ids), out in zip(chunk, done, strict=True):
+                cut_prompts += out.truncated_prompt > 0
+                capped += out.reason == "context"
+                text, stopped = _cut_at_stop(tokenizer.decode(out.tokens), options.stop)
+                record = _record(p, text, len(out.tokens), out.finished or stopped, options, r, t0)
+                records[r] = record
+                if on_result is not None:
+                    on_result(record)
+            while stream and printed < len(records) and records[printed] is not None:
+                _print_sample(records[printed], printed, len(requests))
+                printed += 1
+            if bar is not None:
+                bar[0].update(bar[1], advance=len(chunk))
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    if cut_prompts or capped:
+        print(
+            f"note: {cut_prompts} prompt(s) were cut from the front and {capped} sample(s) stopped at the "
+            f"context limit of {max_len} tokens (max_position_embeddings)",
+            file=sys.stderr,
+        )
+    return [r for r in records if r is not None]
+
+
+def _record(
+    prompt: str | None, text: str, length: int, finished: bool, options: SamplingOptions, r: int, t0: float
+) -> dict[str, Any]:
+    import time
+
+    return {
+        "context": prompt or "",
+        "prompt": prompt or "",
+        "text": text,
+        "length": length,
+        "finished": finished,
+        "message": None,
+        "duration_seconds": time.perf_counter() - t0,
+        "seed": options.seed + r,
+        **options.record(),
+    }
+
+
+def _print_sample(record: dict[str, Any], r: int, total: int) -> None:
+    if total > 1:
+        print(f"--- sample {r + 1}/{total} ---")
+    print(record["context"] + record["text"])
+
+
+def _progress(total: int) -> tuple[Any, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    bar.start()
+    return bar, bar.add_task("samples", total=total)
 
 
 def run_session(
@@ -135,7 +296,7 @@ def run_session(
     """
     # The one place neox generate loads a checkpoint.
     from neoxcli.checkpoint import load_for_inference
-    from neoxcli.fileio import atomic_write_text, check_output_file
+    from neoxcli.fileio import check_output_file
 
     file_prompts = read_prompts(input_file) if input_file is not None else None
     if output_file is not None:
@@ -150,8 +311,65 @@ def run_session(
     elif prompt is not None:
         prompts = [prompt]
     else:
-        prompts = [None] * num_samples
-    results = sample_prompts(model, tokenizer, prompts, options, stream=output_file is None)
-    if output_file is not None:
-        atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
-        print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
+        prompts = [None]
+    if output_file is None:
+        sample_prompts(model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples)
+        return
+    results = _write_as_they_come(model, tokenizer, prompts, options, output_file, num_samples)
+    print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
+
+
+def _write_as_they_come(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str | None],
+    options: SamplingOptions,
+    output_file: Path,
+    num_samples: int,
+) -> list[dict[str, Any]]:
+    """Samples go to a temp file as each batch finishes, then the file is rewritten in input order.
+
+    Interrupted, the samples finished so far are kept (renamed into place) and
+    the message says how many.
+    """
+    import os
+
+    from neoxcli.fileio import atomic_write_text
+
+    tmp = output_file.with_name(f".{output_file.name}.partial")
+    as_text = output_file.suffix == ".txt"
+    kept = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+
+        def keep(record: dict[str, Any]) -> None:
+            nonlocal kept
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            kept += 1
+
+        try:
+            results = sample_prompts(
+                model,
+                tokenizer,
+                prompts,
+                options,
+                stream=False,
+                samples_per_prompt=num_samples,
+                on_result=keep,
+                progress=sys.stderr.isatty(),
+            )
+        except KeyboardInterrupt:
+            fh.close()
+            os.replace(tmp, output_file)
+            print(f"interrupted: kept the {kept} finished samples in {output_file}", file=sys.stderr)
+            raise
+    if as_text:
+        body = "".join(
+            f"=== sample {i + 1}/{len(results)} (seed {r['seed']}) ===\n{r['context']}{r['text']}\n"
+            for i, r in enumerate(results)
+        )
+    else:
+        body = "".join(json.dumps(r) + "\n" for r in results)
+    atomic_write_text(output_file, body)
+    tmp.unlink(missing_ok=True)
+    return results
