@@ -208,3 +208,19 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     out = apply_repetition_penalty(logits, [0, 1], 2.0)
     assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+@pytest.mark.parametrize("variant", ["rotary", "alibi", "learned"])
+def test_recompute_gives_the_cached_tokens(variant: str) -> None:
+    """GPT-NeoX's recompute: no KV cache, the whole sequence every step; greedy tokens are the same."""
+    from neoxcli.generation import generate_batch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32, **BATCH_MODELS[variant]
+    )
+    net = GPTModel(cfg, V).eval()
+    prompts = [[5, 6, 7], [9] * 11, [3, 4]]
+    cached = generate_batch(net, prompts, 12, greedy=True)
+    again = generate_batch(net, prompts, 12, greedy=True, recompute=True)
+    assert [c.tokens for c in cached] == [r.tokens for r in again]

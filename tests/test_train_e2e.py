@@ -292,3 +292,31 @@ def test_unconditional_samples_are_separated(trained, capsys: pytest.CaptureFixt
         "--- sample 2/3 ---",
         "--- sample 3/3 ---",
     ]
+
+
+def test_generate_from_gpt_neox_generation_config(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`neox generate cfg.yml text_generation.yml` as GPT-NeoX's generate.py reads them."""
+    tmp, *_ = trained
+    (tmp_path / "prompts.txt").write_text("the quick<END>pack my\nbox<END>")
+    model_cfg = tmp_path / "model.yml"
+    model_cfg.write_text(f"num-layers: 2\nload: {tmp / 'run'}\n")
+    gen_cfg = tmp_path / "text_generation.yml"
+    out = tmp_path / "out.jsonl"
+    gen_cfg.write_text(
+        "text_gen_type: input-file\nmaximum_tokens: 6\ntemperature: 0.0\ntop_p: 0.0\ntop_k: 0\n"
+        f"prompt_end: '<END>'\nsample_input_file: {tmp_path / 'prompts.txt'}\nsample_output_file: {out}\n"
+    )
+    assert main(["generate", str(model_cfg), str(gen_cfg)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["context"] for r in rows] == ["the quick", "pack my\nbox"]
+    assert all(r["temperature"] == 0.0 and r["length"] <= 6 for r in rows)
+    greedy = tmp_path / "greedy.jsonl"
+    argv = ["generate", "-c", str(tmp / "run"), "-p", "the quick", "--greedy", "--max-new-tokens", "6"]
+    assert main([*argv, "--output-file", str(greedy)]) == 0
+    assert json.loads(greedy.read_text())["text"] == rows[0]["text"]
+    gen_cfg.write_text("maximum_tokns: 6\n")
+    capsys.readouterr()
+    assert main(["generate", str(model_cfg), str(gen_cfg)]) == 2
+    assert "did you mean 'maximum_tokens'" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -19,25 +20,39 @@ Examples:
     neox generate -c runs/quickstart -p "def " -n 3 --stop "\\n\\n" --temperature 0.8
 
     neox generate -c runs/quickstart --interactive
+
+    neox generate my-neox-model.yml text_generation.yml      # GPT-NeoX's generate.py files
+
+GPT-NeoX's text_generation.yml keys map to these flags: maximum_tokens is
+--max-new-tokens, temperature 0.0 means --greedy, top_p 0.0 and top_k 0 mean
+off, num_samples is -n, sample_input_file / sample_output_file are
+--input-file / --output-file (prompts split on prompt_end), recompute is
+--recompute. Flags given on the command line win over the files.
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("generate", help=HELP)
     def generate(
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (save) directory."),
+        configs: list[str] = typer.Argument(
+            None,
+            help="GPT-NeoX configs: the model's (its `load` names the checkpoint) and text_generation.yml.",
+        ),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", "-c", help="Checkpoint (save) directory."
+        ),
         prompt: str | None = typer.Option(None, "--prompt", "-p", help="Text to continue."),
         input_file: Path | None = typer.Option(None, "--input-file", help="One prompt per line."),
         output_file: Path | None = typer.Option(None, "--output-file", help="Write JSON lines here."),
         interactive: bool = typer.Option(
             False, "--interactive", "-i", help="Read prompts from the terminal."
         ),
-        num_samples: int = typer.Option(
-            1,
+        num_samples: int | None = typer.Option(
+            None,
             "--num-samples",
             "-n",
             min=1,
-            help="Samples per prompt (without a prompt: unconditional samples).",
+            help="Samples per prompt (without a prompt: unconditional samples). [default: 1]",
         ),
         batch_size: int | None = typer.Option(
             None,
@@ -52,16 +67,44 @@ def register(app: typer.Typer) -> None:
         repetition_penalty: float = typer.Option(
             1.0, "--repetition-penalty", min=0.01, help="Divide seen tokens' logits by this (1: off)."
         ),
-        max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
-        temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="0 means greedy."),
-        top_k: int = typer.Option(0, "--top-k", min=0, help="Keep the k most likely tokens (0: off)."),
-        top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1: off)."),
+        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="[default: 128]"),
+        temperature: float | None = typer.Option(
+            None, "--temperature", min=0.0, help="0 means greedy. [default: 1]"
+        ),
+        top_k: int | None = typer.Option(
+            None, "--top-k", min=0, help="Keep the k most likely tokens (0: off)."
+        ),
+        top_p: float | None = typer.Option(
+            None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass in (0, 1] (1: off)."
+        ),
+        recompute: bool = typer.Option(
+            False, "--recompute", help="No KV cache: rerun the sequence per token."
+        ),
         greedy: bool = typer.Option(False, "--greedy", help="Always take the most likely token."),
         seed: int = typer.Option(1234, "--seed", help="Sampling seed (same seed, same text)."),
         tag: str | None = typer.Option(None, "--tag", help="A global_stepN tag instead of 'latest'."),
     ) -> None:
         from neoxcli.errors import NeoxError
+        from neoxcli.generation.gen_config import GenerationConfig, read_generation_config
         from neoxcli.generation.session import SamplingOptions, run_session
+
+        # Flags win over the GPT-NeoX files, which win over the defaults.
+        gen = read_generation_config(list(configs)) if configs else GenerationConfig()
+        if checkpoint is None:
+            if gen.checkpoint is None:
+                raise NeoxError(
+                    "no checkpoint: pass --checkpoint (-c) DIR, or a config whose `load` names one",
+                    hint="neox generate -c runs/quickstart --prompt 'def '",
+                )
+            checkpoint = Path(gen.checkpoint)
+        if gen.mode == "interactive" and not (prompt or input_file):
+            interactive = True
+        if gen.mode == "input-file" and input_file is None and prompt is None:
+            if gen.input_file is None:
+                raise NeoxError("text_gen_type: input-file needs sample_input_file")
+            input_file = Path(gen.input_file)
+        if output_file is None and gen.output_file is not None and not interactive:
+            output_file = Path(gen.output_file)
 
         # Arguments are checked before the model loads, so a mistake costs no sampling time;
         # options that would otherwise be silently ignored are refused.
@@ -73,21 +116,26 @@ def register(app: typer.Typer) -> None:
             raise NeoxError("give --prompt or --input-file, not both")
         if any(s == "" for s in stop):
             raise NeoxError("--stop needs a non-empty text")
-        if min_new_tokens > max_new_tokens:
-            raise NeoxError(
-                f"--min-new-tokens ({min_new_tokens}) is above --max-new-tokens ({max_new_tokens})"
-            )
+        new_tokens = _first(max_new_tokens, gen.max_new_tokens, 128)
+        if min_new_tokens > new_tokens:
+            raise NeoxError(f"--min-new-tokens ({min_new_tokens}) is above --max-new-tokens ({new_tokens})")
+        nucleus = _first(top_p, gen.top_p, 1.0)
+        if not 0.0 < nucleus <= 1.0:
+            raise NeoxError(f"--top-p must be in (0, 1], got {nucleus}", hint="1 turns nucleus sampling off")
+        if not 0 <= seed < 2**63:
+            raise NeoxError(f"--seed must be in 0 … 2^63-1, got {seed}")
         options = SamplingOptions(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
+            max_new_tokens=new_tokens,
+            temperature=_first(temperature, gen.temperature, 1.0),
+            top_k=_first(top_k, gen.top_k, 0),
+            top_p=nucleus,
+            greedy=greedy or (temperature is None and gen.greedy),
             seed=seed,
             stop=tuple(s.encode().decode("unicode_escape") for s in stop),
             min_new_tokens=min_new_tokens,
             repetition_penalty=repetition_penalty,
             batch_size=batch_size,
+            recompute=recompute or gen.recompute,
         )
         run_session(
             checkpoint,
@@ -97,5 +145,10 @@ def register(app: typer.Typer) -> None:
             input_file=input_file,
             output_file=output_file,
             interactive=interactive,
-            num_samples=num_samples,
+            num_samples=_first(num_samples, gen.num_samples, 1),
+            prompt_end=gen.prompt_end if configs else None,
         )
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)

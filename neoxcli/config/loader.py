@@ -831,3 +831,8 @@ def dump_config(cfg: NeoXConfig, *, flat: bool = False) -> str:
 def dump_yaml(data: Any) -> str:
     """Any plain data in the same YAML style as ``dump_config`` (for ``neox config show`` blocks)."""
     return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def read_config_file(path: str | Path) -> tuple[str, Mapping[Any, Any]]:
+    """One config file's top-level mapping, read and checked as ``load_config`` reads each file."""
+    return _read(path)

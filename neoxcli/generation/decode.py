@@ -58,6 +58,7 @@ def generate_batch(
     should_stop: Callable[[int, list[int]], bool] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     pad_id: int = 0,
+    recompute: bool = False,
 ) -> list[Completion]:
     """Continue every prompt; returns one ``Completion`` per prompt, in order.
 
@@ -65,6 +66,8 @@ def generate_batch(
     ``should_stop(i, tokens)`` lets the caller end row ``i`` (e.g. a stop string
     in the decoded text; the tokens are kept); ``on_token(i, token)`` sees each
     token as it is drawn. EOD is never drawn before ``min_new_tokens``.
+    ``recompute`` runs the whole sequence again for every token instead of
+    reading the KV cache (GPT-NeoX's ``recompute``): the same tokens, slower.
     """
     if not prompts:
         return []
@@ -92,14 +95,16 @@ def generate_batch(
     model.eval()
     try:
         batch = len(rows)
-        cache = model.make_kv_cache(batch, max_len=width + max(max_new_tokens, 1))
-        key_mask = torch.zeros(batch, cache.max_len, dtype=torch.bool, device=device)
+        total = width + max(max_new_tokens, 1)
+        cache = None if recompute else model.make_kv_cache(batch, max_len=total)
+        key_mask = torch.zeros(batch, total, dtype=torch.bool, device=device)
         ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
         for b, row in enumerate(rows):
             ids[b, width - len(row) :] = torch.tensor(row, device=device)
             key_mask[b, width - len(row) : width] = True
         pads = torch.tensor([width - n for n in lengths], device=device)
         positions = (torch.arange(width, device=device)[None] - pads[:, None]).clamp(min=0)
+        seq, all_pos = ids, positions  # the whole sequence so far, for recompute
         logits = model(ids, position_ids=positions, kv_cache=cache, key_mask=key_mask[:, :width])[:, -1]
         live = list(range(batch))  # original row index of each batch row
         step = 0
@@ -134,7 +139,8 @@ def generate_batch(
                 break
             if len(keep) < len(live):
                 index = torch.tensor(keep, device=device)
-                cache.select_rows(index)
+                if cache is not None:
+                    cache.select_rows(index)
                 key_mask = key_mask.index_select(0, index)
                 pads = pads.index_select(0, index)
                 live = [live[j] for j in keep]
@@ -143,13 +149,19 @@ def generate_batch(
             key_mask[:, start] = True
             positions = torch.tensor([[lengths[i] + len(results[i].tokens) - 1] for i in live], device=device)
             step_ids = torch.tensor([[t] for t in tokens], device=device)
-            logits = model(
-                step_ids,
-                position_ids=positions,
-                kv_cache=cache,
-                start_pos=start,
-                key_mask=key_mask[:, : start + 1],
-            )[:, -1]
+            if recompute:
+                rows_kept = torch.tensor(keep, device=device)
+                seq = torch.cat([seq.index_select(0, rows_kept), step_ids], dim=1)
+                all_pos = torch.cat([all_pos.index_select(0, rows_kept), positions], dim=1)
+                logits = model(seq, position_ids=all_pos, key_mask=key_mask[:, : start + 1])[:, -1]
+            else:
+                logits = model(
+                    step_ids,
+                    position_ids=positions,
+                    kv_cache=cache,
+                    start_pos=start,
+                    key_mask=key_mask[:, : start + 1],
+                )[:, -1]
             step += 1
         return results
     finally:

@@ -32,6 +32,7 @@ class SamplingOptions:
     min_new_tokens: int = 0
     repetition_penalty: float = 1.0
     batch_size: int | None = None  # None: as many rows as the memory budget allows (at most 16)
+    recompute: bool = False  # no KV cache (GPT-NeoX's recompute): same tokens, slower
 
     def record(self) -> dict[str, Any]:
         """The settings written next to every sample."""
@@ -46,19 +47,11 @@ class SamplingOptions:
         }
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The prompts of ``--input-file``, one per line; a file without any is a mistake, not 0 samples."""
-    from neoxcli.errors import NeoxError
+def read_prompts(path: Path, prompt_end: str | None = None) -> list[str]:
+    """The prompts of ``--input-file``; a file without any is a mistake, not 0 samples."""
+    from neoxcli.generation.gen_config import read_prompt_file
 
-    if not path.is_file():
-        raise NeoxError(f"input file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise NeoxError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    if not lines:
-        raise NeoxError(f"{path} holds no prompts", hint="write one prompt per line")
-    return lines
+    return read_prompt_file(path, prompt_end)
 
 
 def complete(
@@ -104,6 +97,7 @@ def complete(
         min_new_tokens=options.min_new_tokens,
         repetition_penalty=options.repetition_penalty,
         should_stop=stop_rule if (options.stop or stream) else None,
+        recompute=options.recompute,
     )
     emitted.extend(done.tokens)
     return _cut_at_stop(tokenizer.decode(emitted), options.stop)[0]
@@ -213,6 +207,7 @@ def sample_prompts(
                 min_new_tokens=options.min_new_tokens,
                 repetition_penalty=options.repetition_penalty,
                 should_stop=stop_rule if options.stop else None,
+                recompute=options.recompute,
             )
             for (r, p, _ids), out in zip(chunk, done, strict=True):
                 cut_prompts += out.truncated_prompt > 0
@@ -288,6 +283,7 @@ def run_session(
     output_file: Path | None = None,
     interactive: bool = False,
     num_samples: int = 1,
+    prompt_end: str | None = None,
 ) -> None:
     """Sample from a checkpoint: interactively, the prompt, the file's prompts, or ``num_samples`` unconditionally.
 
@@ -298,7 +294,7 @@ def run_session(
     from neoxcli.checkpoint import load_for_inference
     from neoxcli.fileio import check_output_file
 
-    file_prompts = read_prompts(input_file) if input_file is not None else None
+    file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
         check_output_file(output_file)
     model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
