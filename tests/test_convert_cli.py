@@ -405,3 +405,22 @@ def test_output_replaces_a_file_and_is_not_private(
     (tmp_path / "plain").write_text("x")
     code, _, err = convert(capsys, str(tmp_path / "run"), "--to", "hf", str(tmp_path / "plain" / "out"))
     assert code == 2 and "plain is a file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_generate_reads_a_hugging_face_directory_in_memory(
+    arch: str, tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`neox generate -c HF_DIR` samples what the neox checkpoint it came from samples, writing no copy."""
+    model_cfg = ModelConfig(**{**BASE, **ARCHS[arch][1]})
+    write_neox_checkpoint(tmp_path / "run", model_cfg, tokenizer_file)
+    hf_dir = tmp_path / "hf"
+    assert convert(capsys, str(tmp_path / "run"), "--to", "hf", str(hf_dir))[0] == 0
+    before = sorted(p.name for p in hf_dir.iterdir())
+    texts = []
+    for source in (tmp_path / "run", hf_dir):
+        argv = ["generate", "-c", str(source), "-p", "The quick", "--greedy", "--max-new-tokens", "8"]
+        assert main(argv) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and texts[0].startswith("The quick")
+    assert sorted(p.name for p in hf_dir.iterdir()) == before

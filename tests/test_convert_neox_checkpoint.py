@@ -231,3 +231,26 @@ def test_grouped_query_attention(tmp_path: Path, tp: int) -> None:
                 state[key] = _shard(key, value, r, tp)
         torch.save({"module": state}, tmp_path / f"mp_rank_{r:02d}_model_states.pt")
     _check(model, load_gpt_neox_checkpoint(tmp_path, GQA))
+
+
+def test_generate_reads_a_gpt_neox_checkpoint_in_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`neox generate -c GPT_NEOX_RUN` merges its shards in memory and samples what the imported copy samples."""
+    from neoxcli.cli import main
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+
+    tok = tmp_path / "tok.json"
+    train_bpe_tokenizer(["def f(x):\n    return x + 1\n"] * 20, vocab_size=300, out_path=tok, min_frequency=1)
+    torch.manual_seed(3)
+    src = tmp_path / "neox-run"
+    step = _write_gpt_neox_run(src, GPTModel(CFG, 320).eval())
+    yml = step / "configs" / "pythia-tiny.yml"
+    yml.write_text(yml.read_text().replace("/data/gone/20B_tokenizer.json", str(tok)))
+    assert main(["convert", str(src), "--from", "neox", str(tmp_path / "imported")]) == 0
+    capsys.readouterr()
+    texts = []
+    for source in (src, tmp_path / "imported"):
+        assert main(["generate", "-c", str(source), "-p", "def f(", "--greedy", "--max-new-tokens", "6"]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and texts[0].startswith("def f(")

@@ -297,23 +297,17 @@ def vocab_divisor(tokenizer_vocab: int, rows: int) -> int:
     return rows
 
 
-def import_hf(
-    hf_dir: str | Path, out_dir: str | Path, dtype: str | None = "fp32", overwrite: bool = False
-) -> dict[str, Any]:
-    """Write a Hugging Face model directory as our checkpoint, loadable by ``load_for_inference``.
+def read_hf(hf_dir: str | Path) -> tuple[ModelConfig, StateDict, Any, dict[str, Any]]:
+    """A Hugging Face model directory as (our model config, our state dict, its tokenizer, facts about it).
 
-    Layout: ``out_dir/latest`` -> ``global_step0/`` with ``mp_rank_00_model_states.pt``
-    (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml``, ``tokenizer.json``
-    and ``layout.json`` (``neoxcli.checkpoint.write_checkpoint``).
-    Weights default to fp32, the dtype training keeps its master weights in.
+    Nothing is written: ``import_hf`` stores the result as a checkpoint and
+    ``load_hf_for_inference`` builds the model from it in memory.
     """
-    from neoxcli.checkpoint import TOKENIZER_NAME, check_state_fits, tag_for, write_checkpoint
-    from neoxcli.config.schema import NeoXConfig, TokenizerConfig
+    from neoxcli.checkpoint import check_state_fits
     from neoxcli.convert.archs import from_hf
     from neoxcli.convert.hf_io import load_hf_dir
 
-    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    torch_dtype = parse_dtype(dtype)
+    hf_dir = Path(hf_dir)
     hf_config, hf_state = load_hf_dir(hf_dir)
     kwargs, state = from_hf(hf_state, hf_config)
     backend = _hf_tokenizer_backend(hf_dir)
@@ -330,6 +324,47 @@ def import_hf(
             f"{hf_dir}/config.json describes a model neox cannot build ({field}: {err['msg']})"
         ) from None
     check_state_fits(model_cfg, state, f"the weights in {hf_dir}")
+    info = {
+        "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
+        "model_type": hf_config.get("model_type"),
+        "vocab_rows": rows,
+        "make_vocab_size_divisible_by": kwargs["make_vocab_size_divisible_by"],
+    }
+    return model_cfg, state, backend, info
+
+
+def load_hf_for_inference(hf_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """(model, tokenizer, config) from a Hugging Face directory, converted in memory (no copy on disk)."""
+    from neoxcli.config import padded_vocab_size
+    from neoxcli.config.schema import NeoXConfig, TokenizerConfig
+    from neoxcli.data.tokenizer import HFTokenizer
+    from neoxcli.model import GPTModel
+
+    model_cfg, state, backend, _info = read_hf(hf_dir)
+    tokenizer = HFTokenizer.from_backend(backend)
+    cfg = NeoXConfig(model=model_cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer"))
+    vocab = padded_vocab_size(tokenizer.vocab_size, model_cfg.make_vocab_size_divisible_by, 1)
+    model = GPTModel(model_cfg, vocab)
+    model.load_state_dict(cast_state(state, torch.float32))
+    return model.to(device=device).eval(), tokenizer, cfg
+
+
+def import_hf(
+    hf_dir: str | Path, out_dir: str | Path, dtype: str | None = "fp32", overwrite: bool = False
+) -> dict[str, Any]:
+    """Write a Hugging Face model directory as our checkpoint, loadable by ``load_for_inference``.
+
+    Layout: ``out_dir/latest`` -> ``global_step0/`` with ``mp_rank_00_model_states.pt``
+    (``{'module': state_dict}``, what DeepSpeed writes), ``config.yml``, ``tokenizer.json``
+    and ``layout.json`` (``neoxcli.checkpoint.write_checkpoint``).
+    Weights default to fp32, the dtype training keeps its master weights in.
+    """
+    from neoxcli.checkpoint import TOKENIZER_NAME, tag_for, write_checkpoint
+    from neoxcli.config.schema import NeoXConfig, TokenizerConfig
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    torch_dtype = parse_dtype(dtype)
+    model_cfg, state, backend, info = read_hf(hf_dir)
     tag = tag_for(0)
     final_tag_dir = out_dir.resolve() / tag
     cfg = NeoXConfig(
@@ -339,16 +374,16 @@ def import_hf(
         ),
     )
     module = cast_state(state, torch_dtype)
-    header = f"# imported from Hugging Face: {hf_dir} ({hf_config.get('model_type')})\n"
+    header = f"# imported from Hugging Face: {hf_dir} ({info['model_type']})\n"
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_checkpoint(tmp, cfg, module, tokenizer=backend, header=header)
     return {
-        "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
+        "architecture": info["architecture"],
         "out_dir": str(out_dir),
         "tag": tag,
         "parameters": sum(t.numel() for t in module.values()),
-        "vocab_rows": rows,
-        "make_vocab_size_divisible_by": kwargs["make_vocab_size_divisible_by"],
+        "vocab_rows": info["vocab_rows"],
+        "make_vocab_size_divisible_by": info["make_vocab_size_divisible_by"],
     }
 
 

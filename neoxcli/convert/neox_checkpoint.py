@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -142,28 +143,24 @@ def find_gpt_neox_configs(step_dir: Path) -> list[Path]:
     return sorted(p for p in where.iterdir() if p.suffix in (".yml", ".yaml", ".json") and p.is_file())
 
 
-def import_gpt_neox(
+def read_gpt_neox(
     src: str | Path,
-    out_dir: str | Path,
     *,
     config_files: list[Path] | None = None,
     vocab_file: str | None = None,
     merge_file: str | None = None,
     tag: str | None = None,
-    dtype: str | None = "fp32",
-    overwrite: bool = False,
-) -> dict[str, object]:
-    """Write a checkpoint saved by GPT-NeoX as ours (``OUT/latest`` -> ``global_stepN``).
+) -> tuple[Any, StateDict, Any, Path, list[Path]]:
+    """A GPT-NeoX checkpoint as (our one-process config, the merged weights, the tokenizer, its step dir, its configs).
 
     The model shape comes from the run's YAML: the copies GPT-NeoX keeps in the
     checkpoint (``configs/``) or ``config_files``. Tensor- and pipeline-parallel
-    shards are merged, so the result loads in one process. Nothing is written
-    unless the merged weights load into the configured model exactly.
+    shards are merged. Nothing is written (``import_gpt_neox`` does that).
     """
-    from neoxcli.checkpoint import TOKENIZER_NAME, check_state_fits, tag_for, write_checkpoint
+    from neoxcli.checkpoint import check_state_fits
     from neoxcli.config import load_config
-    from neoxcli.convert.cli_ops import atomic_dir, parse_dtype, vocab_divisor
-    from neoxcli.data.tokenizer import CharLevelTokenizer, build_tokenizer
+    from neoxcli.convert.cli_ops import vocab_divisor
+    from neoxcli.data.tokenizer import build_tokenizer
 
     src = Path(src)
     if not src.is_dir():
@@ -198,19 +195,62 @@ def import_gpt_neox(
     rows = state["layers.0.word_embeddings.weight"].shape[0]
     divisor = vocab_divisor(tokenizer.vocab_size, rows)
     model_cfg = cfg.model.model_copy(update={"make_vocab_size_divisible_by": divisor})
-    torch_dtype = parse_dtype(dtype)
-    module = cast_state(state, torch_dtype)
     # The vocabulary is the embedding's rows, which the divisor pads the tokenizer's to exactly.
     check_state_fits(
         model_cfg,
-        module,
+        state,
         f"the GPT-NeoX weights in {step_dir} do not fit the config's model",
         hint="pass the config files the model was trained with (--config)",
     )
+    parallel = cfg.parallel.model_copy(update={"model_parallel_size": 1, "pipe_parallel_size": 0})
+    one_process = cfg.model_copy(update={"model": model_cfg, "parallel": parallel})
+    return one_process, state, tokenizer, step_dir, configs
 
+
+def load_gpt_neox_for_inference(
+    src: str | Path, tag: str | None = None, device: str = "cpu"
+) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, config) from a GPT-NeoX checkpoint, merged in memory (no converted copy)."""
+    import torch
+
+    from neoxcli.config import padded_vocab_size
+    from neoxcli.model import GPTModel
+
+    cfg, state, tokenizer, _step, _configs = read_gpt_neox(src, tag=tag)
+    vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, 1)
+    model = GPTModel(cfg.model, vocab)
+    model.load_state_dict(cast_state(state, torch.float32))
+    return model.to(device=device).eval(), tokenizer, cfg
+
+
+def import_gpt_neox(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    config_files: list[Path] | None = None,
+    vocab_file: str | None = None,
+    merge_file: str | None = None,
+    tag: str | None = None,
+    dtype: str | None = "fp32",
+    overwrite: bool = False,
+) -> dict[str, object]:
+    """Write a checkpoint saved by GPT-NeoX as ours (``OUT/latest`` -> ``global_stepN``).
+
+    Nothing is written unless the merged weights load into the configured model exactly.
+    """
+    from neoxcli.checkpoint import TOKENIZER_NAME, tag_for, write_checkpoint
+    from neoxcli.convert.cli_ops import atomic_dir, parse_dtype
+    from neoxcli.data.tokenizer import CharLevelTokenizer
+
+    cfg, state, tokenizer, step_dir, configs = read_gpt_neox(
+        src, config_files=config_files, vocab_file=vocab_file, merge_file=merge_file, tag=tag
+    )
+    module = cast_state(state, parse_dtype(dtype))
+    rows = state["layers.0.word_embeddings.weight"].shape[0]
     iteration = int(m.group(1)) if (m := re.search(r"(\d+)$", step_dir.name)) else 0
     out_tag = tag_for(iteration)
     final_tag_dir = Path(out_dir).resolve() / out_tag
+    tok_cfg = cfg.tokenizer
     keep_type = isinstance(tokenizer, CharLevelTokenizer) or not hasattr(tokenizer, "backend")
     new_tok = (
         tok_cfg
@@ -223,8 +263,7 @@ def import_gpt_neox(
             }
         )
     )
-    parallel = cfg.parallel.model_copy(update={"model_parallel_size": 1, "pipe_parallel_size": 0})
-    new_cfg = cfg.model_copy(update={"model": model_cfg, "tokenizer": new_tok, "parallel": parallel})
+    new_cfg = cfg.model_copy(update={"tokenizer": new_tok})
     backend = None if keep_type else tokenizer.backend  # type: ignore[attr-defined]
     header = f"# imported from a GPT-NeoX checkpoint: {step_dir}\n"
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:

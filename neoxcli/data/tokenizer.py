@@ -95,6 +95,18 @@ class HFTokenizer(Tokenizer):
         self._init_ids()
         self._safe = _bytelevel_split_safe(path)
 
+    @classmethod
+    def from_backend(cls, backend: Any, label: str = "(in memory)") -> HFTokenizer:
+        """Wrap a ``tokenizers.Tokenizer`` already in memory (a Hugging Face model directory's)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "tokenizer.json"
+            backend.save(str(path))
+            tok = cls(str(path))
+        tok.spec = TokenizerSpec("HFTokenizer", label)
+        return tok
+
     def _init_ids(self) -> None:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eod_id = next(

@@ -290,14 +290,14 @@ def run_session(
     Without ``output_file`` the samples stream to stdout; with it they are
     written at the end, atomically, as JSON lines.
     """
-    # The one place neox generate loads a checkpoint.
-    from neoxcli.checkpoint import load_for_inference
+    # The one place neox generate loads a model: a neox, Hugging Face or GPT-NeoX directory.
+    from neoxcli.convert.any_model import load_any_for_inference
     from neoxcli.fileio import check_output_file
 
     file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
         check_output_file(output_file)
-    model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
+    model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag)
     if interactive:
         interact(model, tokenizer, options)
         return
