@@ -161,7 +161,9 @@ def test_every_command_takes_a_preset_name(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "pythia-14m", "--dry-run"]) == 0
-    assert "config from pythia-14m" in capsys.readouterr().out
+    assert "config from" in (out := capsys.readouterr().out) and out.rstrip().endswith(
+        "presets/pythia-14m.yml"
+    )
     assert main(["config", "validate", "quickstart"]) == 0
     assert load_config(["quickstart"]).sources == (str(preset_dir().parent / "quickstart.yml"),)
     # only a bare name is a preset: with a directory part it is a path, and it is missing
