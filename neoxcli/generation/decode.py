@@ -109,15 +109,27 @@ def generate_batch(
         live = list(range(batch))  # original row index of each batch row
         step = 0
         while live and max_new_tokens > 0:
-            tokens: list[int] = []
-            for j, i in enumerate(live):
-                row_logits = logits[j : j + 1]
-                res = results[i]
-                row_logits = apply_repetition_penalty(row_logits, rows[i] + res.tokens, repetition_penalty)
-                if eos_id is not None and len(res.tokens) < min_new_tokens:
-                    row_logits = row_logits.clone()
-                    row_logits[..., eos_id] = float("-inf")
-                tokens.append(int(sample_next(row_logits, temperature, top_k, top_p, gens[i], greedy)[0]))
+            if eos_id is not None and min_new_tokens:
+                young = torch.tensor([len(results[i].tokens) < min_new_tokens for i in live], device=device)
+                if bool(young.any()):
+                    logits = logits.clone()
+                    logits[young, eos_id] = float("-inf")
+            if repetition_penalty != 1.0:
+                logits = torch.cat(
+                    [
+                        apply_repetition_penalty(
+                            logits[j : j + 1], rows[i] + results[i].tokens, repetition_penalty
+                        )
+                        for j, i in enumerate(live)
+                    ]
+                )
+            if greedy or temperature <= 0:
+                tokens = logits.argmax(dim=-1).tolist()  # one call for the batch: no per-row work
+            else:
+                tokens = [
+                    int(sample_next(logits[j : j + 1], temperature, top_k, top_p, gens[i])[0])
+                    for j, i in enumerate(live)
+                ]
             keep: list[int] = []
             for j, (i, token) in enumerate(zip(live, tokens, strict=True)):
                 res = results[i]
