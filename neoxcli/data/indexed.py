@@ -134,7 +134,7 @@ class IndexedDatasetWriter:
                 if lo < self._info.min or hi > self._info.max:
                     raise ValueError(f"token id out of range for {self.dtype}: [{lo}, {hi}]")
             arr = arr.astype(self.dtype)
-        self._bin.write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self._write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         self._sizes.append(int(arr.size))
         self.tokens += int(arr.size)
 
@@ -148,7 +148,7 @@ class IndexedDatasetWriter:
         sizes = np.asarray(sizes, dtype=np.int64)
         if int(sizes.sum()) != tokens.size:
             raise ValueError("sizes do not add up to the number of tokens")
-        self._bin.write(tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self._write(tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         start = len(self._sizes)
         self._sizes.extend(sizes.tolist())
         self._doc_idx.extend(range(start + 1, start + len(sizes) + 1))
@@ -160,11 +160,25 @@ class IndexedDatasetWriter:
             raise ValueError(f"dtype {other.dtype} differs from {self.dtype}")
         data = other._bin_map
         for s in range(0, data.size, block):
-            self._bin.write(np.ascontiguousarray(data[s : s + block]).tobytes())
+            self._write(np.ascontiguousarray(data[s : s + block]).tobytes())
         base = len(self._sizes)
         self._sizes.extend(np.asarray(other.sizes).tolist())
         self._doc_idx.extend((np.asarray(other.doc_idx[1:], dtype=np.int64) + base).tolist())
         self.tokens += other.num_tokens
+
+    def _write(self, data: bytes) -> None:
+        """Append to the .bin; a full or read-only disk drops the temporaries and names the dataset."""
+        try:
+            self._bin.write(data)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> DataError:
+        return DataError(
+            f"cannot write {self._bin_final}: {exc.strerror or exc}",
+            hint="nothing was left behind; free some space or choose another output (-o)",
+        )
 
     def end_document(self) -> None:
         self._doc_idx.append(len(self._sizes))
@@ -187,6 +201,9 @@ class IndexedDatasetWriter:
             )
             os.replace(self._bin_tmp, self._bin_final)
             os.replace(self._idx_tmp, self._idx_final)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
         except BaseException:
             self.abort()
             raise
@@ -196,6 +213,8 @@ class IndexedDatasetWriter:
         self._closed = True
         try:
             self._bin.close()
+        except OSError:
+            pass  # the buffered tail could not be written either; the file goes anyway
         finally:
             for p in (self._bin_tmp, self._idx_tmp):
                 p.unlink(missing_ok=True)

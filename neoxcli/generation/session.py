@@ -135,11 +135,11 @@ def run_session(
     """
     # The one place neox generate loads a checkpoint.
     from neoxcli.checkpoint import load_for_inference
-    from neoxcli.fileio import atomic_write_text, check_output_file
+    from neoxcli.fileio import atomic_write_text, check_writable, write_error
 
     file_prompts = read_prompts(input_file) if input_file is not None else None
     if output_file is not None:
-        check_output_file(output_file)
+        check_writable(output_file)  # before the model loads and the samples are drawn
     model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
     if interactive:
         interact(model, tokenizer, options)
@@ -153,5 +153,8 @@ def run_session(
         prompts = [None] * num_samples
     results = sample_prompts(model, tokenizer, prompts, options, stream=output_file is None)
     if output_file is not None:
-        atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
+        try:
+            atomic_write_text(output_file, "".join(json.dumps(r) + "\n" for r in results))
+        except OSError as exc:
+            raise write_error(output_file, exc) from None
         print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
