@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
             raise NeoxError(f"--interactive reads prompts from the terminal, not {given[0]}")
         if prompt is not None and input_file is not None:
             raise NeoxError("give --prompt or --input-file, not both")
+        if not 0 <= seed < 2**64:
+            raise NeoxError(f"--seed must be between 0 and 2**64-1, got {seed}", hint="e.g. --seed 1234")
         options = SamplingOptions(
             max_new_tokens=max_new_tokens,
             temperature=temperature,

@@ -322,6 +322,14 @@ def register(app: typer.Typer) -> None:
                 view.update,
             )
         _print_summary(view.console, result, tok)
+        for out in result.outputs:
+            if out.documents == 0:
+                print(
+                    f"warning: {out.prefix} holds no documents: the input had no text"
+                    + (f" under the key '{out.key}'" if out.key != "text" or len(result.outputs) > 1 else "")
+                    + "; `neox train` will refuse it",
+                    file=sys.stderr,
+                )
 
     @group.command(
         "inspect",

@@ -97,7 +97,7 @@ def interact(
         except EOFError:
             print(file=sys.stderr)
             return
-        complete(model, tokenizer, line, options, options.seed + i, stream=True)
+        complete(model, tokenizer, line, options, (options.seed + i) % 2**64, stream=True)
         print()
         i += 1
 
@@ -110,7 +110,7 @@ def sample_prompts(
     for i, p in enumerate(prompts):
         if stream and p:
             sys.stdout.write(p)
-        text = complete(model, tokenizer, p, options, options.seed + i, stream=stream)
+        text = complete(model, tokenizer, p, options, (options.seed + i) % 2**64, stream=stream)
         if stream:
             print()
         results.append({"prompt": p or "", "text": text})
@@ -141,6 +141,14 @@ def run_session(
     if output_file is not None:
         check_writable(output_file)  # before the model loads and the samples are drawn
     model, tokenizer, _cfg = load_for_inference(checkpoint, tag)
+    context = model.cfg.max_positions
+    if options.max_new_tokens >= context:
+        print(
+            f"note: --max-new-tokens {options.max_new_tokens} does not fit the model's context of "
+            f"{context} positions; each sample stops when the context is full "
+            f"(at most {context - 1} new tokens after a one-token prompt)",
+            file=sys.stderr,
+        )
     if interactive:
         interact(model, tokenizer, options)
         return
