@@ -9,6 +9,7 @@ not allowed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import shutil
@@ -121,6 +122,7 @@ def _trained_run() -> Path:
         import tempfile
 
         root = Path(tempfile.mkdtemp(prefix="neox-inputs-run-"))
+        atexit.register(shutil.rmtree, root, True)
         _config()(root)
         out = run_neox("train", "c.yml", cwd=root, timeout=300)
         assert out.code == 0, out.err
