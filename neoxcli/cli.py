@@ -7,6 +7,7 @@ command bodies so that ``neox --help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -88,6 +89,9 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type,
     return tuple(exits), tuple(aborts), tuple(errors)
 
 
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one ``error:`` line and exit code 2."""
     from neoxcli.errors import NeoxError
@@ -121,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # The environment's doing (a full or read-only disk, a forbidden path) wherever it
+        # surfaces: one line naming the path. Any other OSError keeps its traceback.
+        if debug_enabled() or exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,50 @@ def check_output_file(path: str | os.PathLike[str]) -> None:
             if not parent.is_dir():
                 raise NeoxError(f"cannot write {path}: {parent} is a file, not a directory")
             break
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError) -> Exception:
+    """One error line for a failed write: the path meant, and the system's reason.
+
+    ``exc.filename`` is often a temporary name; the user knows the path they asked for.
+    """
+    from neoxcli.errors import NeoxError
+
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free some space, or write somewhere else",
+        errno.EDQUOT: "the disk quota is used up: free some space, or write somewhere else",
+        errno.EROFS: "that file system is mounted read-only: write somewhere else",
+        errno.EACCES: "you may not write there: choose another path or fix the permissions",
+    }.get(exc.errno or 0)
+    return NeoxError(f"cannot write {os.fspath(path)}: {reason}", hint=hint)
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail now, with one error line, when ``path`` could not be written later.
+
+    Used before long work (sampling, tokenizing, converting) whose result goes
+    to ``path``: a read-only, full or forbidden directory is found by writing
+    one byte to a probe file in the nearest existing directory (then removed),
+    not after the work is done.
+    """
+    path = Path(path)
+    check_output_file(path)
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        os.write(fd, b"\0")
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        os.close(fd)
+        Path(probe).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, keep_mode: bool = False) -> None:

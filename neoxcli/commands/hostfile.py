@@ -87,9 +87,24 @@ def register(app: typer.Typer) -> None:
             hosts = hf.hosts_from_lsf(env, slots, keep_launch_host=keep_launch_host)
         else:
             hosts = hf.hosts_from_list(from_list or "", slots)
+        _check_names(hosts, chosen[0])
         if output is None:
             sys.stdout.write(hf.format_hostfile(hosts))
             return
         hf.write_hostfile(hosts, output)
         total = sum(host.slots for host in hosts)
         print(f"wrote {output}: {len(hosts)} host(s), {total} slot(s)", file=sys.stderr)
+
+
+def _check_names(hosts: list, source: str) -> None:
+    """Refuse a host name a launcher would refuse (or a shell would run), before writing it."""
+    from neoxcli.errors import NeoxError
+    from neoxcli.launchers.base import check_host_names
+
+    for host in hosts:
+        try:
+            check_host_names([host], "pdsh")  # the launchers' own rule, one host at a time
+        except NeoxError as exc:
+            raise NeoxError(
+                f"{source} gives the host name {host.name!r}, which no launcher can use", hint=exc.hint
+            ) from None

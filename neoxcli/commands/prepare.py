@@ -290,8 +290,12 @@ def register(app: typer.Typer) -> None:
         from neoxcli.data.prepare import ensure_output_absent, output_prefix_for, prepare, read_texts
         from neoxcli.data.readers import STDIN, expand_inputs, input_size
         from neoxcli.data.tokenizer import build_tokenizer, train_bpe_tokenizer
+        from neoxcli.fileio import check_writable
 
-        ensure_output_absent([output_prefix_for(output_prefix, k) for k in keys], overwrite)
+        outputs = [output_prefix_for(output_prefix, k) for k in keys]
+        ensure_output_absent(outputs, overwrite)
+        if Path(outputs[0]).parent.is_dir():  # (a missing one is created, or refused, by prepare)
+            check_writable(outputs[0] + ".bin")  # a read-only or full disk, before any tokenizing
         files = expand_inputs(inputs)
         if train_tokenizer:
             if STDIN in files:
@@ -318,6 +322,14 @@ def register(app: typer.Typer) -> None:
                 view.update,
             )
         _print_summary(view.console, result, tok)
+        for out in result.outputs:
+            if out.documents == 0:
+                print(
+                    f"warning: {out.prefix} holds no documents: the input had no text"
+                    + (f" under the key '{out.key}'" if out.key != "text" or len(result.outputs) > 1 else "")
+                    + "; `neox train` will refuse it",
+                    file=sys.stderr,
+                )
 
     @group.command(
         "inspect",

@@ -41,16 +41,17 @@ def register(app: typer.Typer) -> None:
         from neoxcli.training.launch import run_training
         from neoxcli.training.report import ConsoleReporter
 
-        overrides = list(set_)
+        # the options become keys of the launcher section; errors name the option that set them
+        options: list[tuple[str, str]] = []
         if launcher:
-            overrides.append(f"launcher.launcher={launcher}")
+            options.append(("--launcher", f"launcher.launcher={json.dumps(launcher)}"))
         if num_gpus is not None:
-            overrides.append(f"num_gpus={num_gpus}")
+            options.append(("--num-gpus", f"num_gpus={num_gpus}"))
         if hostfile is not None:
-            overrides.append(f"hostfile={json.dumps(str(hostfile.absolute()))}")  # a YAML-safe string
+            options.append(("--hostfile", f"hostfile={json.dumps(str(hostfile.absolute()))}"))
         if sbatch:
-            overrides.append("sbatch=true")
-        cfg = load_config([str(c) for c in configs], overrides, warn=_warn)
+            options.append(("--sbatch", "sbatch=true"))
+        cfg = load_config([str(c) for c in configs], list(set_), warn=_warn, options=options)
         files = [s for s in cfg.sources if s != "--set"]  # preset names resolved to their files
         code = run_training(cfg, files, dry_run=dry_run, reporter_factory=ConsoleReporter)
         if code:

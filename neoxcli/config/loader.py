@@ -116,6 +116,73 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping gives the same key twice; YAML would silently keep the last one."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.second = key, first, second
+
+
+def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """SafeLoader's mapping, refusing a key written twice (``<<`` merges may still be overridden)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(key, seen[key], line)
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: _construct_mapping(loader, node))
+
+# Bounds on what one file may expand to. PyYAML shares aliased nodes, but everything
+# after it (copies, validation, dumping) walks the expanded tree: ten levels of
+# nine-fold aliases are 9**10 nodes from a few hundred bytes. Real configs hold a
+# few thousand values and nest a handful of levels.
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+
+
+def _check_size(data: Any, label: str) -> None:
+    """Refuse a tree that nests deeper than ``MAX_DEPTH`` or expands past ``MAX_NODES`` values.
+
+    Sizes are memoised per object, so an alias bomb costs its number of distinct
+    nodes, not its expansion. The error names the key under which it happens.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any, depth: int, path: tuple[str, ...]) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        known = sizes.get(id(obj))
+        if known is not None:
+            return known
+        where = ".".join(path) or "the top level"
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"{label}: '{where}' nests deeper than {MAX_DEPTH} levels",
+                hint="a config is a few levels of mappings and lists",
+            )
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        total = 1
+        for key, value in items:
+            total += size(value, depth + 1, path if isinstance(obj, list) else (*path, str(key)))
+            if total > MAX_NODES:
+                raise ConfigError(
+                    f"{label}: '{where}' expands to more than {MAX_NODES:,} values (YAML aliases?)",
+                    hint="write the values out, or drop the anchors and aliases (&name, *name)",
+                )
+        sizes[id(obj)] = total
+        return total
+
+    size(data, 0, ())
+
+
 class _YamlDumper(yaml.SafeDumper):
     """Block style for mappings, one-line lists without mappings (``betas: [0.9, 0.95]``)."""
 
@@ -137,11 +204,20 @@ def _parse_text(text: str, label: str, *, json_first: bool) -> Any:
     """Parse one file's text; errors name the file and line."""
     if json_first:
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, label))
         except json.JSONDecodeError:
             pass  # GPT-NeoX reads .json through YAML too (comments, trailing commas)
+        except RecursionError:
+            raise _too_deep(label) from None
     try:
         return yaml.load(text, Loader=_YamlLoader)
+    except RecursionError:
+        raise _too_deep(label) from None
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"duplicate key '{exc.key}' in {label} at lines {exc.first} and {exc.second}",
+            hint="YAML keeps only the last one: delete the key you do not mean",
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -154,6 +230,25 @@ def _parse_text(text: str, label: str, *, json_first: bool) -> Any:
         raise ConfigError(f"invalid YAML in {label}: {exc}") from None
 
 
+def _too_deep(label: str) -> ConfigError:
+    return ConfigError(
+        f"{label} nests too deeply to read (more than {MAX_DEPTH} levels)",
+        hint="a config is a few levels of mappings and lists",
+    )
+
+
+def _json_object(pairs: list[tuple[str, Any]], label: str) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice as the YAML reader does."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(
+                f"duplicate key '{key}' in {label}", hint="JSON keeps only the last one: delete one"
+            )
+        out[key] = value
+    return out
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Split ``key=value`` and read the value as a YAML scalar (``true``, ``3``, ``1e-4``, ``[1, 2]``)."""
     key, sep, raw = item.partition("=")
@@ -164,11 +259,14 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, None
     try:
         value = yaml.load(raw, Loader=_YamlLoader)
+    except RecursionError:
+        raise _too_deep(f"--set {key}") from None
     except yaml.YAMLError:
         raise ConfigError(
             f"cannot read the value of --set {item}",
             hint="quote it for the shell and YAML, e.g. --set 'data_path=\"a: b\"'",
         ) from None
+    _check_size(value, f"--set {key}")
     return key, value
 
 
@@ -296,18 +394,19 @@ def _ops_from_mapping(data: Mapping[Any, Any], label: str) -> list[_Op]:
     return [op for op in ops if op.alias] + [op for op in ops if not op.alias]
 
 
-def _ops_from_override(item: str) -> list[_Op]:
+def _ops_from_override(item: str, label: str = _SET) -> list[_Op]:
+    """The assignments of one ``key=value``; ``label`` names its source in errors (``--set``, ``--num-gpus``)."""
     key, value = parse_override(item)
     parts = [_norm(p) for p in key.split(".")]
     if not all(parts):
         raise ConfigError(f"--set key '{key}' has an empty part", hint="e.g. --set model.hidden_size=256")
     if len(parts) == 1:
-        return _ops_from_mapping({key: value}, _SET)
+        return _ops_from_mapping({key: value}, label)
     if parts[0] in SECTIONS:
         section, name, rest = parts[0], parts[1], tuple(parts[2:])
     else:
         section, name, rest = None, parts[0], tuple(parts[1:])
-    return [_classify(name, value, rest, _SET, section, key)]
+    return [_classify(name, value, rest, label, section, key)]
 
 
 def _field_default(section: str, name: str) -> Any:
@@ -594,6 +693,8 @@ def _problem(err: Mapping[str, Any]) -> str:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"expected an integer, got {_describe(value)}"
+    if kind == "bool_for_number":
+        return f"expected a number, got {_describe(value)} (a bool is not a number)"
     if kind in ("float_parsing", "float_type"):
         return f"expected a number, got {_describe(value)}"
     if kind in ("bool_parsing", "bool_type"):
@@ -735,6 +836,7 @@ def _read(path: str | Path) -> tuple[str, Mapping[Any, Any]]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {label}: {exc.strerror or exc}") from None
     data = _parse_text(text, label, json_first=p.suffix.lower() == ".json")
+    _check_size(data, label)
     if data is None:
         return label, {}
     if not isinstance(data, Mapping):
@@ -754,6 +856,7 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     warn: Callable[[str], None] | None = None,
+    options: Sequence[tuple[str, str]] = (),
 ) -> NeoXConfig:
     """Merge config files left to right, apply ``--set`` overrides, validate and return the config.
 
@@ -762,6 +865,8 @@ def load_config(
     by default it is printed to stderr as ``warning: ...``. Those keys and
     their values stay available as ``cfg.ignored_keys``. Every problem is a
     ``ConfigError`` whose message names the key and the file it came from.
+    ``options`` are ``(option, "key=value")`` pairs a command turns its own
+    flags into, applied after the overrides; errors name the option, not ``--set``.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -777,6 +882,11 @@ def load_config(
             merged.apply(op)
         if _SET not in sources:
             sources.append(_SET)
+    for option, item in options:
+        for op in _ops_from_override(item, option):
+            merged.apply(op)
+        if option not in sources:
+            sources.append(option)
     _translate(merged)
     try:
         cfg = NeoXConfig.model_validate(merged.tree)

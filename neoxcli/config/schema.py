@@ -9,9 +9,20 @@ onto the sections without a translation table; see ``neoxcli.config.loader``.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class Section(BaseModel):
@@ -23,6 +34,37 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, protected_namespaces=(), coerce_numbers_to_str=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``num_layers: true`` is a typo, not 1: pydantic's lax mode would read a bool as a number."""
+        if not isinstance(value, (bool, list, tuple)) or info.field_name is None:
+            return value
+        field = cls.model_fields.get(info.field_name)
+        if field is None:
+            return value
+        if isinstance(value, bool):
+            if _number_not_bool(field.annotation, in_list=False):
+                raise PydanticCustomError("bool_for_number", "a bool is not a number")
+        elif any(isinstance(v, bool) for v in value) and _number_not_bool(field.annotation, in_list=True):
+            raise PydanticCustomError("bool_for_number", "a bool is not a number")
+        return value
+
+
+def _number_not_bool(annotation: Any, *, in_list: bool) -> bool:
+    """Whether a field typed ``annotation`` takes numbers (or, ``in_list``, lists of them) but no bools."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if bool in options or Any in options:
+            return False
+        return any(_number_not_bool(a, in_list=in_list) for a in options)
+    if in_list:
+        return origin in (list, tuple) and any(
+            _number_not_bool(a, in_list=False) for a in typing.get_args(annotation) if a is not Ellipsis
+        )
+    return annotation in (int, float)
 
 
 PosEmb = Literal["rotary", "alibi", "learned", "sinusoidal", "none"]
@@ -269,7 +311,7 @@ class TrainConfig(Section):
     )
     fp16: dict[str, Any] | None = None
     bf16: dict[str, Any] | None = None
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=2**32 - 1)  # numpy's RandomState takes 32 bits
     eval_interval: int = Field(1000, ge=1)
     eval_iters: int = Field(100, ge=0)  # GPT-NeoX's default
     compile: bool = Field(False, description="neox: torch.compile the model")

@@ -11,6 +11,7 @@ uploading to the Hugging Face Hub.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -100,6 +101,21 @@ def choose_arch(cfg: ModelConfig) -> str:
     )
 
 
+# A write that failed for these reasons is the output's fault, not a bug or a bad input.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+def _write_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write, also where torch or safetensors wrap it in their own error."""
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in _WRITE_ERRNOS else None
+    text = str(exc)
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in text or f"os error {code})" in text:
+            return code
+    return None
+
+
 @contextmanager
 def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     """A temporary sibling of ``out_dir`` that becomes ``out_dir`` when the block succeeds.
@@ -107,7 +123,7 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     The temporary directory is removed on any failure, so ``out_dir`` is either
     absent, its previous content, or complete.
     """
-    from neoxcli.fileio import check_output_file
+    from neoxcli.fileio import check_output_file, write_error
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -115,10 +131,19 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
             raise NeoxError(f"{out_dir} already exists", hint="choose a new directory or pass --overwrite")
     if not out_dir.is_dir():
         check_output_file(out_dir)  # a file where a parent directory should be
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        yield tmp
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as exc:  # a read-only or full file system, before any conversion work
+        raise write_error(out_dir, exc) from None
+    try:
+        try:
+            yield tmp
+        except Exception as exc:
+            code = _write_errno(exc)
+            if code is None:
+                raise
+            raise write_error(out_dir, OSError(code, os.strerror(code))) from None
         # mkdtemp makes the directory private (0700) and safetensors writes 0600; the model
         # directory is meant to be shared like every other output, so it follows the umask.
         umask = os.umask(0)

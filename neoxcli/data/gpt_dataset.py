@@ -448,6 +448,7 @@ def data_settings(data: Any = None, **fields: Any) -> DataConfig:
 
 
 _OPENED: dict[str, IndexedDataset] = {}
+_CHECKED: set[tuple[str, int]] = set()
 
 
 def open_indexed(prefix: str) -> IndexedDataset:
@@ -456,6 +457,37 @@ def open_indexed(prefix: str) -> IndexedDataset:
     if key not in _OPENED:
         _OPENED[key] = IndexedDataset(prefix)
     return _OPENED[key]
+
+
+def open_training_data(prefix: str, key: str, vocab_size: int | None) -> IndexedDataset:
+    """Open a dataset to train on: it must hold tokens, all of them ids the model's embedding has.
+
+    An empty dataset would otherwise become a split "with no tokens" and an id
+    past the embedding an ``IndexError`` deep in the model, both naming neither
+    the file nor the document. The id check is one max over the memory-mapped
+    data per dataset and process.
+    """
+    ds = open_indexed(prefix)
+    if ds.num_tokens == 0:
+        raise DataError(
+            f"the training dataset {prefix} ({key}) is empty: {ds.num_documents} documents, 0 tokens",
+            hint="check the input given to `neox prepare` (`neox prepare inspect` shows a dataset)",
+        )
+    if vocab_size is None or (os.path.abspath(prefix), vocab_size) in _CHECKED:
+        return ds
+    info = np.iinfo(ds.dtype) if ds.dtype.kind in "iu" else None
+    if info is None or info.max >= vocab_size or info.min < 0:
+        bad = ds.first_token_outside(vocab_size)
+        if bad is not None:
+            doc, pos, token = bad
+            raise DataError(
+                f"dataset {prefix} ({key}): document {doc} holds token id {token} at position {pos}, "
+                f"outside the model's vocabulary of {vocab_size} (padded)",
+                hint="the data was prepared with another tokenizer: prepare it again with this run's "
+                "tokenizer_type/vocab_file, or set those to the tokenizer it was prepared with",
+            )
+    _CHECKED.add((os.path.abspath(prefix), vocab_size))
+    return ds
 
 
 def build_train_valid_test(
@@ -468,6 +500,7 @@ def build_train_valid_test(
     cache_dir: Path | str | None = None,
     rank: int = 0,
     barrier: Callable[[], Any] | None = None,
+    vocab_size: int | None = None,
     **fields: Any,
 ) -> tuple[Any | None, Any | None, Any | None]:
     """Train/valid/test datasets as GPT-NeoX builds them (``None`` where empty).
@@ -478,7 +511,9 @@ def build_train_valid_test(
     optional ``*_data_weights`` (each path a whole dataset; several are blended,
     each asked for ``ceil(samples * weight * 1.005)`` samples). With ``barrier``
     (a collective), rank 0 writes the index caches first and the other ranks
-    map them after the barrier; without it they poll for the files.
+    map them after the barrier; without it they poll for the files. With
+    ``vocab_size`` (the padded embedding size) every token id is checked to be
+    below it, and an empty dataset is refused naming its file.
     """
     spec = data_settings(data, **fields)
     args = (
@@ -488,6 +523,7 @@ def build_train_valid_test(
         (int(train_samples), int(valid_samples), int(test_samples)),
         cache_dir,
         rank,
+        vocab_size,
     )
     if barrier is None:
         return _build_splits(*args)
@@ -507,6 +543,7 @@ def _build_splits(
     counts: tuple[int, int, int],
     cache_dir: Path | str | None,
     rank: int,
+    vocab_size: int | None = None,
 ) -> tuple[Any | None, Any | None, Any | None]:
     if spec.train_data_paths:
         out: list[Any | None] = []
@@ -522,7 +559,7 @@ def _build_splits(
             norm, per = weighted_num_samples(weights, n)
             parts = []
             for i, (path, k) in enumerate(zip(paths, per, strict=True)):
-                ds = open_indexed(path)
+                ds = open_training_data(path, f"{kind}_data_paths", vocab_size)
                 label = None
                 if kind == "train" and spec.label_data_paths:
                     label = open_indexed(spec.label_data_paths[i])
@@ -536,7 +573,7 @@ def _build_splits(
             "no training data configured",
             hint="set data_path (with split) or train_data_paths, or data_preset to prepare one",
         )
-    ds = open_indexed(spec.data_path)
+    ds = open_training_data(spec.data_path, "data_path", vocab_size)
     label = open_indexed(spec.label_data_paths[0]) if spec.label_data_paths else None
     result: list[Any | None] = []
     for name, (lo, hi), n in zip(

@@ -134,7 +134,7 @@ class IndexedDatasetWriter:
                 if lo < self._info.min or hi > self._info.max:
                     raise ValueError(f"token id out of range for {self.dtype}: [{lo}, {hi}]")
             arr = arr.astype(self.dtype)
-        self._bin.write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self._write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         self._sizes.append(int(arr.size))
         self.tokens += int(arr.size)
 
@@ -148,7 +148,7 @@ class IndexedDatasetWriter:
         sizes = np.asarray(sizes, dtype=np.int64)
         if int(sizes.sum()) != tokens.size:
             raise ValueError("sizes do not add up to the number of tokens")
-        self._bin.write(tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self._write(tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         start = len(self._sizes)
         self._sizes.extend(sizes.tolist())
         self._doc_idx.extend(range(start + 1, start + len(sizes) + 1))
@@ -160,11 +160,25 @@ class IndexedDatasetWriter:
             raise ValueError(f"dtype {other.dtype} differs from {self.dtype}")
         data = other._bin_map
         for s in range(0, data.size, block):
-            self._bin.write(np.ascontiguousarray(data[s : s + block]).tobytes())
+            self._write(np.ascontiguousarray(data[s : s + block]).tobytes())
         base = len(self._sizes)
         self._sizes.extend(np.asarray(other.sizes).tolist())
         self._doc_idx.extend((np.asarray(other.doc_idx[1:], dtype=np.int64) + base).tolist())
         self.tokens += other.num_tokens
+
+    def _write(self, data: bytes) -> None:
+        """Append to the .bin; a full or read-only disk drops the temporaries and names the dataset."""
+        try:
+            self._bin.write(data)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> DataError:
+        return DataError(
+            f"cannot write {self._bin_final}: {exc.strerror or exc}",
+            hint="nothing was left behind; free some space or choose another output (-o)",
+        )
 
     def end_document(self) -> None:
         self._doc_idx.append(len(self._sizes))
@@ -187,6 +201,9 @@ class IndexedDatasetWriter:
             )
             os.replace(self._bin_tmp, self._bin_final)
             os.replace(self._idx_tmp, self._idx_final)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
         except BaseException:
             self.abort()
             raise
@@ -196,6 +213,8 @@ class IndexedDatasetWriter:
         self._closed = True
         try:
             self._bin.close()
+        except OSError:
+            pass  # the buffered tail could not be written either; the file goes anyway
         finally:
             for p in (self._bin_tmp, self._idx_tmp):
                 p.unlink(missing_ok=True)
@@ -232,6 +251,66 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_index(
+    path: Path, sizes: np.ndarray, pointers: np.ndarray, doc_idx: np.ndarray, itemsize: int
+) -> None:
+    """Refuse an index whose arrays contradict each other, naming the first bad entry.
+
+    The header and the last pointer say nothing about the entries in between: a
+    negative size, a pointer past the data or a document boundary out of order
+    would otherwise surface as absurd statistics or garbage samples (and a
+    "loss became nan") long after the file was opened. One vectorised pass.
+    """
+    n = len(sizes)
+
+    def corrupt(what: str) -> DataError:
+        return DataError(
+            f"{path} is corrupt: {what}",
+            hint="prepare the dataset again (`neox prepare`); `neox prepare inspect` checks a dataset",
+        )
+
+    bad = np.flatnonzero(sizes < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise corrupt(f"sizes[{i}] is {int(sizes[i])} (a sequence length cannot be negative)")
+    bad = np.flatnonzero(pointers != _pointers(sizes, itemsize))
+    if bad.size:
+        i = int(bad[0])
+        want = int(sizes[:i].sum(dtype=np.int64)) * itemsize
+        span = int(pointers[i]) - int(pointers[i - 1]) if i else 0
+        if (
+            i
+            and span >= 0
+            and span % itemsize == 0
+            and i + 1 < n
+            and int(pointers[i + 1]) == int(pointers[i]) + int(sizes[i]) * itemsize
+        ):
+            # the pointers agree with each other around i: the size before them is the odd one out
+            raise corrupt(
+                f"sizes[{i - 1}] is {int(sizes[i - 1])}, but the pointers give that sequence {span // itemsize} tokens"
+            )
+        raise corrupt(
+            f"pointers[{i}] is {int(pointers[i])}, expected {want} "
+            f"(the sizes before it times {itemsize} byte{'s' if itemsize > 1 else ''})"
+        )
+    if len(doc_idx):
+        bad = np.flatnonzero((doc_idx < 0) | (doc_idx > n))
+        if bad.size:
+            i = int(bad[0])
+            raise corrupt(
+                f"document {max(i - 1, 0)}: doc_idx[{i}] is {int(doc_idx[i])}, "
+                f"outside 0..{n} (the sequences in the index)"
+            )
+        bad = np.flatnonzero(np.diff(doc_idx) < 0)
+        if bad.size:
+            i = int(bad[0]) + 1
+            raise corrupt(
+                f"document {i - 1}: doc_idx[{i}] is {int(doc_idx[i])}, "
+                f"before doc_idx[{i - 1}] = {int(doc_idx[i - 1])} "
+                "(document starts must not decrease)"
+            )
 
 
 class IndexedDataset:
@@ -285,9 +364,15 @@ class IndexedDataset:
         self.doc_idx: np.ndarray = np.frombuffer(buf, dtype="<i8", count=d, offset=off)
         bsize = bpath.stat().st_size
         itemsize = self.dtype.itemsize
+        check_index(ipath, self.sizes, self.pointers, self.doc_idx, itemsize)
         expected = (int(self.pointers[-1]) + int(self.sizes[-1]) * itemsize) if n else 0
         if bsize < expected:
             raise DataError(f"{bpath} is truncated ({bsize} bytes, the index needs {expected})")
+        if bsize != expected:
+            raise DataError(
+                f"{bpath} does not match {ipath.name}: {bsize} bytes, the index describes {expected}",
+                hint="the two files come from different runs; prepare the dataset again",
+            )
         if bsize:
             # a plain ndarray view: slicing an np.memmap runs Python-level hooks on every access
             mm = np.memmap(bpath, dtype=self.dtype.newbyteorder("<"), mode="r")
@@ -330,6 +415,33 @@ class IndexedDataset:
         start = int(self.pointers[a]) // self._itemsize
         end = int(self.pointers[b - 1]) // self._itemsize + int(self.sizes[b - 1])
         return self._bin_map[start:end]
+
+    def token_range(self, block: int = 1 << 24) -> tuple[int, int]:
+        """(smallest, largest) token id in the data, read block by block from the memory map."""
+        lo: int | None = None
+        hi: int | None = None
+        for s in range(0, self._bin_map.size, block):
+            part = self._bin_map[s : s + block]
+            a, b = int(part.min()), int(part.max())
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        return int(lo or 0), int(hi or 0)
+
+    def first_token_outside(self, vocab_size: int, block: int = 1 << 24) -> tuple[int, int, int] | None:
+        """(document, position in it, id) of the first token id outside ``0..vocab_size-1``, if any."""
+        data = self._bin_map
+        for s in range(0, data.size, block):
+            part = data[s : s + block]
+            bad = (part >= vocab_size) | (part < 0) if data.dtype.kind == "i" else part >= vocab_size
+            hits = np.flatnonzero(bad)
+            if hits.size:
+                pos = s + int(hits[0])
+                starts = np.asarray(self.pointers) // self._itemsize
+                seq = int(np.searchsorted(starts, pos, side="right")) - 1
+                doc = max(int(np.searchsorted(self.doc_idx, seq, side="right")) - 1, 0)
+                first = int(starts[int(self.doc_idx[doc])]) if len(self.doc_idx) else 0
+                return doc, pos - first, int(data[pos])
+        return None
 
     def __repr__(self) -> str:
         return f"IndexedDataset({self.prefix!r}, sequences={len(self)}, dtype={self.dtype})"

@@ -495,7 +495,15 @@ def read_texts(
 
 
 def ensure_output_absent(prefixes: Iterable[str], overwrite: bool) -> None:
-    """Refuse to replace an existing dataset unless asked to."""
+    """Refuse to replace an existing dataset unless asked to, and never a directory of its name."""
+    prefixes = list(prefixes)
+    for p in prefixes:
+        for ext in (".bin", ".idx"):
+            if Path(p + ext).is_dir():
+                raise DataError(
+                    f"cannot write {p}{ext}: it is a directory",
+                    hint="--overwrite replaces datasets, not directories: choose another output (-o)",
+                )
     if overwrite:
         return
     for p in prefixes:

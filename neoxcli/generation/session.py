@@ -116,7 +116,7 @@ def interact(
         except EOFError:
             print(file=sys.stderr)
             return
-        complete(model, tokenizer, line, options, options.seed + i, stream=True)
+        complete(model, tokenizer, line, options, (options.seed + i) % 2**64, stream=True)
         print()
         i += 1
 
@@ -292,12 +292,20 @@ def run_session(
     """
     # The one place neox generate loads a model: a neox, Hugging Face or GPT-NeoX directory.
     from neoxcli.convert.any_model import load_any_for_inference
-    from neoxcli.fileio import check_output_file
+    from neoxcli.fileio import check_writable
 
     file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
-        check_output_file(output_file)
+        check_writable(output_file)  # before the model loads and the samples are drawn
     model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag)
+    context = model.cfg.max_positions
+    if options.max_new_tokens >= context:
+        print(
+            f"note: --max-new-tokens {options.max_new_tokens} does not fit the model's context of "
+            f"{context} positions; each sample stops when the context is full "
+            f"(at most {context - 1} new tokens after a one-token prompt)",
+            file=sys.stderr,
+        )
     if interactive:
         interact(model, tokenizer, options)
         return
@@ -330,7 +338,7 @@ def _write_as_they_come(
     """
     import os
 
-    from neoxcli.fileio import atomic_write_text
+    from neoxcli.fileio import atomic_write_text, write_error
 
     tmp = output_file.with_name(f".{output_file.name}.partial")
     as_text = output_file.suffix == ".txt"
@@ -366,6 +374,9 @@ def _write_as_they_come(
         )
     else:
         body = "".join(json.dumps(r) + "\n" for r in results)
-    atomic_write_text(output_file, body)
+    try:
+        atomic_write_text(output_file, body)
+    except OSError as exc:
+        raise write_error(output_file, exc) from None
     tmp.unlink(missing_ok=True)
     return results

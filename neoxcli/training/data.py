@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from neoxcli.config.schema import NeoXConfig
-from neoxcli.errors import DataError
+from neoxcli.errors import DataError, NeoxError
 
 
 def _missing_inputs(cfg: NeoXConfig) -> list[str]:
@@ -68,11 +68,23 @@ def sample_counts(cfg: NeoXConfig, train_batch: int) -> tuple[int, int, int]:
 
 
 def build_datasets(
-    cfg: NeoXConfig, *, train_batch: int, cache_dir: Path, rank: int, barrier: Callable[[], Any]
+    cfg: NeoXConfig,
+    *,
+    train_batch: int,
+    cache_dir: Path,
+    rank: int,
+    barrier: Callable[[], Any],
+    vocab_size: int | None = None,
 ) -> tuple[Any, Any, Any]:
-    """(train, valid, test) datasets in GPT-NeoX's sample order; valid/test may be None."""
+    """(train, valid, test) datasets in GPT-NeoX's sample order; valid/test may be None.
+
+    Every token id is checked against ``vocab_size`` (the padded embedding
+    size; worked out from the tokenizer when not given) before training starts.
+    """
     from neoxcli.data.gpt_dataset import build_train_valid_test
 
+    if vocab_size is None:
+        vocab_size = _padded_vocab(cfg)
     train_n, valid_n, test_n = sample_counts(cfg, train_batch)
     return build_train_valid_test(
         cfg.data,
@@ -84,4 +96,18 @@ def build_datasets(
         cache_dir=cache_dir,
         rank=rank,
         barrier=barrier,
+        vocab_size=vocab_size,
     )
+
+
+def _padded_vocab(cfg: NeoXConfig) -> int | None:
+    """The run's embedding size, from its tokenizer (None when the tokenizer cannot be built here)."""
+    from neoxcli.config.derived import padded_vocab_size
+    from neoxcli.data.tokenizer import build_tokenizer
+
+    tok = cfg.tokenizer
+    try:
+        vocab = build_tokenizer(tok.tokenizer_type, tok.vocab_file, tok.merge_file).vocab_size
+    except NeoxError:
+        return None  # the run builds the same tokenizer and reports the problem itself
+    return padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size)

@@ -1,6 +1,6 @@
 """Everything a training run holds, built once before the first step: ``build_run(cfg) -> Run``.
 
-Order: distributed init → data (prepared if a preset is missing) and tokenizer
+Order: distributed init → data (prepared if a preset is missing), tokenizer and datasets
 → the derived plan and layout → which checkpoint to resume and how → the full
 model from the seed → ``parallelize`` → restored weights → optimizer and LR
 schedule → the DeepSpeed engine → datasets → restored optimizer state,
@@ -191,6 +191,20 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         # (Set, not defaulted: torch writes its own default into the variable on first use.)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((save_dir / "inductor-cache").absolute())
 
+    # Data first: a bad dataset is found before the model is built (global RNGs are reseeded next).
+    cache_dir = (
+        Path(cfg.data.data_cache_dir)
+        if cfg.data.data_cache_dir
+        else (save_dir / "index-cache" if save_dir else Path(".neox-cache") / "index-cache")
+    )
+    train_ds, valid_ds, _test_ds = build_datasets(
+        cfg,
+        train_batch=plan.train_batch_size,
+        cache_dir=cache_dir,
+        rank=dist.rank,
+        barrier=torch.distributed.barrier,
+        vocab_size=plan.padded_vocab_size,
+    )
     seed_everything(cfg.train.seed)
     model = GPTModel(cfg.model, plan.padded_vocab_size)
     loss_fn = make_loss_fn(grid.tp_group if layout.tp > 1 else None)
@@ -217,18 +231,6 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     )
     engine = build_engine(module, optimizer, scheduler, cfg, plan, layout, grid)
 
-    cache_dir = (
-        Path(cfg.data.data_cache_dir)
-        if cfg.data.data_cache_dir
-        else (save_dir / "index-cache" if save_dir else Path(".neox-cache") / "index-cache")
-    )
-    train_ds, valid_ds, _test_ds = build_datasets(
-        cfg,
-        train_batch=plan.train_batch_size,
-        cache_dir=cache_dir,
-        rank=dist.rank,
-        barrier=torch.distributed.barrier,
-    )
     run = Run(
         cfg=cfg,
         dist=dist,
