@@ -1,12 +1,12 @@
 """Everything a training run holds, built once before the first step: ``build_run(cfg) -> Run``.
 
-Order: distributed init → data (prepared if a preset is missing), tokenizer and datasets
-→ the derived plan and layout → which checkpoint to resume and how → the full
+Order: distributed init → data (prepared if a preset is missing) and tokenizer
+→ the derived plan and layout → which checkpoint to resume and how → the
+datasets (checked against the vocabulary before any model exists) → the full
 model from the seed → ``parallelize`` → restored weights → optimizer and LR
-schedule → the DeepSpeed engine → datasets → restored optimizer state,
-counters and RNG. Every rank builds the same full model first, so all layouts
-start from the weights a single process would train.
-"""
+schedule → the DeepSpeed engine → restored optimizer state, counters and RNG.
+Every rank builds the same full model first, so all layouts start from the
+weights a single process would train."""
 
 from __future__ import annotations
 
