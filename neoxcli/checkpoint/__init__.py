@@ -25,8 +25,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from neoxcli.checkpoint.io import (
+    ALLOWED_TYPES,
+    UnsafeCheckpointError,
     check_state_fits,
     reading_checkpoint,
+    safe_engine_loads,
+    safe_load,
     saved_model_config,
     saved_partition,
     torch_load,
@@ -99,6 +103,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ALLOWED_TYPES",
+    "UnsafeCheckpointError",
+    "safe_engine_loads",
+    "safe_load",
     "CONFIG_NAME",
     "LAYOUT_NAME",
     "TOKENIZER_NAME",
