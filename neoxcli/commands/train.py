@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
             False, "--sbatch", help="slurm launcher: submit a batch job instead of srun."
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact launch command(s) and exit."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Start from scratch, deleting the checkpoints already in `save`."
+        ),
     ) -> None:
         import json
 
@@ -50,6 +53,8 @@ def register(app: typer.Typer) -> None:
             overrides.append(f"hostfile={json.dumps(str(hostfile.absolute()))}")  # a YAML-safe string
         if sbatch:
             overrides.append("sbatch=true")
+        if overwrite:
+            overrides.append("checkpoint.overwrite=true")
         cfg = load_config([str(c) for c in configs], overrides, warn=_warn)
         code = run_training(cfg, [str(c) for c in configs], dry_run=dry_run, reporter_factory=ConsoleReporter)
         if code:
