@@ -50,20 +50,23 @@ def _train(args: list[str], slow_prune: bool) -> int:
 
 
 def serve() -> None:
+    # Replies go to the original stdout; whatever the libraries print goes to stderr.
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     import deepspeed  # noqa: F401 - imported once, before any fork
     import torch  # noqa: F401
 
     import neoxcli.training.trainer  # noqa: F401
 
-    print("ready", flush=True)
+    print("ready", file=reply, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             _child(request["args"], bool(request.get("slow_prune")))
-        print(pid, flush=True)
+        print(pid, file=reply, flush=True)
         _, status = os.waitpid(pid, 0)
-        print(status, flush=True)
+        print(status, file=reply, flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from tests.reliability.harness import expect_clean_error, files_under, run_neox
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
+pytestmark = pytest.mark.slow  # every case but the metrics one starts training or loading processes
+
 REPO = Path(__file__).resolve().parents[2]
 TEXT = "the quick brown fox jumps over the lazy dog. pack my box with five dozen liquor jugs. "
 
@@ -175,7 +177,6 @@ PAYLOADS: dict[str, tuple[str, Prepare, list[str]]] = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(PAYLOADS))
 def test_no_code_runs_from_a_checkpoint(base: Path, case: str) -> None:
     source, prepare, command = PAYLOADS[case]
@@ -292,7 +293,6 @@ MISTAKES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(MISTAKES))
 def test_mistakes_are_one_line_and_overwrite_nothing(base: Path, case: str) -> None:
     edit, extra, fragment = MISTAKES[case]
@@ -493,7 +493,6 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["iteration"]: r["loss"] for r in rows}
 
 
-@pytest.mark.slow
 def test_kill_during_saves_and_pruning_resumes_exactly(tmp_path: Path) -> None:
     iters = 24
     over = {"train-iters": iters, "checkpoint-factor": 1, "keep-last-n-checkpoints": 2, "eval-iters": 0}
