@@ -89,23 +89,30 @@ def save(run: Run, report: Reporter) -> Path | None:
     try:
         _save(run, tag_dir, report)
     except Exception as exc:
-        # The half-written tag is removed, and the cause is one line.
+        cause = _write_failure(exc)
+        if cause is None:
+            # Not the disk's fault (e.g. another rank died mid-collective): raised as it was;
+            # the journal has the next start remove the half-written tag.
+            raise
+        # A write failure (disk full, permissions): the half-written tag goes now, and it is one line.
         if run.dist.is_main:
             abandon_save(tag_dir)
         raise NeoxError(
-            f"cannot save checkpoint {tag_dir}: {_cause(exc)}",
+            f"cannot save checkpoint {tag_dir}: {cause}",
             hint="free space or fix the save directory, then resume from its 'latest'",
         ) from exc
     return tag_dir
 
 
-def _cause(exc: BaseException) -> str:
-    """One line saying why a write failed ("No space left on device"), whoever raised it."""
+def _write_failure(exc: BaseException) -> str | None:
+    """Why writing failed ("No space left on device"), or None when ``exc`` is no write failure."""
     for err in (exc, exc.__cause__, exc.__context__):
         if isinstance(err, OSError) and err.strerror:
             return err.strerror
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "file write failed" in text):
+        return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return None
 
 
 def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
