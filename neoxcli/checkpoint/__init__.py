@@ -4,10 +4,13 @@ A save directory looks like GPT-NeoX's: ``{save}/latest`` names the tag,
 ``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_XX_model_states.pt``
 per tensor-parallel rank, per-layer files under pipeline parallelism, optimizer
 shards) plus ``config.yml`` (the resolved config), the tokenizer,
-``layout.json`` and the layout-free ``portable_pp*_tp*.pt`` files.
+``layout.json``, the layout-free ``portable_pp*_tp*.pt`` files and, written
+last, the ``complete`` marker.
 
-- ``tags``: tag names, ``latest``, listing, pruning, resolving a path to a tag directory;
-- ``io``: ``torch_load``, ``reading_checkpoint``, the config saved beside the weights;
+- ``tags``: tag names, ``latest``, the completion marker, listing, pruning, resolving a path to a tag directory;
+- ``savedir``: a save directory across crashes: the save journal, start-up cleanup, what a start refuses;
+- ``io``: ``safe_load``/``torch_load`` (weights-only, an explicit allow-list), ``reading_checkpoint``,
+  the config saved beside the weights;
 - ``portable``: the layout-free files' names, ``layout.json``, reading them, how a resume uses them;
 - ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
 - ``reshard``: merging shards into the full model and cutting them for another layout;
@@ -25,8 +28,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from neoxcli.checkpoint.io import (
+    ALLOWED_TYPES,
+    UnsafeCheckpointError,
     check_state_fits,
     reading_checkpoint,
+    safe_engine_loads,
+    safe_load,
     saved_model_config,
     saved_partition,
     torch_load,
@@ -99,6 +106,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ALLOWED_TYPES",
+    "UnsafeCheckpointError",
+    "safe_engine_loads",
+    "safe_load",
     "CONFIG_NAME",
     "LAYOUT_NAME",
     "TOKENIZER_NAME",

@@ -1,8 +1,11 @@
 """Reading checkpoint files safely: ``torch_load``, ``reading_checkpoint``, the config saved beside the weights.
 
-Every read of a ``.pt`` file goes through ``torch_load``, and DeepSpeed's own
-loading runs inside ``reading_checkpoint``, so a damaged, foreign or
-mismatched file is one error naming it instead of whatever low-level error
+Every read of a ``.pt`` file goes through ``safe_load`` (``torch_load`` for
+our files and GPT-NeoX's, ``safe_engine_loads`` for DeepSpeed's own reads on
+resume): torch's weights-only unpickler with an explicit allow-list of the few
+non-tensor types these files hold, so no file can run code when loaded.
+DeepSpeed's loading runs inside ``reading_checkpoint``, so a damaged, foreign
+or mismatched file is one error naming it instead of whatever low-level error
 torch's reader hits first. Importing this module does not import torch.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,21 +25,133 @@ if TYPE_CHECKING:
     from neoxcli.config.schema import ModelConfig
 
 
-def torch_load(path: Path, *, weights_only: bool = False) -> Any:
-    """``torch.load`` onto the CPU; a damaged or foreign file is one error naming it, not a traceback.
+#: Non-tensor types our checkpoints hold besides torch's defaults: numpy arrays (the saved
+#: RNG states: a dtype of uint32 keys) and scalars, and argparse.Namespace (Megatron-era
+#: GPT-NeoX files). numpy names its reconstructors numpy.core (1.x) or numpy._core (2.x);
+#: both names are allowed, so a file written under either loads under either.
+_NUMPY_DTYPES = ("uint32", "int64", "int32", "float64", "float32", "bool")
+#: DeepSpeed's optimizer files (ZeRO shards, bf16) also hold its loss scaler, the ZeRO stage
+#: enum and fragment addresses; DeepSpeed is imported only when a file asks for one of them.
+_DEEPSPEED_TYPES = {
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler": ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler": (
+        "deepspeed.runtime.fp16.loss_scaler",
+        "DynamicLossScaler",
+    ),
+    "deepspeed.runtime.zero.config.ZeroStageEnum": ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    "deepspeed.utils.tensor_fragment.fragment_address": (
+        "deepspeed.utils.tensor_fragment",
+        "fragment_address",
+    ),
+}
+#: Every type name a checkpoint may need besides torch's defaults (``safe_load``'s allow-list).
+ALLOWED_TYPES = frozenset(
+    {"numpy.ndarray", "numpy.dtype", "argparse.Namespace", *_DEEPSPEED_TYPES}
+    | {f"numpy.{core}.multiarray.{f}" for core in ("core", "_core") for f in ("_reconstruct", "scalar")}
+)
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|got <class '([\w.]+)'>")
+
+
+class UnsafeCheckpointError(NeoxError):
+    """A checkpoint file needs a type outside the allow-list: loading it could run code."""
+
+
+def _plain_globals() -> list[Any]:
+    """numpy's and argparse's allowed objects, each under every name a file may use for it."""
+    import argparse
+
+    import numpy as np
+
+    out: list[Any] = [np.ndarray, np.dtype, argparse.Namespace]
+    out += [type(np.dtype(name)) for name in _NUMPY_DTYPES]
+    for obj in (np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0]):
+        out += [
+            (obj, f"numpy.core.multiarray.{obj.__name__}"),
+            (obj, f"numpy._core.multiarray.{obj.__name__}"),
+        ]
+    return out
+
+
+def _deepspeed_globals() -> list[Any]:
+    import importlib
+
+    return [(getattr(importlib.import_module(m), a), n) for n, (m, a) in _DEEPSPEED_TYPES.items()]
+
+
+def _asked_for(exc: BaseException) -> str | None:
+    m = _GLOBAL_RE.search(str(exc))
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` allowing only ``ALLOWED_TYPES`` besides tensors and plain values.
+
+    Unpickling anything else could run code the file chose (a ``__reduce__``
+    calling ``os.system``), so such a file is refused with ``UnsafeCheckpointError``
+    naming it and the type, before any of it runs. Reader errors of a damaged
+    file propagate as torch raised them.
+    """
+    import torch
+
+    allowed = _plain_globals()
+    while True:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            name = _asked_for(exc)
+            if name is None:
+                raise
+            if name not in _DEEPSPEED_TYPES or len(allowed) > len(_plain_globals()):
+                raise UnsafeCheckpointError(
+                    f"cannot load {path}: it needs {name}, which is not an allowed checkpoint type",
+                    hint="checkpoints are read with torch's weights_only loader, so a file cannot run code; "
+                    "this one holds other objects: only load it if you trust its source",
+                ) from None
+            allowed = allowed + _deepspeed_globals()  # all of them at once: one retry per file at most
+
+
+def torch_load(path: Path) -> Any:
+    """``safe_load`` onto the CPU; a damaged or foreign file is one error naming it, not a traceback.
 
     torch reports a truncated or overwritten file as whichever low-level error
     its reader hits first (zip, pickle, struct, EOF), none of which names the file.
     """
-    import torch
-
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return safe_load(path)
+    except NeoxError:
+        raise
     except Exception as exc:  # every reader error of a damaged file means the same to the user
         raise NeoxError(
             f"cannot read {path}: damaged or not a PyTorch checkpoint ({type(exc).__name__})",
             hint="the file is truncated or overwritten; copy it again from where it was written",
         ) from None
+
+
+@contextlib.contextmanager
+def safe_engine_loads(engine: Any) -> Iterator[None]:
+    """Route DeepSpeed's own checkpoint reads (``engine.load_checkpoint``) through ``safe_load``.
+
+    DeepSpeed 0.19 reads every file with ``checkpoint_engine.load``, which calls
+    ``torch.load(weights_only=False)``; the engine's instance and the torch
+    engine class both get the safe loader for the duration.
+    """
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    def load(self: Any, path: str, map_location: Any = None) -> Any:
+        return safe_load(path, map_location=map_location)
+
+    ckpt_engine = getattr(engine, "checkpoint_engine", None)
+    original = TorchCheckpointEngine.load
+    TorchCheckpointEngine.load = load  # type: ignore[method-assign]
+    if ckpt_engine is not None:
+        ckpt_engine.load = load.__get__(ckpt_engine)
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original  # type: ignore[method-assign]
+        if ckpt_engine is not None:
+            del ckpt_engine.load
 
 
 _FOREIGN = "the weights do not belong to the model its config describes"
@@ -105,8 +221,10 @@ def reading_checkpoint(tag_dir: Path, model_cfg: Any = None) -> Iterator[None]:
     try:
         yield
     except (EOFError, pickle.UnpicklingError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        first = first if len(first) <= 200 else first[:200] + "…"
         raise NeoxError(
-            f"checkpoint {tag_dir} is unreadable ({type(exc).__name__}: {exc}): a file in it is truncated or corrupt",
+            f"checkpoint {tag_dir} is unreadable ({type(exc).__name__}: {first}): a file in it is truncated or corrupt",
             hint="resume from an earlier checkpoint by writing its tag (e.g. global_step100) into 'latest'",
         ) from exc
     except RuntimeError as exc:

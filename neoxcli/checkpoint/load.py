@@ -37,8 +37,6 @@ def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> di
             f"no model states (mp_rank_*_model_states.pt or layer_*-model_states.pt) in {tag_dir}"
         )
     if len(flat) == 1 and not layered:
-        # DeepSpeed stores a few non-tensor objects next to the weights, so weights_only is off;
-        # the file is one this tool (or the user's own GPT-NeoX run) wrote.
         blob = torch_load(flat[0])
         module = blob.get("module") if isinstance(blob, dict) else None
         if module:

@@ -1,8 +1,9 @@
 """Writing checkpoints: a whole one-rank checkpoint, and the files training adds to DeepSpeed's own.
 
 Either way the tag directory gets ``layout.json``, ``config.yml`` and the
-tokenizer, and ``latest`` is written after everything else, so a save
-directory's ``latest`` never names a half-written checkpoint.
+tokenizer; then everything is flushed to disk, the completion marker is
+written, and ``latest`` comes last, so a save directory's ``latest`` never
+names a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neoxcli.checkpoint.portable import write_layout
-from neoxcli.checkpoint.tags import CONFIG_NAME, TOKENIZER_NAME, prune_checkpoints, tag_for, write_latest
+from neoxcli.checkpoint.tags import (
+    CONFIG_NAME,
+    TOKENIZER_NAME,
+    mark_complete,
+    prune_checkpoints,
+    tag_for,
+    write_latest,
+)
 from neoxcli.fileio import atomic_write_text
 from neoxcli.parallel.grid import Layout
 
@@ -29,6 +37,9 @@ def _describe(tag_dir: Path, cfg: NeoXConfig, layout: Layout, header: str = "") 
     from neoxcli.config import dump_config
 
     write_layout(tag_dir, layout)
+    if cfg.checkpoint.overwrite:
+        # A run resumed from this config must not delete the checkpoints it resumes from.
+        cfg = cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"overwrite": False})})
     atomic_write_text(tag_dir / CONFIG_NAME, header + dump_config(cfg))
 
 
@@ -59,6 +70,7 @@ def write_checkpoint(
     if tokenizer is not None:
         tokenizer.save(str(tag_dir / TOKENIZER_NAME))
     _describe(tag_dir, cfg, Layout(), header)
+    mark_complete(tag_dir)
     write_latest(save_dir, tag)
     return tag_dir
 
@@ -70,14 +82,15 @@ def finalize_tag(
 
     ``layout.json`` (the layout it was saved under), ``config.yml`` and a copy
     of an ``HFTokenizer``'s vocabulary file go into the tag directory; then
-    ``latest`` names it, and all but the newest ``keep_last`` checkpoints are
-    deleted.
+    every file is flushed, the completion marker written, ``latest`` names it,
+    and all but the newest ``keep_last`` complete checkpoints are deleted.
     """
     tag_dir = save_dir / tag
     _describe(tag_dir, cfg, layout)
     vocab = cfg.tokenizer.vocab_file
     if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
         shutil.copyfile(vocab, tag_dir / TOKENIZER_NAME)
+    mark_complete(tag_dir)
     write_latest(save_dir, tag)
     prune_checkpoints(save_dir, keep_last)
     return tag_dir

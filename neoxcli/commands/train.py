@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
             False, "--sbatch", help="slurm launcher: submit a batch job instead of srun."
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact launch command(s) and exit."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Start from scratch, deleting the checkpoints already in `save`."
+        ),
     ) -> None:
         import json
 
@@ -51,8 +54,10 @@ def register(app: typer.Typer) -> None:
             options.append(("--hostfile", f"hostfile={json.dumps(str(hostfile.absolute()))}"))
         if sbatch:
             options.append(("--sbatch", "sbatch=true"))
+        if overwrite:
+            options.append(("--overwrite", "checkpoint.overwrite=true"))
         cfg = load_config([str(c) for c in configs], list(set_), warn=_warn, options=options)
-        files = [s for s in cfg.sources if s != "--set"]  # preset names resolved to their files
+        files = [s for s in cfg.sources if not s.startswith("--")]  # preset names resolved to their files
         code = run_training(cfg, files, dry_run=dry_run, reporter_factory=ConsoleReporter)
         if code:
             raise typer.Exit(code)

@@ -337,6 +337,13 @@ class ParallelConfig(Section):
 class CheckpointConfig(Section):
     save: str | None = None
     load: str | None = None
+    load_tag: str | None = Field(
+        None, description="neox: the tag in load to resume from (e.g. global_step100) instead of its 'latest'"
+    )
+    overwrite: bool = Field(
+        False,
+        description="neox: start from scratch, deleting the checkpoints already in save (neox train --overwrite)",
+    )
     checkpoint_factor: int | None = Field(None, ge=1, description="save every N iterations")
     keep_last_n_checkpoints: int | None = Field(None, ge=1)
     extra_save_iters: list[int] | None = None

@@ -42,7 +42,7 @@ def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], StateDict]:
         if not bins:
             raise DataError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
         for shard in bins:
-            state.update(torch_load(shard, weights_only=True))
+            state.update(torch_load(shard))
     return config, state
 
 

@@ -12,9 +12,14 @@ from neoxcli.errors import NeoxError
 
 
 class MetricsLog:
-    """Appends one row per step to every configured sink; ``close`` when the run ends."""
+    """Appends one row per step to every configured sink; ``close`` when the run ends.
 
-    def __init__(self, cfg: NeoXConfig, save_dir: Path | None, enabled: bool) -> None:
+    A run that starts at ``resumed_at`` first drops the rows of later
+    iterations from ``metrics.jsonl``: work lost in a crash is done again,
+    and one iteration stays one row.
+    """
+
+    def __init__(self, cfg: NeoXConfig, save_dir: Path | None, enabled: bool, resumed_at: int = 0) -> None:
         self.rows: list[dict[str, Any]] = []
         self._fh: IO[str] | None = None
         self._sinks: list[Callable[[dict[str, Any]], None]] = []
@@ -22,6 +27,7 @@ class MetricsLog:
             return
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
+            truncate_metrics(save_dir / "metrics.jsonl", resumed_at)
             self._fh = open(save_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._sinks = _open_sinks(cfg)
 
@@ -37,6 +43,27 @@ class MetricsLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep only the rows of ``path`` up to ``iteration`` (atomically); a torn last line goes too."""
+    from neoxcli.fileio import atomic_write_text
+
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row.get("iteration", 0)) <= iteration
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped = True
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _open_sinks(cfg: NeoXConfig) -> list[Callable[[dict[str, Any]], None]]:

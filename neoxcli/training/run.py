@@ -45,6 +45,7 @@ class Run:
     iteration: int = 0
     consumed: int = 0
     n_params: int = 0
+    resumed: bool = False  # started from a checkpoint (even one of iteration 0)
 
     @property
     def tokens_per_iter(self) -> int:
@@ -73,29 +74,48 @@ class _Resume:
         return self.load_dir / self.tag
 
 
-def _find_resume(cfg: NeoXConfig, layout: Layout, grid: ParallelGrid) -> _Resume | None:
-    """The checkpoint to resume from and which path a layout change needs."""
+def _prepare_save_dir(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> None:
+    """Rank 0 undoes what a crash left in ``save`` (see ``neoxcli.checkpoint.savedir``) before anyone reads it."""
+    from neoxcli.checkpoint.savedir import clean_save_dir
+
+    if cfg.checkpoint.save and dist.is_main:
+        for line in clean_save_dir(Path(cfg.checkpoint.save)):
+            report.on_info(line)
+    _barrier(dist)
+
+
+def _barrier(dist: DistEnv) -> None:
+    if dist.world_size > 1:
+        import torch
+
+        torch.distributed.barrier()
+
+
+def _find_resume(
+    cfg: NeoXConfig, layout: Layout, grid: ParallelGrid, dist: DistEnv, report: Reporter
+) -> _Resume | None:
+    """The checkpoint to resume from and which path a layout change needs (refusing what would lose checkpoints)."""
     from neoxcli.checkpoint import (
         check_resume_layout,
         load_portable,
-        read_latest,
         read_layout,
         reading_checkpoint,
         saved_partition,
     )
+    from neoxcli.checkpoint.savedir import clear_save_dir, plan_resume
 
-    if not cfg.checkpoint.load:
+    ck = cfg.checkpoint
+    plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
+    if ck.overwrite and ck.save and dist.is_main:
+        removed = clear_save_dir(Path(ck.save))
+        if removed:
+            report.on_info(f"--overwrite: deleted {len(removed)} checkpoint(s) in {ck.save}")
+    _barrier(dist)
+    if plan.note:
+        report.on_info(plan.note)
+    if plan.load_dir is None or plan.tag is None:
         return None
-    load_dir = Path(cfg.checkpoint.load)
-    tag = read_latest(load_dir)
-    if not tag:
-        return None
-    if not (load_dir / tag).is_dir():
-        raise NeoxError(
-            f"{load_dir / 'latest'} names {tag!r}, which is not a directory in {load_dir}",
-            hint="write the tag of an existing checkpoint into 'latest', or remove it to start from scratch",
-        )
-    resume = _Resume(load_dir, tag, None)
+    resume = _Resume(plan.load_dir, plan.tag, None)
     saved_layout = read_layout(resume.tag_dir)
     if saved_layout is not None:
         resume.mode = check_resume_layout(
@@ -113,7 +133,7 @@ def _find_resume(cfg: NeoXConfig, layout: Layout, grid: ParallelGrid) -> _Resume
 
 def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
     """Optimizer state, schedule, counters and RNG from the checkpoint into the built engine."""
-    from neoxcli.checkpoint import load_optimizer_state, reading_checkpoint
+    from neoxcli.checkpoint import load_optimizer_state, reading_checkpoint, safe_engine_loads
     from neoxcli.training.rng import set_rng_state
 
     engine, cfg = run.engine, run.cfg
@@ -126,12 +146,13 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
         engine.global_samples = int(client["consumed_samples"])
         resume.portable = None
     else:
-        with reading_checkpoint(resume.tag_dir, cfg.model):
+        with reading_checkpoint(resume.tag_dir, cfg.model), safe_engine_loads(engine):
             path, client = engine.load_checkpoint(str(resume.load_dir), tag=resume.tag)
         if path is None:
             raise NeoxError(f"could not load checkpoint {resume.tag_dir}")
     run.iteration = int(client["iteration"])
     run.consumed = int(client["consumed_samples"])
+    run.resumed = True
     rng = client.get("rng")
     if isinstance(rng, list) and rng:
         # Every rank starts from the same seed, so with another process count rank 0's state
@@ -184,7 +205,8 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         zero_stage=plan.zero_stage,
     )
     grid = ParallelGrid(layout, dist.rank)
-    resume = _find_resume(cfg, layout, grid)
+    _prepare_save_dir(cfg, dist, report)
+    resume = _find_resume(cfg, layout, grid, dist, report)
     save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
     if cfg.train.compile and save_dir is not None:
         # Compiled kernels are cached with the run, so a resume does not compile again.
@@ -256,6 +278,15 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     )
     if resume is not None:
         _restore(run, resume, report)
+    if save_dir is not None:
+        from neoxcli.checkpoint import tag_for
+        from neoxcli.checkpoint.savedir import check_new_tags, planned_tags
+
+        ck = cfg.checkpoint
+        steps = planned_tags(
+            run.iteration, cfg.train.train_iters, ck.checkpoint_factor, ck.extra_save_iters or [], run.resumed
+        )
+        check_new_tags(save_dir, steps, tag_for)
     if train_ds is None and run.iteration < cfg.train.train_iters:
         raise DataError(
             f"the training split is empty: split {cfg.data.split!r} gives training no data",

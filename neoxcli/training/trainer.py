@@ -71,16 +71,61 @@ def evaluate(run: Run) -> float | None:
 
 
 def save(run: Run, report: Reporter) -> Path | None:
-    """Checkpoint the run at its current iteration (every rank calls); returns the tag directory."""
-    import torch
+    """Checkpoint the run at its current iteration (every rank calls); returns the tag directory.
 
-    from neoxcli.checkpoint import finalize_tag, save_portable, tag_for
-    from neoxcli.training.rng import rng_state
+    Rank 0 journals the save first (``neoxcli.checkpoint.savedir``), so a crash
+    mid-save is undone on the next start; a failed save removes its tag.
+    """
+    from neoxcli.checkpoint import tag_for
+    from neoxcli.checkpoint.savedir import abandon_save, begin_save
 
     if run.save_dir is None:
         return None
+    tag_dir = run.save_dir / tag_for(run.iteration)
+    if run.dist.is_main:
+        if tag_dir.exists():
+            raise NeoxError(f"checkpoint {tag_dir} already exists; a new save never writes into it")
+        begin_save(run.save_dir, tag_dir.name)
+    try:
+        _save(run, tag_dir, report)
+    except Exception as exc:
+        cause = _write_failure(exc)
+        if cause is None:
+            # Not the disk's fault (e.g. another rank died mid-collective): raised as it was;
+            # the journal has the next start remove the half-written tag.
+            raise
+        # A write failure (disk full, permissions): the half-written tag goes now, and it is one line.
+        if run.dist.is_main:
+            abandon_save(tag_dir)
+        raise NeoxError(
+            f"cannot save checkpoint {tag_dir}: {cause}",
+            hint="free space or fix the save directory, then resume from its 'latest'",
+        ) from exc
+    return tag_dir
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why writing failed ("No space left on device"), or None when ``exc`` is no write failure."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "file write failed" in text):
+        return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return None
+
+
+def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
+    """The collective save of ``tag_dir``; rank 0 then marks it complete, points ``latest`` at it, prunes."""
+    import torch
+
+    from neoxcli.checkpoint import finalize_tag, prune_checkpoints, save_portable
+    from neoxcli.checkpoint.savedir import end_save
+    from neoxcli.training.rng import rng_state
+
+    assert run.save_dir is not None
     dist, engine, cfg = run.dist, run.engine, run.cfg
-    tag = tag_for(run.iteration)
+    tag = tag_dir.name
     rng: list[Any] = [None] * dist.world_size
     if dist.world_size > 1:
         torch.distributed.all_gather_object(rng, rng_state())
@@ -95,18 +140,18 @@ def save(run: Run, report: Reporter) -> Path | None:
         "neox_version": 1,
     }
     engine.save_checkpoint(str(run.save_dir), tag=tag, client_state=client, save_latest=False)
-    tag_dir = run.save_dir / tag
     if cfg.checkpoint.portable_checkpoint:
         extra = {"client": client, "lr_scheduler": run.scheduler.state_dict(), "layout": run.layout.as_dict()}
         save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, run.grid.dp_rank == 0, extra)
     if dist.world_size > 1:
         torch.distributed.barrier()
     if dist.is_main:
-        finalize_tag(run.save_dir, tag, cfg, run.layout, cfg.checkpoint.keep_last_n_checkpoints)
+        finalize_tag(run.save_dir, tag, cfg, run.layout)
+        end_save(run.save_dir)
+        prune_checkpoints(run.save_dir, cfg.checkpoint.keep_last_n_checkpoints)
         report.on_save(run.iteration, tag_dir)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    return tag_dir
 
 
 def train(
@@ -134,15 +179,15 @@ def train(
         )
     )
     result = TrainResult(iterations=run.iteration)
-    metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main)
+    metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main, resumed_at=run.iteration)
     every, extra = cfg.checkpoint.checkpoint_factor, set(cfg.checkpoint.extra_save_iters or [])
     last_saved = -1
     start_time = time.perf_counter()
     run.engine.train()
     try:
-        if run.iteration == 0 and 0 in extra:
+        if run.iteration == 0 and 0 in extra and not run.resumed:
             # GPT-NeoX saves the initial weights as global_step0 when extra_save_iters lists 0
-            # (Pythia's configs do); a run resumed past step 0 does not save it again.
+            # (Pythia's configs do); a resumed run does not save it again.
             result.checkpoint, last_saved = save(run, say), 0
         while run.iteration < t.train_iters:
             t0 = time.perf_counter()
