@@ -144,3 +144,7 @@ def write_tasks(root: Path, docs: int = 8) -> dict[str, Path]:
         },
     }
     return {name: _yaml(root / f"{name}.yaml", {"task": name, **body}) for name, body in tasks.items()}
+
+
+#: a few hundred tokens of plain text, documents separated by blank lines
+DOCS_TEXT = "\n\n".join(sentence(i, 12 + 9 * i) for i in range(6)) + "\n"
