@@ -82,8 +82,6 @@ def check_options(opts: EvalOptions) -> None:
         for n in opts.context_lengths:
             if opts.stride > n:
                 raise NeoxError(f"--stride {opts.stride} is larger than the context length {n}")
-    if opts.texts and not opts.context_lengths:
-        pass  # the model's seq_length, checked once the model is known
     if (opts.context_lengths or opts.stride or opts.per_document) and not opts.texts:
         raise NeoxError("--context-length(s), --stride and --per-document apply to --text only")
 
