@@ -51,10 +51,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("neox ")
 
 
-def test_unfinished_command_says_so_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", "--checkpoint", "x", "--tasks", "lambada"]) == 2
+def test_eval_of_a_missing_checkpoint_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["eval", "--checkpoint", str(tmp_path / "x"), "--tasks", "lambada"]) == 2
     err = capsys.readouterr().err
-    assert "not available yet" in err
+    assert err.startswith("error:") and "x" in err.splitlines()[0]
     assert "Traceback" not in err
 
 

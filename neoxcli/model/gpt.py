@@ -266,7 +266,9 @@ class Block(nn.Module):
         attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask))
         if self.parallel:
             h2 = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
-            return x + attn + self.dropout(self.mlp(h2))
+            # attn + mlp first, then the residual: GPT-NeoX's and Hugging Face's order, so that
+            # exported models and their evaluations agree to the last bit.
+            return x + (attn + self.dropout(self.mlp(h2)))
         x = x + attn
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 

@@ -1,0 +1,173 @@
+"""lm-eval throughput: our adapter (``NeoxLM``) against lm-eval's own ``hf`` backend on the same weights.
+
+A random GPT-NeoX-shaped checkpoint is written with a small byte-level BPE, exported
+to a Hugging Face directory, and both backends run the same local tasks
+(multiple_choice and loglikelihood_rolling; generate_until with --gen) at the same
+batch size on CPU. Prints requests/s of each and the ratio, and checks that
+every response is identical.
+
+    python bench/eval.py                         # 4 x 256, T=256, batch 8, 64 documents per task
+    python bench/eval.py --layers 2 --hidden 64 --docs 16 --gen
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+WORDS = "the quick brown fox jumps over a lazy dog while five wizards pack my box with liquor jugs".split()
+
+
+def sentence(i: int, n: int) -> str:
+    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n))
+
+
+def write_tasks(root: Path, docs: int, gen: bool) -> list[str]:
+    import yaml
+
+    def data(name: str, rows: list[dict]) -> dict:
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(path)}},
+            "test_split": "test",
+        }
+
+    tasks = {
+        "bench_mc": {
+            **data(
+                "mc",
+                [
+                    {"q": sentence(i, 20), "c": [sentence(i + c, 3 + c) for c in range(4)], "l": i % 4}
+                    for i in range(docs)
+                ],
+            ),
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{q}}",
+            "doc_to_choice": "c",
+            "doc_to_target": "l",
+            "metric_list": [{"metric": "acc"}],
+        },
+        "bench_rolling": {
+            **data("roll", [{"text": sentence(i, 60 + 7 * (i % 20))} for i in range(docs)]),
+            "output_type": "loglikelihood_rolling",
+            "doc_to_text": "",
+            "doc_to_target": "{{text}}",
+            "metric_list": [{"metric": "word_perplexity"}],
+        },
+    }
+    if gen:
+        tasks["bench_gen"] = {
+            **data("gen", [{"p": sentence(i, 10 + i % 5), "a": "x"} for i in range(docs)]),
+            "output_type": "generate_until",
+            "doc_to_text": "{{p}}",
+            "doc_to_target": "{{a}}",
+            "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": 16, "do_sample": False},
+            "metric_list": [{"metric": "exact_match"}],
+        }
+    paths = []
+    for name, body in tasks.items():
+        p = root / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({"task": name, **body}, sort_keys=False))
+        paths.append(str(p))
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--docs", type=int, default=64)
+    ap.add_argument("--gen", action="store_true", help="also a generate_until task")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from neoxcli.checkpoint import load_for_inference, write_checkpoint
+    from neoxcli.config import padded_vocab_size
+    from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig
+    from neoxcli.convert.cli_ops import export_hf
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+    from neoxcli.evaluation.adapter import NeoxLM
+    from neoxcli.evaluation.tasks import _env_info_once
+    from neoxcli.model import GPTModel
+
+    root = Path(tempfile.mkdtemp(prefix="neox-bench-eval-"))
+    tok = train_bpe_tokenizer([sentence(i, 50) for i in range(200)], 512, root / "tok.json", min_frequency=1)
+    cfg = ModelConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_attention_heads=args.heads,
+        seq_length=args.seq,
+        pos_emb="rotary",
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+        no_weight_tying=True,
+    )
+    torch.manual_seed(0)
+    model = GPTModel(cfg, padded_vocab_size(tok.vocab_size, cfg.make_vocab_size_divisible_by, 1))
+    neox_cfg = NeoXConfig(
+        model=cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(root / "tok.json"))
+    )
+    write_checkpoint(root / "run", neox_cfg, model.state_dict(), tokenizer=tok.backend)
+    export_hf(root / "run", root / "hf")
+    tasks = write_tasks(root, args.docs, args.gen)
+
+    def run(model_arg: object, **kw: object) -> tuple[float, int, dict]:
+        t0 = time.perf_counter()
+        with _env_info_once():
+            out = lm_eval.simple_evaluate(
+                model=model_arg,
+                tasks=tasks,
+                batch_size=args.batch,
+                device="cpu",
+                bootstrap_iters=0,
+                log_samples=True,
+                task_manager=TaskManager(include_defaults=False),
+                **kw,
+            )
+        seconds = time.perf_counter() - t0
+        requests = sum(len(s["arguments"]) for samples in out["samples"].values() for s in samples)
+        return seconds, requests, out
+
+    ours_model, ours_tok, _ = load_for_inference(root / "run")
+    # One warm-up each (datasets are built and cached on the first call).
+    run(NeoxLM(ours_model, ours_tok, batch_size=args.batch))
+    hf_s, n, hf_out = run("hf", model_args=f"pretrained={root / 'hf'},dtype=float32")
+    ours_s, n2, ours_out = run(NeoxLM(ours_model, ours_tok, batch_size=args.batch))
+    same = all(
+        [s["resps"] for s in sorted(ours_out["samples"][t], key=lambda s: s["doc_id"])]
+        == [s["resps"] for s in sorted(hf_out["samples"][t], key=lambda s: s["doc_id"])]
+        for t in ours_out["samples"]
+    )
+    print(
+        f"model {args.layers}x{args.hidden}, T={args.seq}, batch {args.batch}, {n} requests, threads {torch.get_num_threads()}"
+    )
+    print(f"lm-eval hf backend : {hf_s:7.2f} s  {n / hf_s:8.1f} requests/s (includes its model load)")
+    print(f"neox adapter       : {ours_s:7.2f} s  {n2 / ours_s:8.1f} requests/s")
+    print(f"ratio (ours / hf)  : {hf_s / ours_s:.2f}x   responses identical: {same}")
+
+
+if __name__ == "__main__":
+    main()

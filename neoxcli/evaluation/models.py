@@ -1,0 +1,105 @@
+"""What is evaluated: a neox checkpoint, or a Hugging Face directory converted in memory.
+
+Checkpoints load only through ``neoxcli.checkpoint.load_for_inference``; a Hugging
+Face directory goes through ``neoxcli.convert`` (the same maps as ``neox convert
+--from hf``) without writing anything, so both give a ``GPTModel`` and a neox tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neoxcli.errors import DataError, NeoxError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, and where it came from (recorded in results)."""
+
+    model: Any
+    tokenizer: Any
+    model_config: Any
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
+    table |= {"fp16": torch.float16, "float16": torch.float16}
+    if name.lower() not in table:
+        raise NeoxError(f"unknown --dtype {name!r}", hint="use fp32, bf16 or fp16")
+    return table[name.lower()]
+
+
+def pick_device(device: str | None) -> str:
+    """``cuda`` when a GPU is there and none was asked for, else ``cpu``."""
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise NeoxError(f"--device {device}: no CUDA device is available")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint(path: Path, tag: str | None, device: str, dtype: str) -> LoadedModel:
+    """A neox checkpoint directory (``latest`` or ``tag``)."""
+    from neoxcli.checkpoint import load_for_inference, resolve_checkpoint
+
+    tag_dir = resolve_checkpoint(path, tag)
+    try:
+        model, tokenizer, cfg = load_for_inference(path, tag)
+    except NeoxError:
+        raise
+    except Exception as exc:  # a damaged file surfaces as torch's or pickle's own error
+        raise DataError(f"cannot load the checkpoint {tag_dir}: {type(exc).__name__}: {exc}") from None
+    model.to(device=device, dtype=_torch_dtype(dtype))
+    return LoadedModel(
+        model, tokenizer, cfg.model, {"checkpoint": str(Path(path).resolve()), "tag": tag_dir.name}
+    )
+
+
+def load_hf(path: Path, device: str, dtype: str) -> LoadedModel:
+    """A Hugging Face model directory, converted to a neox model in memory."""
+    import tempfile
+
+    from pydantic import ValidationError
+
+    from neoxcli.config.schema import ModelConfig
+    from neoxcli.convert.archs import from_hf
+    from neoxcli.convert.cli_ops import _hf_tokenizer_backend, vocab_divisor
+    from neoxcli.convert.hf_io import load_hf_dir
+    from neoxcli.data.tokenizer import HFTokenizer
+    from neoxcli.model import GPTModel
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"--hf {path}: no such directory")
+    hf_config, hf_state = load_hf_dir(path)
+    kwargs, state = from_hf(hf_state, hf_config)
+    backend = _hf_tokenizer_backend(path)
+    rows = state["layers.0.word_embeddings.weight"].shape[0]
+    kwargs["make_vocab_size_divisible_by"] = vocab_divisor(
+        backend.get_vocab_size(with_added_tokens=True), rows
+    )
+    try:
+        model_cfg = ModelConfig(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DataError(f"{path}/config.json describes a model neox cannot build ({err['msg']})") from None
+    model = GPTModel(model_cfg, rows)
+    model.load_state_dict(state)
+    model.to(device=device, dtype=_torch_dtype(dtype)).eval()
+    with tempfile.TemporaryDirectory() as tmp:  # HFTokenizer reads a file; the backend is kept in memory
+        tok_file = Path(tmp) / "tokenizer.json"
+        backend.save(str(tok_file))
+        tokenizer = HFTokenizer(str(tok_file))
+    return LoadedModel(model, tokenizer, model_cfg, {"hf_dir": str(path.resolve())})
