@@ -103,24 +103,6 @@ def complete(
     return _cut_at_stop(tokenizer.decode(emitted), options.stop)[0]
 
 
-def interact(
-    model: Any, tokenizer: Any, options: SamplingOptions, read_line: Callable[[str], str] | None = None
-) -> None:
-    """Read prompts from the terminal (``read_line``, default ``input``) until end of input, streaming each continuation."""
-    read_line = read_line or input
-    print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    i = 0
-    while True:
-        try:
-            line = read_line("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        complete(model, tokenizer, line, options, (options.seed + i) % 2**64, stream=True)
-        print()
-        i += 1
-
-
 def auto_batch_size(model: Any, max_len: int, budget_bytes: int = 1 << 30, cap: int = 16) -> int:
     """Rows per batch: as many KV caches of ``max_len`` positions as fit ``budget_bytes`` (1 GiB), at most ``cap``."""
     attn = model.layers[1].attention
@@ -307,6 +289,8 @@ def run_session(
             file=sys.stderr,
         )
     if interactive:
+        from neoxcli.generation.interactive import interact
+
         interact(model, tokenizer, options)
         return
     prompts: list[str | None]
