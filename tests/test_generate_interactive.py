@@ -157,6 +157,6 @@ def test_ctrl_c_stops_one_generation_not_the_session(capsys: pytest.CaptureFixtu
             raise KeyboardInterrupt
         return " done"
 
-    interact(None, None, SamplingOptions(), read_line=read_line, complete=complete)
+    interact(None, None, SamplingOptions(), complete, read_line=read_line)
     assert calls == ["one", "two"]
     assert "[generation stopped]" in capsys.readouterr().err

@@ -110,13 +110,14 @@ def interact(
     model: Any,
     tokenizer: Any,
     options: Any,
+    complete: Callable[..., str],
     read_line: Callable[[str], str] | None = None,
-    complete: Callable[..., str] | None = None,
 ) -> None:
-    """Read prompts until end of input, streaming each continuation (see the module docstring)."""
-    from neoxcli.generation.session import complete as default_complete
+    """Read prompts until end of input, streaming each continuation (see the module docstring).
 
-    complete = complete or default_complete
+    ``complete(model, tokenizer, text, options, seed, stream=True)`` draws one
+    continuation (``neoxcli.generation.session.complete``).
+    """
     save_history = _setup_readline() if read_line is None and sys.stdin.isatty() else (lambda: None)
     read_line = read_line or input
     start = options

@@ -291,7 +291,7 @@ def run_session(
     if interactive:
         from neoxcli.generation.interactive import interact
 
-        interact(model, tokenizer, options)
+        interact(model, tokenizer, options, complete)
         return
     prompts: list[str | None]
     if file_prompts is not None:
