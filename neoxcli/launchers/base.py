@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 from neoxcli.errors import NeoxError
 from neoxcli.launchers.hostfile import Host, filter_hosts, read_hostfile
 from neoxcli.launchers.plan import LaunchCommand, LaunchPlan, Node, is_secret
+from neoxcli.launchers.rankio import WORKER_MODULE
 
 if TYPE_CHECKING:
     from neoxcli.config.schema import NeoXConfig
@@ -47,7 +48,6 @@ __all__ = [
     "uniform_slots",
 ]
 
-WORKER_MODULE = "neoxcli.training.worker"
 AGENT_MODULE = "neoxcli.launchers.node_agent"
 
 # Variables the launching shell may hold that ranks on other hosts need too. Remote shells

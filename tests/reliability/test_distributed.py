@@ -252,3 +252,116 @@ def test_cli_dry_run_masks_credentials(
         assert TOKEN not in out + err and API_KEY not in out + err
         assert "***" in out
     assert not (tmp_path / "run").exists()
+
+
+# --- frozen and failing ranks: real 2-rank CPU trainings -----------------------------------------
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "cluster"))
+from runs import (  # noqa: E402
+    NEOX,
+    finish_timed,
+    processes_mentioning,
+    wait_for_path,
+    write_hooks,
+    write_tiny_config,
+)
+
+TIMEOUT_S = 15.0
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
+    env.update(DS_ACCELERATOR="cpu", NEOX_DEBUG="0", **extra)
+    return env
+
+
+def rank_pid(config: Path, rank: int) -> int:
+    """The pid of the worker process of ``rank`` in the run of ``config``."""
+    for pid in processes_mentioning(str(config)):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[1:3] == [b"-m", b"neoxcli.training.worker"] and f"RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no worker for rank {rank}")
+
+
+@pytest.mark.slow
+def test_stopped_rank_ends_the_job_within_the_timeout(tmp_path: Path) -> None:
+    save = tmp_path / "run"
+    cfg = write_tiny_config(
+        tmp_path, save, train_iters=100000, checkpoint_factor=2, distributed_timeout_minutes=TIMEOUT_S / 60
+    )
+    proc = subprocess.Popen(
+        [*NEOX, "train", str(cfg), "--launcher", "local", "--num-gpus", "2"],
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reached = wait_for_path(save / "global_step4", proc)
+        assert reached, "training never reached step 4"
+        os.kill(rank_pid(save / "run-config.yml", 1), 19)  # SIGSTOP
+        out, err, took = finish_timed(proc, TIMEOUT_S + 45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"frozen rank: job ended {took:.1f} s after SIGSTOP (timeout {TIMEOUT_S:.0f} s)")
+    assert proc.returncode == 124, out[-2000:] + err[-3000:]
+    assert took < TIMEOUT_S + 20, took
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: rank 1 on localhost stopped responding during step "), err
+    assert "(no heartbeat for " in line and line.endswith("; stopped the other ranks")
+    assert f"hint: rank 1's output is in {save / 'logs' / 'rank-1.log'}" in err
+    assert "Traceback" not in err
+    assert (save / "logs" / "rank-0.log").is_file()
+    assert processes_mentioning(str(save / "run-config.yml")) == []
+
+
+@pytest.mark.slow
+def test_dead_rank_is_one_line_and_its_peers_traceback_stays_in_its_log(tmp_path: Path) -> None:
+    hooks = write_hooks(tmp_path / "hooks")
+    save = tmp_path / "run"
+    cfg = write_tiny_config(tmp_path, save, train_iters=100000, checkpoint_factor=2)
+    trigger = save / "global_step2"
+    pythonpath = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    env = run_env(PYTHONPATH=pythonpath, NEOX_TEST_FAIL_RANK="1", NEOX_TEST_FAIL_AFTER=str(trigger))
+    proc = subprocess.Popen(
+        [*NEOX, "train", str(cfg), "--launcher", "local", "--num-gpus", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for_path(trigger, proc)
+    out, err, took = finish_timed(proc, 90)
+    assert proc.returncode == 3, out[-2000:] + err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0] == "error: rank 1 on localhost exited with code 3; stopped the other ranks", err
+    assert lines[1].startswith(f"hint: rank 1's output is in {save / 'logs' / 'rank-1.log'}"), err
+    assert len(lines) == 2 and "Traceback" not in out + err
+    assert "step      2" in out  # rank 0's progress still reaches the console
+    assert "started" in (save / "logs" / "rank-1.log").read_text()
+
+
+@pytest.mark.slow
+def test_error_raised_in_every_rank_is_printed_once(tmp_path: Path) -> None:
+    save = tmp_path / "run"
+    cfg = write_tiny_config(tmp_path, save)
+    settings = json.loads(cfg.read_text())
+    settings["data_path"] = str(tmp_path / "missing" / "corpus_text_document")
+    cfg.write_text(json.dumps(settings))
+    result = subprocess.run(
+        [*NEOX, "train", str(cfg), "--launcher", "local", "--num-gpus", "2"],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
