@@ -365,3 +365,82 @@ def test_error_raised_in_every_rank_is_printed_once(tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the node agent watches its own ranks' heartbeats (pdsh, srun, mpirun, jsrun) -----------------
+
+FAKE_WORKER = """
+import json, os, signal, sys, time
+rank = os.environ["RANK"]
+path = os.environ["NEOX_HEARTBEAT_FILE"]
+print(f"error: [rank {rank}] the same message from every rank", file=sys.stderr, flush=True)
+for step in range(1, 1000):
+    record = {"rank": int(rank), "phase": f"step {step}", "step": step, "timeout_s": 2.0,
+              "interval_s": 0.2, "stuck_s": 0.0}
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+    if rank == "1" and step == 3:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(0.2)
+"""
+
+
+def test_agent_names_its_frozen_rank_and_keeps_output_in_logs(tmp_path: Path) -> None:
+    from neoxcli.launchers.supervisor import failure_from_line
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_WORKER}")
+    fake.chmod(0o755)
+    run_config = tmp_path / "run" / "run-config.yml"
+    agent = [sys.executable, "-m", "neoxcli.launchers.node_agent", "--host", "localhost"]
+    agent += ["--node", "localhost=0,1", "--grace", "2", "--"]
+    worker = [str(fake), "-m", "neoxcli.training.worker", "--config", str(run_config)]
+    result = subprocess.run([*agent, *worker], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 124, result.stderr
+    lines = result.stderr.splitlines()
+    assert (
+        lines.count("error: [rank 0] the same message from every rank")
+        + lines.count("error: [rank 1] the same message from every rank")
+        == 1
+    ), result.stderr
+    (report,) = [line for line in lines if line.startswith("neox: rank")]
+    log = run_config.parent / "logs" / "rank-1.log"
+    assert report.startswith(
+        "neox: rank 1 on host localhost stopped responding during step 3 (no heartbeat for "
+    )
+    assert report.endswith(f" (log: {log})")
+    failure = failure_from_line("node02: " + report)
+    assert failure is not None and failure.code == 124 and failure.log == log
+    assert failure.who == "rank 1 on host localhost" and failure.what.startswith(
+        "stopped responding during step 3"
+    )
+    assert "the same message" in log.read_text()
+
+
+def test_watch_prefers_a_silent_peer_to_the_rank_stuck_waiting_for_it(tmp_path: Path) -> None:
+    import time
+
+    from neoxcli.launchers.heartbeat import Watch
+
+    watch = Watch(tmp_path)
+
+    def write(key: int, stuck_s: float, age_s: float = 0.0) -> None:
+        path = watch.path(key)
+        record = {"rank": key, "phase": "step 7", "step": 7, "timeout_s": 30.0, "interval_s": 0.2}
+        path.write_text(json.dumps({**record, "stuck_s": stuck_s}))
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+    write(0, stuck_s=31.0)
+    write(1, stuck_s=0.0)
+    assert watch.check() is None  # a stuck flag must stand a few beats first
+    time.sleep(2.8)
+    write(0, stuck_s=34.0)
+    write(1, stuck_s=0.0)
+    hang = watch.check()
+    assert hang is not None and hang.key == 0 and hang.what == "made no progress during step 7 for 34 s"
+    write(1, stuck_s=0.0, age_s=5.0)  # silent, though not yet past the timeout: it explains rank 0
+    hang = watch.check()
+    assert hang is not None and hang.key == 1 and hang.what.startswith("stopped responding during step 7")
+    write(1, stuck_s=0.0, age_s=40.0)
+    assert watch.check(exclude={1}) is not None and watch.check(exclude={1}).key == 0  # type: ignore[union-attr]
