@@ -132,19 +132,54 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere), children first."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left.
 
     SIGCONT follows SIGTERM, so a stopped (frozen) rank acts on it instead of
     holding the job for the whole grace.
     """
+    # Children that left the group (pdsh runs each ssh in its own session) would keep their
+    # remote hosts' ranks alive through an open connection: signal them by pid too.
+    strays = [pid for proc in procs if proc.poll() is None for pid in descendants(proc.pid)]
     for proc in procs:
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
             _signal_group(proc, signal.SIGCONT)
+    for pid in strays:
+        _signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
+    for pid in strays:
+        _signal_pid(pid, signal.SIGKILL)
     for proc in procs:
         # Also the group of a leader that already exited: its children may linger.
         _signal_group(proc, signal.SIGKILL)

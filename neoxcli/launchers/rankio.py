@@ -27,14 +27,18 @@ _TAGGED = re.compile(rb"^(?:[\w.:-]+: )?(?P<kind>error|hint): (?:\[rank \d+\] )?
 
 
 def rank_log_path(argv: Sequence[str], rank: str | int) -> Path | None:
-    """``{run}/logs/rank-N.log`` when ``argv`` starts the worker (its run config lives in the run directory)."""
+    """``{run}/logs/rank-N.log`` when ``argv`` is the worker itself (its run config lives in the run directory).
+
+    Only ``PYTHON -m neoxcli.training.worker ... --config PATH``: a launcher
+    (mpirun, srun) whose argv merely ends with the worker is not a rank.
+    """
     words = list(argv)
-    for i in range(len(words) - 1):
-        if words[i] == "-m" and words[i + 1] == WORKER_MODULE and "--config" in words[i + 2 :]:
-            at = words.index("--config", i + 2)
-            if at + 1 < len(words):
-                return Path(words[at + 1]).parent / LOG_DIR_NAME / f"rank-{rank}.log"
-    return None
+    if words[1:3] != ["-m", WORKER_MODULE] or "--config" not in words[3:]:
+        return None
+    at = words.index("--config", 3)
+    if at + 1 >= len(words):
+        return None
+    return Path(words[at + 1]).parent / LOG_DIR_NAME / f"rank-{rank}.log"
 
 
 class Gate:
@@ -58,8 +62,8 @@ class Gate:
             if key in self.seen:
                 return False
             self.seen.add(key)
-            if match["kind"] == b"error":
-                self.error_shown = True
+            if match["kind"] == b"error" and b"error: [rank " in line:
+                self.error_shown = True  # a rank's own error, not srun's "srun: error: task 1 exited"
             return True
 
 
