@@ -389,6 +389,14 @@ class LauncherConfig(Section):
     sbatch_template: str | None = Field(
         None, description="neox: batch script template (default: templates/slurm/neox.sbatch)"
     )
+    # Not a GPT-NeoX key (it has none; DeepSpeed's default is 30 minutes for NCCL and gloo alike).
+    distributed_timeout_minutes: float | None = Field(
+        None,
+        gt=0,
+        le=24 * 60,
+        description="neox: collective timeout, and how long a rank may go without a heartbeat or without "
+        "finishing a step before the launcher ends the job naming it (default: 5 on CPU/gloo, 30 on NCCL)",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {

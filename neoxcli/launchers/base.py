@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from neoxcli.errors import NeoxError
 from neoxcli.launchers.hostfile import Host, filter_hosts, read_hostfile
-from neoxcli.launchers.plan import LaunchCommand, LaunchPlan, Node
+from neoxcli.launchers.plan import LaunchCommand, LaunchPlan, Node, is_secret
+from neoxcli.launchers.rankio import WORKER_MODULE
 
 if TYPE_CHECKING:
     from neoxcli.config.schema import NeoXConfig
@@ -39,12 +40,14 @@ __all__ = [
     "check_env_names",
     "check_host_names",
     "forwarded_env",
+    "is_secret",
+    "public_env",
     "requested_slots",
+    "secret_env",
     "select_nodes",
     "uniform_slots",
 ]
 
-WORKER_MODULE = "neoxcli.training.worker"
 AGENT_MODULE = "neoxcli.launchers.node_agent"
 
 # Variables the launching shell may hold that ranks on other hosts need too. Remote shells
@@ -113,7 +116,10 @@ class Launcher(ABC):
 
         self.check_available(plan)
         plan.write_files()
-        return supervise(plan.commands)
+        try:
+            return supervise(plan.commands)
+        finally:
+            plan.remove_private_files()
 
     # --- shared helpers ---------------------------------------------------------------------
 
@@ -186,6 +192,16 @@ def forwarded_env(env: Mapping[str, str]) -> dict[str, str]:
         for k, v in sorted(env.items())
         if k.startswith(FORWARD_PREFIXES) and k not in NEVER_FORWARD and _ENV_NAME.fullmatch(k)
     }
+
+
+def secret_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that are passed by name only, never by value."""
+    return {k: v for k, v in env.items() if is_secret(k)}
+
+
+def public_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that may be written out by value."""
+    return {k: v for k, v in env.items() if not is_secret(k)}
 
 
 def check_env_names(env: Mapping[str, str]) -> None:

@@ -2,7 +2,9 @@
 
 Each host is one resource set (``-n`` hosts, ``-r 1``) running that host's
 ranks (``-a``) with all its CPUs and GPUs, unbound, so the ranks' own thread
-counts apply. Variables go through ``-E NAME=value``; ranks read their number
+counts apply. Variables go through ``-E NAME=value``, except credentials
+(``HF_TOKEN``...), which stay off the command line: jsrun propagates its own
+environment to every resource set, so they are set there. Ranks read their number
 from ``JSM_NAMESPACE_*`` / ``OMPI_COMM_WORLD_*``. Hosts come from the LSF job
 (``LSB_DJOB_HOSTFILE`` or ``LSB_MCPU_HOSTS``, the batch node left out) unless
 a hostfile is given; jsrun itself decides where the resource sets go.
@@ -20,7 +22,9 @@ from neoxcli.launchers.base import (
     Launcher,
     LaunchPlan,
     Node,
+    public_env,
     requested_slots,
+    secret_env,
     uniform_slots,
 )
 from neoxcli.launchers.hostfile import Host, hosts_from_lsf
@@ -42,7 +46,8 @@ class JsrunLauncher(Launcher):
                 hint="name whole hosts in include/exclude",
             )
         slots = uniform_slots(hosts, self.name)
-        rank_env = self.rank_env(config, hosts, env)
+        full_env = self.rank_env(config, hosts, env)
+        rank_env = public_env(full_env)
         argv = ["jsrun", "-n", str(len(hosts)), "-r", "1", "-a", str(slots)]
         argv += ["-c", "ALL_CPUS", "-g", "ALL_GPUS", "-b", "none"]
         for key, value in rank_env.items():
@@ -50,7 +55,7 @@ class JsrunLauncher(Launcher):
         argv += [*config.launcher.launcher_args, *self.wrapped_worker_argv(run_config_path)]
         return LaunchPlan(
             self.name,
-            [LaunchCommand(argv, label=f"jsrun on {len(hosts)} host(s)")],
+            [LaunchCommand(argv, secret_env(full_env), label=f"jsrun on {len(hosts)} host(s)")],
             notes=[f"hosts: {', '.join(f'{n.name} ({n.slots})' for n in hosts)}"],
             world_size=slots * len(hosts),
         )

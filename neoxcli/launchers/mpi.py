@@ -6,6 +6,9 @@ things differently: ``-x K=V`` vs ``-genv K V``, ``--hostfile`` with
 ``mpi_flavor: auto`` asks ``mpirun --version`` which one is installed.
 Ranks learn their number from the MPI's own variables (``OMPI_COMM_WORLD_*``,
 ``PMI_*``); neox only adds the rendezvous and the forwarded environment.
+Credentials (``HF_TOKEN``...) go by name only (``-x NAME``, ``-genvlist
+NAME,...``): mpirun takes their values from its own environment, so they never
+appear on a command line that ``ps`` shows on every host.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from pathlib import Path
 
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import NeoxError
-from neoxcli.launchers.base import LaunchCommand, Launcher, LaunchPlan, Node, check_host_names
+from neoxcli.launchers.base import (
+    LaunchCommand,
+    Launcher,
+    LaunchPlan,
+    Node,
+    check_host_names,
+    public_env,
+    secret_env,
+)
 
 FLAVORS = ("openmpi", "mpich", "mvapich", "intel")
 
@@ -66,7 +77,8 @@ class MpiLauncher(Launcher):
                 hint="name whole hosts in include/exclude, or use the pdsh launcher",
             )
         flavor, note = self.flavor(config)
-        rank_env = self.rank_env(config, hosts, env)
+        full_env = self.rank_env(config, hosts, env)
+        rank_env, secrets = public_env(full_env), secret_env(full_env)
         world = sum(node.slots for node in hosts)
         hostfile = run_config_path.parent / "mpi-hostfile"
         if flavor == "openmpi":
@@ -80,6 +92,8 @@ class MpiLauncher(Launcher):
                 argv += ["--mca", "plm_rsh_args", f"-p {int(config.launcher.ssh_port)}"]
             for key, value in rank_env.items():
                 argv += ["-x", f"{key}={value}"]
+            for key in secrets:
+                argv += ["-x", key]
         else:
             text = "".join(f"{node.name}:{node.slots}\n" for node in hosts)
             argv = ["mpirun", "-n", str(world)]
@@ -89,13 +103,15 @@ class MpiLauncher(Launcher):
             argv += ["-f", str(hostfile)]
             for key, value in rank_env.items():
                 argv += ["-genv", key, value]
+            if secrets:
+                argv += ["-genvlist", ",".join(secrets)]
         argv += [*config.launcher.launcher_args, *self.wrapped_worker_argv(run_config_path)]
         notes = [f"mpi flavour: {flavor}"] + ([note] if note else [])
         if flavor != "openmpi" and config.launcher.ssh_port is not None:
             notes.append("ssh_port is not passed to Hydra: set the port in ~/.ssh/config (Host ... Port N)")
         return LaunchPlan(
             self.name,
-            [LaunchCommand(argv, label=f"mpirun ({flavor}) on {len(hosts)} host(s)")],
+            [LaunchCommand(argv, secrets, label=f"mpirun ({flavor}) on {len(hosts)} host(s)")],
             files={hostfile: text},
             notes=notes,
             world_size=world,

@@ -8,7 +8,10 @@ Two jobs, both about never leaving ranks behind:
 * Without (srun, mpirun, jsrun): run CMD as the one rank the launcher started.
 
 Either way, when a rank fails the agent stops its other ranks and prints
-``neox: rank R on host H exited with code C`` for the launcher to act on. It
+``neox: rank R on host H exited with code C (log: PATH)`` for the launcher to
+act on; the same when a rank stops beating its heartbeat (``heartbeat``:
+``... stopped responding during step 12 (no heartbeat for 30 s)``). Worker
+ranks' output goes to their logs under the run directory (``rankio``). It
 forwards SIGTERM/SIGINT/SIGHUP, and stops its ranks when its parent goes away
 (an ssh connection dropped by a stopped pdsh gives no signal without a tty).
 """
@@ -17,13 +20,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from neoxcli.launchers.heartbeat import HANG_EXIT_CODE, Watch
+from neoxcli.launchers.rankio import Gate, RankLog, Relay, rank_log_path
 
 STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -123,14 +132,54 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere), children first."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left."""
+    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left.
+
+    SIGCONT follows SIGTERM, so a stopped (frozen) rank acts on it instead of
+    holding the job for the whole grace.
+    """
+    # Children that left the group (pdsh runs each ssh in its own session) would keep their
+    # remote hosts' ranks alive through an open connection: signal them by pid too.
+    strays = [pid for proc in procs if proc.poll() is None for pid in descendants(proc.pid)]
     for proc in procs:
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
+            _signal_group(proc, signal.SIGCONT)
+    for pid in strays:
+        _signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
+    for pid in strays:
+        _signal_pid(pid, signal.SIGKILL)
     for proc in procs:
         # Also the group of a leader that already exited: its children may linger.
         _signal_group(proc, signal.SIGKILL)
@@ -195,26 +244,66 @@ def supervise_ranks(
     parent = os.getppid()
     procs: list[subprocess.Popen[bytes]] = []
     watcher = ExitWatcher()
+    beats = Path(tempfile.mkdtemp(prefix="neox-heartbeat-"))
+    watch = Watch(beats)
+    gate = Gate()
+    logs: dict[int, RankLog] = {}
+    relays: list[Relay] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signum, f"received {signal.Signals(signum).name}")
+
+    def report(index: int, what: str) -> None:
+        log = logs.get(index)
+        suffix = f" (log: {log.path})" if log is not None else ""
+        print(f"neox: rank {ranks[index]} on host {host} {what}{suffix}", file=sys.stderr, flush=True)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     try:
         for index, env in enumerate(envs):
+            log_path = rank_log_path(command, ranks[index])
+            child_env = dict(env)
+            piped: int | None = None
+            if log_path is not None:  # a worker: its own log and heartbeat
+                logs[index] = RankLog(log_path, ranks[index])
+                child_env.update(watch.env(index))
+                piped = subprocess.PIPE
             proc = subprocess.Popen(
-                list(command), env=dict(env), start_new_session=True, preexec_fn=die_with_parent
+                list(command),
+                env=child_env,
+                stdout=piped,
+                stderr=piped,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             procs.append(proc)
             watcher.watch(index, proc)
+            if proc.stdout is not None and proc.stderr is not None:
+                log = logs[index]
+                relays += [
+                    Relay(proc.stdout, sys.stdout.buffer, log=log, gate=gate),
+                    Relay(proc.stderr, sys.stderr.buffer, log=log, gate=gate, tagged_only=True),
+                ]
+                relays[-2].start()
+                relays[-1].start()
         while True:
+            hang = watch.check(exclude=set(watcher.exits))
+            if hang is not None:
+                report(hang.key, hang.what)
+                stop_all(procs, grace_s)
+                return HANG_EXIT_CODE
             failed = watcher.first_failure()
             if failed is not None:
                 index, code = failed
+                silent = watch.silent(exclude=set(watcher.exits))
+                if silent is not None:  # it failed waiting for a frozen peer: name the frozen one
+                    report(silent.key, silent.what)
+                    stop_all(procs, grace_s)
+                    return HANG_EXIT_CODE
                 what, exit_code = describe_status(code)
                 # Report first: the launcher can start stopping other hosts while we stop ours.
-                print(f"neox: rank {ranks[index]} on host {host} {what}", file=sys.stderr, flush=True)
+                report(index, what)
                 stop_all(procs, grace_s)
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
@@ -226,6 +315,12 @@ def supervise_ranks(
         stop_all(procs, grace_s)
         print(f"neox: host {host}: {stop.why}; stopped {len(procs)} rank(s)", file=sys.stderr, flush=True)
         return 128 + stop.signum
+    finally:
+        for relay in relays:
+            relay.join(timeout=5.0)
+        for log in logs.values():
+            log.close()
+        shutil.rmtree(beats, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,11 @@ execs the node agent, which starts the host's ranks with their rank numbers.
 The same command serves every host: pdsh puts each host's name where ``%h``
 stands, and the agent looks its slots up in the ordered host list. Every word
 is shell-quoted and every ``%`` doubled, so values reach the rank unchanged.
+
+Credentials (``HF_TOKEN``...) are not on the command line, where ``ps`` on
+every host would show them: they go in an env file beside the run config,
+mode 0600, which the remote command sources and which is removed when the job
+ends (the run directory is already shared: ranks read their config there).
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from neoxcli.launchers.base import (
     LaunchPlan,
     Node,
     check_host_names,
+    public_env,
+    secret_env,
 )
+
+ENV_FILE_NAME = "rank-secrets.env"
 
 
 def pdsh_escape(text: str) -> str:
@@ -42,14 +51,16 @@ class PdshLauncher(Launcher):
         run_config_path: Path,
         env: Mapping[str, str],
         workdir: str,
+        env_file: Path | None = None,
     ) -> str:
-        """The shell line every host runs (before pdsh's ``%h`` substitution)."""
-        rank_env = self.rank_env(config, hosts, env)
+        """The shell line every host runs (before pdsh's ``%h`` substitution); ``env_file`` is sourced first."""
+        rank_env = public_env(self.rank_env(config, hosts, env))
         words = ["env", *(f"{k}={v}" for k, v in rank_env.items())]
         words += [self.python, "-m", AGENT_MODULE]
         for node in hosts:
             words += ["--node", f"{node.name}=" + ",".join(str(d) for d in node.devices)]
-        before = f"cd {shlex.quote(workdir)} && exec {shlex.join(words)}"
+        source = f". {shlex.quote(str(env_file))} && " if env_file is not None else ""
+        before = f"cd {shlex.quote(workdir)} && {source}exec {shlex.join(words)}"
         after = shlex.join(self.worker_argv(run_config_path))
         return f"{pdsh_escape(before)} --host %h -- {pdsh_escape(after)}"
 
@@ -59,7 +70,9 @@ class PdshLauncher(Launcher):
         check_host_names(hosts, self.name)
         lc = config.launcher
         workdir = os.getcwd()
-        remote = self.remote_command(config, hosts, run_config_path, env, workdir)
+        secrets = secret_env(self.rank_env(config, hosts, env))
+        env_file = run_config_path.parent / ENV_FILE_NAME if secrets else None
+        remote = self.remote_command(config, hosts, run_config_path, env, workdir, env_file)
         argv = [
             "pdsh",
             "-S",
@@ -75,9 +88,13 @@ class PdshLauncher(Launcher):
             extra = env.get("PDSH_SSH_ARGS_APPEND", "")
             pdsh_env["PDSH_SSH_ARGS_APPEND"] = f"{extra} -p {int(lc.ssh_port)}".strip()
         world = sum(node.slots for node in hosts)
+        private = {}
+        if env_file is not None:
+            private[env_file] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
         return LaunchPlan(
             self.name,
             [LaunchCommand(argv, pdsh_env, label=f"pdsh to {len(hosts)} host(s)")],
+            private_files=private,
             world_size=world,
             notes=[
                 f"hosts: {', '.join(f'{n.name} ({n.slots})' for n in hosts)}; working directory {workdir}"

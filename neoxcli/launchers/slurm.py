@@ -7,7 +7,9 @@ srun (or sbatch with ``sbatch: true``) lets Slurm pick ``num_nodes`` nodes.
 variables travel in srun's own environment and are named in ``--export``,
 so values with commas or spaces survive (``--export=NAME=value`` cannot hold a
 comma). When the nodes are not known yet, each rank's node agent takes the
-first host of ``SLURM_JOB_NODELIST`` as the master address.
+first host of ``SLURM_JOB_NODELIST`` as the master address. The batch script
+(mode 0600) exports every variable but credentials (``HF_TOKEN``...): those
+reach the job from sbatch's own environment, which it propagates by default.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from neoxcli.launchers.base import (
     LaunchPlan,
     Node,
     check_host_names,
+    public_env,
     requested_slots,
+    secret_env,
     uniform_slots,
 )
 from neoxcli.launchers.hostfile import Host, hosts_from_slurm
@@ -172,7 +176,7 @@ class SlurmLauncher(Launcher):
         text = render_template(
             template,
             {
-                "exports": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in rank_env.items()),
+                "exports": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in public_env(rank_env).items()),
                 "workdir": shlex.quote(os.getcwd()),
                 "srun": shlex.join(srun),
             },
@@ -190,9 +194,14 @@ class SlurmLauncher(Launcher):
         if all(node.name for node in hosts):
             argv.append("--nodelist=" + compress_nodelist(node.name for node in hosts))
         argv += [*lc.sbatch_args, str(script)]
+        secrets = secret_env(rank_env)
+        if secrets:
+            notes.append(
+                f"{', '.join(secrets)}: passed by name from this environment (not written to the script)"
+            )
         return LaunchPlan(
             self.name,
-            [LaunchCommand(argv, label="sbatch (submits and returns)")],
+            [LaunchCommand(argv, secrets, label="sbatch (submits and returns)")],
             files={script: text},
             notes=[*notes, f"job output: {run_dir / 'slurm-<jobid>.out'}"],
             world_size=world,

@@ -4,22 +4,31 @@ Distributed ranks block in collectives when a peer dies, so waiting for every
 process to exit on its own can take as long as the collective timeout. The
 supervisor watches every command and, when one fails (or a node agent reports
 a failed rank in its output, as it does through pdsh), stops all of them at once
-and says which rank on which host failed. Ctrl-C (or SIGTERM) stops everything too.
+and says which rank on which host failed. Ranks it starts itself (the local
+launcher's) beat into heartbeat files (``heartbeat``): one that stops beating
+(frozen) or reports its main thread stuck ends the job just the same. Their
+output goes to ``{run}/logs/rank-N.log`` (``rankio``); the console gets rank
+0's progress, each distinct error once, and one line about the first failure
+with the path to that rank's log. Ctrl-C (or SIGTERM) stops everything too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
+from neoxcli.launchers.heartbeat import HANG_EXIT_CODE, Watch
 from neoxcli.launchers.node_agent import (
     STOP_GRACE_S,
     ExitWatcher,
@@ -28,12 +37,15 @@ from neoxcli.launchers.node_agent import (
     stop_all,
 )
 from neoxcli.launchers.plan import LaunchCommand
+from neoxcli.launchers.rankio import Gate, RankLog, Relay, failure_hint, rank_log_path
 
 # Written by neoxcli.launchers.node_agent when a rank fails; found anywhere in a line, because
 # pdsh and srun prefix lines with the host or task.
 FAILURE_LINE = re.compile(
     r"neox: rank (?P<rank>\d+) on host (?P<host>\S+) "
-    r"(?P<what>exited with code (?P<code>-?\d+)|was killed by signal (?P<signal>\w+))"
+    r"(?P<what>exited with code (?P<code>-?\d+)|was killed by signal (?P<signal>\w+)"
+    r"|(?P<hang>stopped responding|made no progress) .*?)"
+    r"(?: \(log: (?P<log>[^)]+)\))?$"
 )
 
 
@@ -44,12 +56,17 @@ class Failure:
     who: str
     what: str
     code: int
+    log: RankLog | Path | None = None
 
 
 def failure_from_line(line: str) -> Failure | None:
-    match = FAILURE_LINE.search(line)
+    match = FAILURE_LINE.search(line.rstrip("\r\n"))
     if match is None:
         return None
+    log = Path(match["log"]) if match["log"] else None
+    who = f"rank {match['rank']} on host {match['host']}"
+    if match["hang"] is not None:
+        return Failure(who, match["what"], HANG_EXIT_CODE, log)
     if match["code"] is not None:
         code = int(match["code"])
         code = code if code > 0 else 1
@@ -58,27 +75,7 @@ def failure_from_line(line: str) -> Failure | None:
             code = 128 + signal.Signals[match["signal"]].value
         except KeyError:
             code = 1
-    return Failure(f"rank {match['rank']} on host {match['host']}", match["what"], code)
-
-
-class _Relay(threading.Thread):
-    """Copies one child stream to ours line by line, looking for failure reports."""
-
-    def __init__(self, src: IO[bytes], dst: IO[bytes], on_failure: Callback) -> None:
-        super().__init__(daemon=True)
-        self.src, self.dst, self.on_failure = src, dst, on_failure
-
-    def run(self) -> None:
-        for raw in iter(self.src.readline, b""):
-            try:
-                self.dst.write(raw)
-                self.dst.flush()
-            except (OSError, ValueError):
-                pass
-            failure = failure_from_line(raw.decode("utf-8", "replace"))
-            if failure is not None:
-                self.on_failure(failure)
-        self.src.close()
+    return Failure(who, match["what"], code, log)
 
 
 class Callback:
@@ -92,6 +89,12 @@ class Callback:
         with self.lock:
             if self.first is None:
                 self.first = failure
+
+    def line(self, text: str) -> None:
+        """A relayed line: keep it if it is a node agent's failure report."""
+        failure = failure_from_line(text)
+        if failure is not None:
+            self(failure)
 
 
 class _Interrupted(Exception):
@@ -117,9 +120,13 @@ def supervise(
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     reported = Callback()
+    gate = Gate()
     procs: list[subprocess.Popen[bytes]] = []
-    relays: list[_Relay] = []
+    relays: list[Relay] = []
+    logs: dict[int, RankLog] = {}
     watcher = ExitWatcher()
+    beats = Path(tempfile.mkdtemp(prefix="neox-heartbeat-"))
+    watch = Watch(beats)
     previous: dict[int, object] = {}
 
     def interrupt(signum: int, _frame: object) -> None:
@@ -129,10 +136,15 @@ def supervise(
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, interrupt)
     try:
-        for command in commands:
+        for index, command in enumerate(commands):
+            env = {**os.environ, **command.env}
+            log_path = rank_log_path(command.argv, command.env.get("RANK", index))
+            if log_path is not None:  # a rank we start ourselves: its log, its heartbeat
+                logs[index] = RankLog(log_path, command.env.get("RANK", index))
+                env.update(watch.env(index))
             proc = subprocess.Popen(
                 command.argv,
-                env={**os.environ, **command.env},
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -142,39 +154,58 @@ def supervise(
             procs.append(proc)
             watcher.watch(len(procs) - 1, proc)
             assert proc.stdout is not None and proc.stderr is not None
-            relays += [_Relay(proc.stdout, out, reported), _Relay(proc.stderr, err, reported)]
+            log = logs.get(index)
+            relays += [
+                Relay(proc.stdout, out, log=log, gate=gate, on_line=reported.line),
+                Relay(
+                    proc.stderr, err, log=log, gate=gate, tagged_only=log is not None, on_line=reported.line
+                ),
+            ]
             relays[-2].start()
             relays[-1].start()
-        failure = _watch(commands, procs, relays, reported, watcher, poll_s)
+        failure = _watch(commands, procs, relays, reported, watcher, watch, logs, poll_s)
     except (KeyboardInterrupt, _Interrupted) as exc:
         signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
         stop_all(procs, grace_s)
-        _finish(relays)
+        _finish(relays, logs, beats)
         _say(err, f"interrupted ({signal.Signals(signum).name}): stopped all ranks")
         return 128 + signum
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
     if failure is None:
-        _finish(relays)
+        _finish(relays, logs, beats)
         return 0
     stop_all(procs, grace_s)
-    _finish(relays)
-    _say(err, f"error: {failure.who} {failure.what}; stopped the other ranks")
+    _finish(relays, logs, beats)
+    # A rank that already printed its own error line gets no second one: the summary is a hint.
+    kind = "hint" if gate.error_shown else "error"
+    _say(err, f"{kind}: {failure.who} {failure.what}; stopped the other ranks")
+    hint = failure_hint(failure.who.split(" on ")[0], failure.log)
+    if hint is not None:
+        _say(err, f"hint: {hint}")
     return failure.code
 
 
 def _watch(
     commands: Sequence[LaunchCommand],
     procs: Sequence[subprocess.Popen[bytes]],
-    relays: Sequence[_Relay],
+    relays: Sequence[Relay],
     reported: Callback,
     watcher: ExitWatcher,
+    watch: Watch,
+    logs: dict[int, RankLog],
     poll_s: float,
 ) -> Failure | None:
+    def who(index: int) -> str:
+        return commands[index].label or shlexname(commands[index].argv)
+
     while True:
         if reported.first is not None:
             return reported.first
+        hang = watch.check(exclude=set(watcher.exits))
+        if hang is not None:
+            return Failure(who(hang.key), hang.what, HANG_EXIT_CODE, logs.get(hang.key))
         failed = watcher.first_failure()
         if failed is not None:
             index, code = failed
@@ -183,9 +214,12 @@ def _watch(
                 relay.join(timeout=2.0)
             if reported.first is not None:
                 return reported.first
+            # A peer gave up waiting for a rank that is frozen: name the frozen one.
+            silent = watch.silent(exclude=set(watcher.exits))
+            if silent is not None:
+                return Failure(who(silent.key), silent.what, HANG_EXIT_CODE, logs.get(silent.key))
             what, exit_code = describe_status(code)
-            who = commands[index].label or shlexname(commands[index].argv)
-            return Failure(who, what, exit_code if exit_code > 0 else 1)
+            return Failure(who(index), what, exit_code if exit_code > 0 else 1, logs.get(index))
         if watcher.all_succeeded(len(procs)):
             return None
         time.sleep(poll_s)
@@ -195,9 +229,12 @@ def shlexname(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "command"
 
 
-def _finish(relays: Sequence[_Relay]) -> None:
+def _finish(relays: Sequence[Relay], logs: dict[int, RankLog], beats: Path) -> None:
     for relay in relays:
         relay.join(timeout=5.0)
+    for log in logs.values():
+        log.close()
+    shutil.rmtree(beats, ignore_errors=True)
 
 
 def _say(err: IO[bytes], message: str) -> None:

@@ -102,8 +102,30 @@ def _skip_shm_build() -> None:
     module.build_shm_op = lambda: None  # type: ignore[attr-defined]
 
 
+# Defaults of ``distributed_timeout_minutes``: CPU steps are short, so a frozen peer should end a
+# gloo job within minutes; NCCL keeps DeepSpeed's default (large GPU checkpoints save slowly).
+GLOO_TIMEOUT_MINUTES = 5.0
+NCCL_TIMEOUT_MINUTES = 30.0
+
+
+def collective_timeout_s(minutes: float | None, nccl: bool | None = None) -> float:
+    """Seconds from ``distributed_timeout_minutes``; unset means the backend's default above."""
+    if minutes is None:
+        if nccl is None:
+            import torch
+
+            nccl = torch.cuda.is_available()
+        minutes = NCCL_TIMEOUT_MINUTES if nccl else GLOO_TIMEOUT_MINUTES
+    return float(minutes) * 60.0
+
+
 def init_distributed(dist: DistEnv, timeout_s: float = 120.0) -> str:
-    """Initialise torch.distributed via DeepSpeed; return the backend used (gloo or nccl)."""
+    """Initialise torch.distributed via DeepSpeed; return the backend used (gloo or nccl).
+
+    ``timeout_s`` bounds the rendezvous and every collective of the default
+    group; on NCCL, asynchronous error handling makes a timed-out collective
+    end the process instead of leaving it blocked.
+    """
     import torch
 
     quiet_deepspeed()
@@ -120,6 +142,7 @@ def init_distributed(dist: DistEnv, timeout_s: float = 120.0) -> str:
     if backend == "gloo" and dist.world_size == 1:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if backend == "nccl":
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(dist.local_rank)
     _skip_shm_build()
     if not torch.distributed.is_initialized():

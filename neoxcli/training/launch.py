@@ -35,9 +35,19 @@ def run_dir(cfg: NeoXConfig, local: bool) -> Path:
 
 
 def write_run_config(cfg: NeoXConfig, path: Path) -> Path:
+    """Write the resolved config the ranks read, with credentials of ``launcher_env`` masked.
+
+    Ranks never read ``launcher_env`` (the launcher already put it in their
+    environment), and the run directory is often shared and world-readable.
+    """
     from neoxcli.config import dump_config
     from neoxcli.fileio import atomic_write_text
+    from neoxcli.launchers.plan import MASK, is_secret
 
+    env = cfg.launcher.launcher_env
+    if any(is_secret(k) for k in env):
+        cfg = cfg.model_copy(deep=True)
+        cfg.launcher.launcher_env = {k: MASK if is_secret(k) else v for k, v in env.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, dump_config(cfg))
     return path

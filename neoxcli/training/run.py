@@ -179,14 +179,14 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     from neoxcli.config import resolve
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.model import GPTModel
-    from neoxcli.parallel.distributed import init_distributed
+    from neoxcli.parallel.distributed import collective_timeout_s, init_distributed
     from neoxcli.parallel.plan import build_engine, make_loss_fn, parallelize
     from neoxcli.training.data import build_datasets, ensure_data
     from neoxcli.training.optim import build_optimizer
     from neoxcli.training.rng import seed_everything
     from neoxcli.training.schedule import AnnealingLR
 
-    backend = init_distributed(dist)
+    backend = init_distributed(dist, collective_timeout_s(cfg.launcher.distributed_timeout_minutes))
     ensure_data(cfg, is_main=dist.is_main, say=report.on_info, barrier=torch.distributed.barrier)
     tokenizer = build_tokenizer(
         cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file

@@ -14,6 +14,7 @@ from typing import Any
 
 from neoxcli.config.schema import NeoXConfig
 from neoxcli.errors import NeoxError
+from neoxcli.launchers.heartbeat import progress
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.training.batches import BatchSampler, valid_start
 from neoxcli.training.report import NullReporter, Reporter, StartInfo, TrainResult
@@ -78,6 +79,8 @@ def save(run: Run, report: Reporter) -> Path | None:
     """
     from neoxcli.checkpoint import tag_for
     from neoxcli.checkpoint.savedir import abandon_save, begin_save
+
+    progress(f"the checkpoint save of step {run.iteration}")
 
     if run.save_dir is None:
         return None
@@ -190,6 +193,7 @@ def train(
             # (Pythia's configs do); a resumed run does not save it again.
             result.checkpoint, last_saved = save(run, say), 0
         while run.iteration < t.train_iters:
+            progress(f"step {run.iteration + 1}", run.iteration + 1)
             t0 = time.perf_counter()
             result.train_loss = train_step(run)
             dt = time.perf_counter() - t0
@@ -212,6 +216,7 @@ def train(
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)
     finally:
+        progress("the end of the run", watched=False)
         metrics.close()
         run.sampler.close()
     result.history = metrics.rows

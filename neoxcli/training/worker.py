@@ -2,6 +2,8 @@
 
 Every launcher starts this same entry; rank, world size and rendezvous come
 from whatever variables the launcher set (see ``neoxcli.parallel.distributed``).
+When its starter asked for one, the rank beats a heartbeat for the whole run
+(``neoxcli.launchers.heartbeat``), so a frozen or stuck rank ends the job.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neoxcli.training.worker")
     parser.add_argument("--config", required=True, help="the resolved run config written by `neox train`")
     args = parser.parse_args(argv)
+    heartbeat = None
     try:
         from neoxcli.config import load_config
-        from neoxcli.parallel.distributed import detect
+        from neoxcli.launchers import heartbeat as beats
+        from neoxcli.parallel.distributed import collective_timeout_s, detect
         from neoxcli.training.report import ConsoleReporter
         from neoxcli.training.trainer import train
 
         cfg = load_config([args.config])
         dist = detect()
+        timeout_s = collective_timeout_s(cfg.launcher.distributed_timeout_minutes)
+        heartbeat = beats.start(dist.rank, timeout_s)
         reporter = ConsoleReporter(cfg.logging.log_interval, live=False) if dist.is_main else None
         train(cfg, dist=dist, report=reporter, config_sources=[args.config])
     except NeoxError as exc:
@@ -35,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
     return 0
 
 
