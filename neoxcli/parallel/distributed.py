@@ -145,11 +145,24 @@ def init_distributed(dist: DistEnv, timeout_s: float = 120.0) -> str:
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(dist.local_rank)
     _skip_shm_build()
-    if not torch.distributed.is_initialized():
+    timeout = _dt.timedelta(seconds=timeout_s)
+    if dist.world_size == 1 and not torch.distributed.is_initialized():
+        # One rank needs no rendezvous: an in-memory store opens no port, so two runs on one
+        # machine can never race for the same free port. DeepSpeed adopts the group below.
+        torch.distributed.init_process_group(
+            backend, store=torch.distributed.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
+    if not torch.distributed.is_initialized() or not _deepspeed_comm_ready():
         deepspeed.init_distributed(
             dist_backend=backend,
             auto_mpi_discovery=False,
-            timeout=_dt.timedelta(seconds=timeout_s),
+            timeout=timeout,
             verbose=False,
         )
     return backend
+
+
+def _deepspeed_comm_ready() -> bool:
+    from deepspeed import comm
+
+    return comm.is_initialized()
