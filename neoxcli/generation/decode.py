@@ -105,7 +105,12 @@ def generate_batch(
         pads = torch.tensor([width - n for n in lengths], device=device)
         positions = (torch.arange(width, device=device)[None] - pads[:, None]).clamp(min=0)
         seq, all_pos = ids, positions  # the whole sequence so far, for recompute
-        logits = model(ids, position_ids=positions, kv_cache=cache, key_mask=key_mask[:, :width])[:, -1]
+        # Without padding (one prompt, or equal lengths) no key mask is needed: the plain causal path.
+        padded = len(set(lengths)) > 1
+        mask = (lambda n: key_mask[:, :n]) if padded else (lambda n: None)
+        logits = model(ids, position_ids=positions, kv_cache=cache, key_mask=mask(width), last_only=True)[
+            :, -1
+        ]
         live = list(range(batch))  # original row index of each batch row
         step = 0
         while live and max_new_tokens > 0:
@@ -165,14 +170,15 @@ def generate_batch(
                 rows_kept = torch.tensor(keep, device=device)
                 seq = torch.cat([seq.index_select(0, rows_kept), step_ids], dim=1)
                 all_pos = torch.cat([all_pos.index_select(0, rows_kept), positions], dim=1)
-                logits = model(seq, position_ids=all_pos, key_mask=key_mask[:, : start + 1])[:, -1]
+                logits = model(seq, position_ids=all_pos, key_mask=mask(start + 1), last_only=True)[:, -1]
             else:
                 logits = model(
                     step_ids,
                     position_ids=positions,
                     kv_cache=cache,
                     start_pos=start,
-                    key_mask=key_mask[:, : start + 1],
+                    key_mask=mask(start + 1),
+                    last_only=True,
                 )[:, -1]
             step += 1
         return results

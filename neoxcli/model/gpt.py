@@ -405,8 +405,9 @@ class GPTModel(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         key_mask: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        """fp32 logits ``[B, T, vocab]``.
+        """fp32 logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``: decoding needs no more).
 
         ``key_mask`` ``[B, start_pos + T]`` marks the real tokens of every position
         attended so far (False = left padding), so prompts of different lengths
@@ -424,7 +425,7 @@ class GPTModel(nn.Module):
         x = self.embedding(input_ids, position_ids)
         for block in self.blocks:
             x = block(x, position_ids, kv_cache, start_pos, key_mask)
-        return self.head(self.final_norm(x))
+        return self.head(self.final_norm(x[:, -1:] if last_only else x))
 
 
 def _init(t: Tensor, fn: object) -> None:
