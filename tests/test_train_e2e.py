@@ -307,11 +307,15 @@ def test_generate_from_gpt_neox_generation_config(
     gen_cfg.write_text(
         "text_gen_type: input-file\nmaximum_tokens: 6\ntemperature: 0.0\ntop_p: 0.0\ntop_k: 0\n"
         f"prompt_end: '<END>'\nsample_input_file: {tmp_path / 'prompts.txt'}\nsample_output_file: {out}\n"
+        "return_logits: true\n"
     )
     assert main(["generate", str(model_cfg), str(gen_cfg)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["context"] for r in rows] == ["the quick", "pack my\nbox"]
     assert all(r["temperature"] == 0.0 and r["length"] <= 6 for r in rows)
+    assert all(
+        len(r["logits"]) == r["length"] and all(isinstance(x, float) for x in r["logits"]) for r in rows
+    )
     greedy = tmp_path / "greedy.jsonl"
     argv = ["generate", "-c", str(tmp / "run"), "-p", "the quick", "--greedy", "--max-new-tokens", "6"]
     assert main([*argv, "--output-file", str(greedy)]) == 0

@@ -110,6 +110,8 @@ def register(app: typer.Typer) -> None:
         # options that would otherwise be silently ignored are refused.
         opts = {"--prompt": prompt, "--input-file": input_file, "--output-file": output_file}
         given = [name for name, value in opts.items() if value is not None]
+        if gen.return_logits and output_file is None:
+            raise NeoxError("return_logits needs an output file (sample_output_file or --output-file)")
         if interactive and given:
             raise NeoxError(f"--interactive reads prompts from the terminal, not {given[0]}")
         if prompt is not None and input_file is not None:
@@ -136,6 +138,7 @@ def register(app: typer.Typer) -> None:
             repetition_penalty=repetition_penalty,
             batch_size=batch_size,
             recompute=recompute or gen.recompute,
+            return_logits=gen.return_logits,
         )
         run_session(
             checkpoint,

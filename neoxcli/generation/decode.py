@@ -28,6 +28,7 @@ class Completion:
     truncated_prompt: int = 0  # prompt tokens cut from the front to fit the context
     finished: bool = False  # stopped at EOD or a stop condition, not at a length limit
     reason: str = "length"  # "eod", "stop", "length" (max_new_tokens) or "context" (context full)
+    logits: list[float] = field(default_factory=list)  # with return_logits: each new token's raw logit
 
 
 def apply_repetition_penalty(logits: Tensor, seen: list[int], penalty: float) -> Tensor:
@@ -59,6 +60,7 @@ def generate_batch(
     on_token: Callable[[int, int], None] | None = None,
     pad_id: int = 0,
     recompute: bool = False,
+    return_logits: bool = False,
 ) -> list[Completion]:
     """Continue every prompt; returns one ``Completion`` per prompt, in order.
 
@@ -68,6 +70,7 @@ def generate_batch(
     token as it is drawn. EOD is never drawn before ``min_new_tokens``.
     ``recompute`` runs the whole sequence again for every token instead of
     reading the KV cache (GPT-NeoX's ``recompute``): the same tokens, slower.
+    ``return_logits`` records the model's logit of every token it drew (GPT-NeoX's key).
     """
     if not prompts:
         return []
@@ -114,6 +117,7 @@ def generate_batch(
         live = list(range(batch))  # original row index of each batch row
         step = 0
         while live and max_new_tokens > 0:
+            raw = logits if return_logits else None  # before penalties and masks, as the model gave them
             if eos_id is not None and min_new_tokens:
                 young = torch.tensor([len(results[i].tokens) < min_new_tokens for i in live], device=device)
                 if bool(young.any()):
@@ -142,6 +146,8 @@ def generate_batch(
                     res.finished, res.reason = True, "eod"
                     continue
                 res.tokens.append(token)
+                if raw is not None:
+                    res.logits.append(float(raw[j, token]))
                 if on_token is not None:
                     on_token(i, token)
                 if should_stop is not None and should_stop(i, res.tokens):

@@ -33,6 +33,7 @@ class SamplingOptions:
     repetition_penalty: float = 1.0
     batch_size: int | None = None  # None: as many rows as the memory budget allows (at most 16)
     recompute: bool = False  # no KV cache (GPT-NeoX's recompute): same tokens, slower
+    return_logits: bool = False  # each record carries the logit of every generated token
 
     def record(self) -> dict[str, Any]:
         """The settings written next to every sample."""
@@ -190,12 +191,15 @@ def sample_prompts(
                 repetition_penalty=options.repetition_penalty,
                 should_stop=stop_rule if options.stop else None,
                 recompute=options.recompute,
+                return_logits=options.return_logits,
             )
             for (r, p, _ids), out in zip(chunk, done, strict=True):
                 cut_prompts += out.truncated_prompt > 0
                 capped += out.reason == "context"
                 text, stopped = _cut_at_stop(tokenizer.decode(out.tokens), options.stop)
                 record = _record(p, text, len(out.tokens), out.finished or stopped, options, r, t0)
+                if options.return_logits:
+                    record["logits"] = out.logits
                 records[r] = record
                 if on_result is not None:
                     on_result(record)
