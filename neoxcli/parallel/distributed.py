@@ -131,13 +131,18 @@ def init_distributed(dist: DistEnv, timeout_s: float = 120.0) -> str:
     quiet_deepspeed()
     import deepspeed
 
-    os.environ.update(
-        RANK=str(dist.rank),
-        WORLD_SIZE=str(dist.world_size),
-        LOCAL_RANK=str(dist.local_rank),
-        MASTER_ADDR=dist.master_addr,
-        MASTER_PORT=str(dist.master_port),
-    )
+    if dist.world_size > 1:
+        # torch's env:// rendezvous reads these. A one-rank job needs none (see below), and leaving
+        # them out keeps an in-process run from passing RANK/WORLD_SIZE on to processes started later.
+        os.environ.update(
+            RANK=str(dist.rank),
+            WORLD_SIZE=str(dist.world_size),
+            LOCAL_RANK=str(dist.local_rank),
+            MASTER_ADDR=dist.master_addr,
+            MASTER_PORT=str(dist.master_port),
+        )
+    else:
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "gloo" and dist.world_size == 1:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
