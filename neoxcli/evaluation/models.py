@@ -68,38 +68,12 @@ def load_checkpoint(path: Path, tag: str | None, device: str, dtype: str) -> Loa
 
 
 def load_hf(path: Path, device: str, dtype: str) -> LoadedModel:
-    """A Hugging Face model directory, converted to a neox model in memory."""
-    import tempfile
-
-    from pydantic import ValidationError
-
-    from neoxcli.config.schema import ModelConfig
-    from neoxcli.convert.archs import from_hf
-    from neoxcli.convert.cli_ops import _hf_tokenizer_backend, vocab_divisor
-    from neoxcli.convert.hf_io import load_hf_dir
-    from neoxcli.data.tokenizer import HFTokenizer
-    from neoxcli.model import GPTModel
+    """A Hugging Face model directory, converted to a neox model in memory (as ``neox generate -c`` does)."""
+    from neoxcli.convert.cli_ops import load_hf_for_inference
 
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"--hf {path}: no such directory")
-    hf_config, hf_state = load_hf_dir(path)
-    kwargs, state = from_hf(hf_state, hf_config)
-    backend = _hf_tokenizer_backend(path)
-    rows = state["layers.0.word_embeddings.weight"].shape[0]
-    kwargs["make_vocab_size_divisible_by"] = vocab_divisor(
-        backend.get_vocab_size(with_added_tokens=True), rows
-    )
-    try:
-        model_cfg = ModelConfig(**kwargs)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DataError(f"{path}/config.json describes a model neox cannot build ({err['msg']})") from None
-    model = GPTModel(model_cfg, rows)
-    model.load_state_dict(state)
-    model.to(device=device, dtype=_torch_dtype(dtype)).eval()
-    with tempfile.TemporaryDirectory() as tmp:  # HFTokenizer reads a file; the backend is kept in memory
-        tok_file = Path(tmp) / "tokenizer.json"
-        backend.save(str(tok_file))
-        tokenizer = HFTokenizer(str(tok_file))
-    return LoadedModel(model, tokenizer, model_cfg, {"hf_dir": str(path.resolve())})
+    model, tokenizer, cfg = load_hf_for_inference(path, device)
+    model.to(dtype=_torch_dtype(dtype))
+    return LoadedModel(model, tokenizer, cfg.model, {"hf_dir": str(path.resolve())})
