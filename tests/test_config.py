@@ -139,7 +139,6 @@ PYTHIA_IGNORED = [
     "steps_per_print",
     "wall_clock_breakdown",
     "log_dir",
-    "wandb_host",
     "deepspeed_mpi",
 ]
 

@@ -360,6 +360,14 @@ class LoggingConfig(Section):
     use_wandb: bool = False
     wandb_project: str = "neox"
     wandb_group: str | None = None
+    wandb_team: str | None = Field(None, description="the W&B entity (team or user) the run is logged under")
+    wandb_host: str | None = Field(None, description="the W&B server, e.g. https://api.wandb.ai")
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="neox: one device's peak TFLOP/s for MFU (default: the known accelerators' table; "
+        "on CPU the measured matmul rate)",
+    )
     sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
 
 

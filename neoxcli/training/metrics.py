@@ -1,14 +1,41 @@
-"""Where each step's numbers go on rank 0: ``metrics.jsonl`` in the run, TensorBoard, W&B."""
+"""Where each step's numbers go on rank 0: ``metrics.jsonl`` in the run, TensorBoard, W&B.
+
+A row's keys are the metrics.jsonl names (``loss``, ``lr``, ``tokens_per_s``,
+``tokens_seen``, ``tflops``, ``mfu``, ``valid_loss``, ...). TensorBoard and W&B
+get the same numbers under stable slash names (``scalar_name``): ``train/loss``,
+``train/mfu``, ``valid/loss``; a key that already has a slash (``eval/lambada/acc``)
+keeps it. ``Throughput`` turns one step's real token count into tokens/s,
+TFLOP/s and MFU with ``neoxcli.model.flops``, the accounting the benchmarks use too.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from neoxcli.config.schema import NeoXConfig
+from neoxcli.config.schema import ModelConfig, NeoXConfig
 from neoxcli.errors import NeoxError
+
+#: metrics.jsonl keys whose TensorBoard / W&B name is not ``train/<key>``.
+_RENAMED = {"valid_loss": "valid/loss", "seconds": "train/step_seconds"}
+
+#: What W&B needs when no login is found, as one hint line.
+WANDB_LOGIN_HINT = (
+    "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to keep the logs local"
+)
+
+
+def scalar_name(key: str) -> str:
+    """The TensorBoard / W&B name of a metrics.jsonl key: ``loss`` → ``train/loss``, ``valid_loss`` → ``valid/loss``."""
+    if "/" in key:
+        return key
+    return _RENAMED.get(key, f"train/{key}")
+
+
+Sink = Callable[[int, dict[str, float]], None]
 
 
 class MetricsLog:
@@ -22,27 +49,181 @@ class MetricsLog:
     def __init__(self, cfg: NeoXConfig, save_dir: Path | None, enabled: bool, resumed_at: int = 0) -> None:
         self.rows: list[dict[str, Any]] = []
         self._fh: IO[str] | None = None
-        self._sinks: list[Callable[[dict[str, Any]], None]] = []
+        self._sinks: list[Sink] = []
+        self._closers: list[Callable[[], None]] = []
         if not enabled:
             return
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(save_dir / "metrics.jsonl", resumed_at)
             self._fh = open(save_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._sinks = _open_sinks(cfg)
+        try:
+            if cfg.logging.tensorboard_dir:
+                self._open_tensorboard(Path(cfg.logging.tensorboard_dir))
+            if cfg.logging.use_wandb:
+                self._open_wandb(cfg, save_dir)
+        except BaseException:
+            self.close()
+            raise
 
     def log(self, row: dict[str, Any]) -> None:
+        """One training step's row (it must have ``iteration``): kept in ``rows`` and sent to every sink."""
         self.rows.append(row)
+        self._write(row)
+
+    def log_scalars(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Extra named numbers at ``iteration`` (e.g. ``{"eval/lambada/acc": 0.31}``), not a training step."""
+        self._write({"iteration": iteration, **scalars})
+
+    def _write(self, row: dict[str, Any]) -> None:
         if self._fh is not None:
             self._fh.write(json.dumps(row) + "\n")
             self._fh.flush()
-        for sink in self._sinks:
-            sink(row)
+        if self._sinks:
+            scalars = {
+                scalar_name(k): float(v)
+                for k, v in row.items()
+                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            for sink in self._sinks:
+                sink(int(row["iteration"]), scalars)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        while self._closers:
+            self._closers.pop()()
+        self._sinks = []
+
+    def _open_tensorboard(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise NeoxError(
+                "tensorboard_dir is set but TensorBoard is not installed",
+                hint="pip install 'neoxcli[monitor]'",
+            ) from exc
+        writer = SummaryWriter(str(log_dir))
+
+        def to_tb(step: int, scalars: dict[str, float]) -> None:
+            for name, value in scalars.items():
+                writer.add_scalar(name, value, step)
+            writer.flush()
+
+        self._sinks.append(to_tb)
+        self._closers.append(writer.close)
+
+    def _open_wandb(self, cfg: NeoXConfig, save_dir: Path | None) -> None:
+        run = open_wandb(cfg, save_dir)
+        self._sinks.append(lambda step, scalars: run.log(scalars, step=step))
+        self._closers.append(run.finish)
+
+
+def wandb_dir(save_dir: Path | None) -> Path:
+    """Where W&B keeps its files: ``WANDB_DIR`` if set, else the run directory, else a fresh temporary one.
+
+    Never the working directory: W&B's own default would put ``./wandb/`` wherever ``neox`` started.
+    """
+    import tempfile
+
+    if os.environ.get("WANDB_DIR"):
+        return Path(os.environ["WANDB_DIR"])
+    if save_dir is not None:
+        return save_dir
+    return Path(tempfile.mkdtemp(prefix="neox-wandb-"))
+
+
+def open_wandb(cfg: NeoXConfig, save_dir: Path | None) -> Any:
+    """A started W&B run with GPT-NeoX's keys (project, group, team, host); one error line without a login."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise NeoxError(
+            "use_wandb is set but wandb is not installed", hint="pip install 'neoxcli[monitor]'"
+        ) from exc
+    lg = cfg.logging
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode not in ("offline", "disabled", "dryrun") and not _wandb_logged_in(wandb, lg.wandb_host):
+        raise NeoxError(
+            f"use_wandb is set but W&B has no login for {lg.wandb_host or 'wandb.ai'}", hint=WANDB_LOGIN_HINT
+        )
+    where = wandb_dir(save_dir)
+    where.mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(base_url=lg.wandb_host) if lg.wandb_host else None
+    try:
+        return wandb.init(
+            project=lg.wandb_project,
+            entity=lg.wandb_team,
+            group=lg.wandb_group,
+            name=save_dir.name if save_dir is not None else None,
+            dir=str(where),
+            mode=mode or None,  # read per run: W&B caches the first one a process saw
+            config=cfg.model_dump(mode="json"),
+            settings=settings,
+        )
+    except wandb.errors.UsageError as exc:
+        raise NeoxError(f"W&B could not start: {exc}", hint=WANDB_LOGIN_HINT) from exc
+
+
+def _wandb_logged_in(wandb: Any, host: str | None) -> bool:
+    """Whether W&B finds credentials without asking (environment, settings file or .netrc)."""
+    import inspect
+
+    if "prompt" not in inspect.signature(wandb.login).parameters:
+        return True  # an older wandb: ``wandb.init`` itself reports the missing login (as a UsageError)
+    try:
+        return bool(wandb.login(host=host, verify=False, prompt=False))
+    except wandb.errors.UsageError:
+        return False
+
+
+class Throughput:
+    """Tokens/s, TFLOP/s per device and MFU of each step from the tokens it really trained on.
+
+    ``peak`` is one device's peak FLOP/s (``neoxcli.model.flops.device_peak``),
+    or None when it is unknown: MFU is then left out (null).
+    """
+
+    def __init__(self, model: ModelConfig, vocab_size: int, devices: int, peak: float | None) -> None:
+        self.model, self.vocab_size, self.devices, self.peak = model, vocab_size, max(devices, 1), peak
+        self._per_token: dict[int, int] = {}
+
+    def flops_per_token(self, seq_length: int) -> int:
+        from neoxcli.model.flops import flops_per_token
+
+        if seq_length not in self._per_token:
+            self._per_token[seq_length] = flops_per_token(self.model, self.vocab_size, seq_length)
+        return self._per_token[seq_length]
+
+    def step(self, tokens: int, seq_length: int, seconds: float) -> dict[str, float | None]:
+        """The row fields of a step of ``tokens`` (the whole job's) in sequences of ``seq_length``."""
+        from neoxcli.model.flops import mfu
+
+        if seconds <= 0:
+            return {"tokens_per_s": 0.0, "tflops": 0.0, "mfu": None}
+        per_device = tokens * self.flops_per_token(seq_length) / seconds / self.devices
+        share = mfu(per_device, self.peak)
+        return {
+            "tokens_per_s": tokens / seconds,
+            "tflops": per_device / 1e12,
+            "mfu": round(share, 6) if share is not None else None,
+        }
+
+
+def job_peak(cfg: NeoXConfig, device: Any, precision: str) -> tuple[float | None, str]:
+    """One device's peak FLOP/s for MFU and a line saying where it came from (``peak_tflops`` wins)."""
+    from neoxcli.model.flops import device_peak
+
+    if cfg.logging.peak_tflops is not None:
+        return (
+            cfg.logging.peak_tflops * 1e12,
+            f"MFU against peak_tflops {cfg.logging.peak_tflops:g} per device",
+        )
+    peak = device_peak(device, precision)
+    if peak is None:
+        return None, f"MFU not reported: no known peak for {device} in {precision} (set peak_tflops)"
+    return peak.flops_per_s, f"MFU against {peak.flops_per_s / 1e12:.3g} TFLOP/s per device ({peak.source})"
 
 
 def truncate_metrics(path: Path, iteration: int) -> None:
@@ -64,37 +245,3 @@ def truncate_metrics(path: Path, iteration: int) -> None:
             dropped = True
     if dropped:
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def _open_sinks(cfg: NeoXConfig) -> list[Callable[[dict[str, Any]], None]]:
-    """TensorBoard and W&B writers when configured (optional dependencies)."""
-    sinks: list[Callable[[dict[str, Any]], None]] = []
-    if cfg.logging.tensorboard_dir:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise NeoxError(
-                "tensorboard_dir is set but TensorBoard is not installed",
-                hint="pip install 'neoxcli[monitor]'",
-            ) from exc
-        tb = SummaryWriter(cfg.logging.tensorboard_dir)
-
-        def to_tb(row: dict[str, Any]) -> None:
-            for k, v in row.items():
-                if k != "iteration":
-                    tb.add_scalar(f"train/{k}", v, row["iteration"])
-            tb.flush()
-
-        sinks.append(to_tb)
-    if cfg.logging.use_wandb:
-        try:
-            import wandb
-        except ImportError as exc:
-            raise NeoxError(
-                "use_wandb is set but wandb is not installed", hint="pip install 'neoxcli[monitor]'"
-            ) from exc
-        run = wandb.init(
-            project=cfg.logging.wandb_project, group=cfg.logging.wandb_group, config=cfg.model_dump()
-        )
-        sinks.append(lambda row: run.log(row, step=row["iteration"]))
-    return sinks

@@ -35,6 +35,8 @@ class TrainResult:
     """What a finished run reports back to the command."""
 
     iterations: int = 0
+    steps: int = 0  # trained in this call (0: the run was already finished)
+    tokens: int = 0  # trained on in this call
     train_loss: float | None = None
     valid_loss: float | None = None
     tokens_per_s: float = 0.0
@@ -114,6 +116,7 @@ class ConsoleReporter(NullReporter):
                 TextColumn("loss {task.fields[loss]}"),
                 TextColumn("lr {task.fields[lr]}"),
                 TextColumn("{task.fields[tps]} tok/s"),
+                TextColumn("MFU {task.fields[mfu]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
@@ -121,7 +124,13 @@ class ConsoleReporter(NullReporter):
             )
             self.progress.start()
             self.task = self.progress.add_task(
-                "train", total=info.iterations, completed=info.start_iteration, loss="-", lr="-", tps="-"
+                "train",
+                total=info.iterations,
+                completed=info.start_iteration,
+                loss="-",
+                lr="-",
+                tps="-",
+                mfu="-",
             )
 
     def on_step(self, row: dict[str, Any]) -> None:
@@ -132,18 +141,13 @@ class ConsoleReporter(NullReporter):
                 loss=f"{row['loss']:.4f}",
                 lr=f"{row['lr']:.2e}",
                 tps=f"{row['tokens_per_s']:,.0f}",
+                mfu=f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-",
             )
         self._losses.append(row["loss"])
         if row["iteration"] % self.log_interval == 0 or "valid_loss" in row:
             mean = sum(self._losses) / len(self._losses)
             self._losses.clear()
-            line = (
-                f"step {row['iteration']:>6}  loss {mean:.4f}  lr {row['lr']:.3e}  "
-                f"{row['tokens_per_s']:,.0f} tok/s"
-            )
-            if "valid_loss" in row:
-                line += f"  valid_loss {row['valid_loss']:.4f}"
-            self.console.print(line, highlight=False)
+            self.console.print(log_line(row, mean), highlight=False)
 
     def on_save(self, iteration: int, path: Path) -> None:
         self.console.print(f"[bold cyan]neox[/]: saved checkpoint {path}", highlight=False)
@@ -152,7 +156,14 @@ class ConsoleReporter(NullReporter):
         if self.progress is not None:
             self.progress.stop()
         r = result
-        parts = [f"{r.iterations} iterations in {r.wall_s:.1f} s", f"{r.tokens_per_s:,.0f} tok/s"]
+        if r.steps == 0:
+            # Nothing trained (a finished run asked again): the info line said what to do instead.
+            return
+        parts = [
+            f"{r.steps} iterations in {r.wall_s:.1f} s",
+            f"{r.tokens_per_s:,.0f} tok/s",
+            f"{count(r.tokens)} tokens",
+        ]
         if r.train_loss is not None:
             parts.append(f"last step's loss {r.train_loss:.4f}")
         if r.valid_loss is not None:
@@ -165,3 +176,27 @@ class ConsoleReporter(NullReporter):
             from rich.text import Text
 
             self.console.print(Panel(Text(r.sample), title="sample", expand=False))
+
+
+def count(n: float) -> str:
+    """``1.31M``, ``20.5K``, ``512``: a token count for a log line."""
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def log_line(row: dict[str, Any], loss: float) -> str:
+    """GPT-NeoX-style text line of a step: loss (the mean since the last line), lr, throughput, tokens seen."""
+    line = (
+        f"step {row['iteration']:>6}  loss {loss:.4f}  lr {row['lr']:.3e}  {row['tokens_per_s']:,.0f} tok/s"
+    )
+    if row.get("tflops") is not None:
+        line += f"  {row['tflops']:.3g} TFLOP/s"
+    if row.get("mfu") is not None:
+        line += f"  MFU {100 * row['mfu']:.1f}%"
+    if row.get("tokens_seen") is not None:
+        line += f"  tokens {count(row['tokens_seen'])}"
+    if "valid_loss" in row:
+        line += f"  valid_loss {row['valid_loss']:.4f}"
+    return line

@@ -46,10 +46,22 @@ class Run:
     consumed: int = 0
     n_params: int = 0
     resumed: bool = False  # started from a checkpoint (even one of iteration 0)
+    tokens_seen: int = 0  # tokens trained on by the whole job, saved with each checkpoint
+    step_tokens: int = 0  # the last step's, counted from its batches
+    step_seq_length: int = 0
 
     @property
     def tokens_per_iter(self) -> int:
         return self.plan.train_batch_size * self.cfg.model.seq_length
+
+    def count_step(self, tokens: int, seq_length: int) -> None:
+        """Record one step's trained tokens (the whole job's) and their sequence length.
+
+        ``train_step`` counts them from the batches it ran, so a step of shorter
+        sequences (a sequence-length curriculum) adds what it really trained on.
+        """
+        self.step_tokens, self.step_seq_length = tokens, seq_length
+        self.tokens_seen += tokens
 
     def all_mean(self, value: float) -> float:
         """Mean of ``value`` over all ranks (the value itself in a one-process job)."""
@@ -152,6 +164,8 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
             raise NeoxError(f"could not load checkpoint {resume.tag_dir}")
     run.iteration = int(client["iteration"])
     run.consumed = int(client["consumed_samples"])
+    # Checkpoints from before the counter: every sample was seq_length tokens then.
+    run.tokens_seen = int(client.get("tokens_seen", run.consumed * cfg.model.seq_length))
     run.resumed = True
     rng = client.get("rng")
     if isinstance(rng, list) and rng:
@@ -166,7 +180,12 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
     }.get(resume.mode or "", "")
     report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
     if run.iteration >= cfg.train.train_iters:
-        report.on_info(f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue")
+        report.on_info(
+            f"the run in {resume.load_dir} is finished: iteration {run.iteration} of train_iters "
+            f"{cfg.train.train_iters}. To continue it, raise train_iters "
+            f"(--set train_iters={2 * max(run.iteration, 1)}); to start fresh, give save and load a new "
+            "directory (--set save=runs/NEW --set load=runs/NEW) or pass --overwrite"
+        )
 
 
 def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:

@@ -25,17 +25,23 @@ def train_step(run: Run) -> float:
     """One optimizer step over a global batch; returns the loss averaged over micro steps and ranks."""
     engine, plan = run.engine, run.plan
     losses = []
+    shapes: list[tuple[int, ...]] = []  # the label batches this rank trained on: the step's real tokens
     if run.layout.pp > 1:
         # The pipeline engine runs all micro steps and the optimizer step itself.
         micro = (run.sampler.batch(run.consumed, m) for m in range(plan.gradient_accumulation_steps))
-        losses.append(float(engine.train_batch(micro)))
+        losses.append(float(engine.train_batch(_shapes_of(micro, shapes))))
     else:
         for m in range(plan.gradient_accumulation_steps):
             x, y = run.sampler.batch(run.consumed, m)
+            shapes.append(tuple(y.shape))
             loss = run.loss_fn(engine(x.to(run.device)), y.to(run.device))
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
+    if shapes:
+        run.count_step(sum(math.prod(s) for s in shapes) * plan.dp_size, shapes[-1][-1])
+    else:  # a middle pipeline stage reads no batches: the planned count
+        run.count_step(run.tokens_per_iter, run.cfg.model.seq_length)
     run.consumed += plan.train_batch_size
     run.iteration += 1
     loss = run.all_mean(sum(losses) / len(losses))
@@ -44,6 +50,13 @@ def train_step(run: Run) -> float:
             f"loss became {loss} at iteration {run.iteration}", hint="lower the learning rate or raise warmup"
         )
     return loss
+
+
+def _shapes_of(batches: Any, shapes: list[tuple[int, ...]]) -> Any:
+    """Pass ``(x, y)`` batches through, noting each label batch's shape in ``shapes``."""
+    for x, y in batches:
+        shapes.append(tuple(y.shape))
+        yield x, y
 
 
 def evaluate(run: Run) -> float | None:
@@ -137,6 +150,7 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
     client = {
         "iteration": run.iteration,
         "consumed_samples": run.consumed,
+        "tokens_seen": run.tokens_seen,
         "world_size": dist.world_size,
         "layout": run.layout.as_dict(),
         "rng": rng,
@@ -169,19 +183,28 @@ def train(
     ``report`` receives the run's progress on rank 0 (``neoxcli.training.report``).
     """
     from neoxcli.parallel.distributed import detect
-    from neoxcli.training.metrics import MetricsLog
+    from neoxcli.training.metrics import MetricsLog, Throughput, job_peak
 
     dist = dist or detect()
     say: Reporter = report if (report is not None and dist.is_main) else NullReporter()
     run = build_run(cfg, dist, say)
     start_iter, t = run.iteration, cfg.train
+    result = TrainResult(iterations=run.iteration)
+    if run.resumed and run.iteration >= t.train_iters:
+        # Finished before it started: build_run said so and how to go on; nothing to log or save.
+        run.sampler.close()
+        result.model = run.engine.module
+        return result
     train_samples = len(run.train_ds) if run.train_ds is not None else 0
     say.on_start(
         StartInfo(
             t.train_iters, start_iter, run.n_params, run.plan, str(run.device), dist.world_size, train_samples
         )
     )
-    result = TrainResult(iterations=run.iteration)
+    peak, peak_note = job_peak(cfg, run.device, run.plan.precision) if dist.is_main else (None, "")
+    say.on_info(peak_note)
+    meter = Throughput(cfg.model, run.plan.padded_vocab_size, dist.world_size, peak)
+    start_tokens = run.tokens_seen
     metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main, resumed_at=run.iteration)
     every, extra = cfg.checkpoint.checkpoint_factor, set(cfg.checkpoint.extra_save_iters or [])
     last_saved = -1
@@ -201,7 +224,8 @@ def train(
                 "iteration": run.iteration,
                 "loss": result.train_loss,
                 "lr": float(run.scheduler.get_lr()),
-                "tokens_per_s": run.tokens_per_iter / dt if dt > 0 else 0.0,
+                "tokens_seen": run.tokens_seen,
+                **meter.step(run.step_tokens, run.step_seq_length, dt),
                 "seconds": dt,
             }
             if run.iteration % t.eval_interval == 0 or run.iteration == t.train_iters:
@@ -221,8 +245,8 @@ def train(
         run.sampler.close()
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
-    done = run.iteration - start_iter
-    result.tokens_per_s = done * run.tokens_per_iter / result.wall_s if result.wall_s > 0 else 0.0
+    result.steps, result.tokens = run.iteration - start_iter, run.tokens_seen - start_tokens
+    result.tokens_per_s = result.tokens / result.wall_s if result.wall_s > 0 else 0.0
     result.model = run.engine.module
     if cfg.logging.sample_at_end and dist.is_main:
         result.sample = end_of_run_sample(run, result.checkpoint, say)
