@@ -20,6 +20,7 @@ from neoxcli.commands import evaluate as eval_cmd
 from neoxcli.commands import generate as generate_cmd
 from neoxcli.commands import hostfile as hostfile_cmd
 from neoxcli.commands import mup as mup_cmd
+from neoxcli.commands import plot as plot_cmd
 from neoxcli.commands import prepare as prepare_cmd
 from neoxcli.commands import train as train_cmd
 
@@ -59,6 +60,7 @@ generate_cmd.register(app)
 eval_cmd.register(app)
 convert_cmd.register(app)
 hostfile_cmd.register(app)
+plot_cmd.register(app)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(mup_cmd.app, name="mup")
 

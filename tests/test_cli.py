@@ -12,7 +12,7 @@ import pytest
 
 from neoxcli.cli import main
 
-COMMANDS = ["prepare", "train", "generate", "eval", "convert", "hostfile", "config", "mup"]
+COMMANDS = ["prepare", "train", "generate", "eval", "convert", "hostfile", "config", "mup", "plot"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -105,9 +105,9 @@ def table_peak(device_name: str, precision: str) -> float | None:
 def measured_matmul_flops(dtype_name: str = "float32") -> float:
     """FLOP/s of a square matmul on this CPU in ``dtype_name`` with torch's threads, timed once per process.
 
-    The size doubles from 256 while one product takes under 50 ms (a slow dtype,
-    such as bf16 without AMX, stays small); the best rate of three runs at any
-    size counts, so a busy moment on a shared CPU does not set the peak.
+    Sizes double from 256 to at least 512, and up to 2048 while the next fits a 2-second budget
+    (so a slow dtype, such as bf16 without AMX, stays small); the best rate of
+    any run counts, so a busy moment on a shared CPU does not set the peak.
     """
     import torch
 
@@ -115,22 +115,25 @@ def measured_matmul_flops(dtype_name: str = "float32") -> float:
 
 
 @cache
-def _measure(dtype_name: str, threads: int) -> float:
+def _measure(dtype_name: str, threads: int, budget_s: float = 2.0) -> float:
     """The timing behind ``measured_matmul_flops``, cached per dtype and thread count."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    n, rate = 256, 0.0
+    n, rate, spent = 256, 0.0, 0.0
     while True:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        torch.matmul(a, b)  # warm-up
         best = float("inf")
-        for _ in range(3):
+        for i in range(4):  # the first is a warm-up
             t0 = time.perf_counter()
             torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            spent += took
+            if i:
+                best = min(best, took)
         rate = max(rate, 2.0 * n**3 / best)
-        if best >= 0.05 or n >= 2048:
+        # the next size costs ~8x per product, four products
+        if n >= 2048 or (n >= 512 and spent + 32 * best > budget_s):
             return rate
         n *= 2
 

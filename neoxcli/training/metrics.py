@@ -223,7 +223,9 @@ def job_peak(cfg: NeoXConfig, device: Any, precision: str) -> tuple[float | None
     peak = device_peak(device, precision)
     if peak is None:
         return None, f"MFU not reported: no known peak for {device} in {precision} (set peak_tflops)"
-    return peak.flops_per_s, f"MFU against {peak.flops_per_s / 1e12:.3g} TFLOP/s per device ({peak.source})"
+    rate = peak.flops_per_s
+    shown = f"{rate / 1e12:.4g} TFLOP/s" if rate >= 1e12 else f"{rate / 1e9:.4g} GFLOP/s"
+    return rate, f"MFU against {shown} per device ({peak.source})"
 
 
 def truncate_metrics(path: Path, iteration: int) -> None:
