@@ -144,6 +144,31 @@ def test_wandb_without_a_login_is_one_line(tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "wandb").exists()
 
 
+def test_wandb_gets_gpt_neox_keys_and_writes_under_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    from neoxcli.config.schema import NeoXConfig
+    from neoxcli.training.metrics import open_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cfg = NeoXConfig()
+    lg = cfg.logging
+    lg.use_wandb, lg.wandb_project, lg.wandb_group, lg.wandb_team = True, "proj", "grp", "team"
+    lg.wandb_host = "https://wandb.example.org"
+    run = open_wandb(cfg, tmp_path / "run")
+    try:
+        assert (run.project, run.group, run.entity, run.name) == ("proj", "grp", "team", "run")
+        assert run.settings.base_url == "https://wandb.example.org"
+        assert Path(run.dir).is_relative_to(tmp_path / "run" / "wandb")
+    finally:
+        run.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "run"]
+
+
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory):
     """Six steps of the tiny model with TensorBoard and W&B (offline), started in a scratch working directory."""

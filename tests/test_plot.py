@@ -84,7 +84,7 @@ def test_figure_has_the_four_panels_and_log_x(tmp_path: Path) -> None:
     runs = [read_curves(write_run(tmp_path / "a")), read_curves(write_run(tmp_path / "b", steps=10))]
     fig = draw_curves(runs, log_x=True)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["loss", "loss against tokens seen", "learning rate", "throughput"]
+    assert titles == ["loss against steps", "loss against tokens seen", "learning rate", "throughput"]
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     by_step = fig.axes[0]
     assert [t.get_text() for t in by_step.get_legend().get_texts()] == ["a", "b", "train", "valid"]

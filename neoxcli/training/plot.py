@@ -151,10 +151,13 @@ def plot_curves(runs: list[Curves], output: Path, *, fmt: str | None = None, log
 def draw_curves(runs: list[Curves], *, log_x: bool = False) -> Any:
     """The figure of ``plot_curves``: four panels, one colour per run, a legend naming runs and line styles."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter
 
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     (by_step, by_tokens), (lr_ax, speed_ax) = axes
+    lr_ax.sharex(by_step)  # the three step panels line up
+    speed_ax.sharex(by_step)
     colors = plt.get_cmap("tab10")
     no_tokens = []
     for i, run in enumerate(runs):
@@ -167,8 +170,9 @@ def draw_curves(runs: list[Curves], *, log_x: bool = False) -> Any:
         lr_ax.plot(run.steps, run.lr, color=color, linewidth=1.4, label=run.name)
         # The first step includes start-up work (allocation, compilation); it would squash the axis.
         speed_ax.plot(run.steps[1:], run.tokens_per_s[1:], color=color, linewidth=1.0, label=run.name)
-    by_step.set(title="loss", xlabel="step", ylabel="loss")
+    by_step.set(title="loss against steps", xlabel="step", ylabel="loss")
     by_tokens.set(title="loss against tokens seen", xlabel="tokens", ylabel="loss")
+    by_tokens.xaxis.set_major_formatter(EngFormatter(sep=""))  # 40k, 1.5M instead of 40000, 1.5e6
     if no_tokens:
         by_tokens.text(
             0.5, 0.02, "no tokens_seen in: " + ", ".join(no_tokens), transform=by_tokens.transAxes,
@@ -178,6 +182,7 @@ def draw_curves(runs: list[Curves], *, log_x: bool = False) -> Any:
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     speed_ax.set(title="throughput", xlabel="step", ylabel="tokens/s")
     speed_ax.set_ylim(bottom=0)
+    speed_ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
         if log_x:

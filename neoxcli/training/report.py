@@ -147,7 +147,8 @@ class ConsoleReporter(NullReporter):
         if row["iteration"] % self.log_interval == 0 or "valid_loss" in row:
             mean = sum(self._losses) / len(self._losses)
             self._losses.clear()
-            self.console.print(log_line(row, mean), highlight=False)
+            # one line per step in log files too, however narrow the console
+            self.console.print(log_line(row, mean), highlight=False, soft_wrap=True)
 
     def on_save(self, iteration: int, path: Path) -> None:
         self.console.print(f"[bold cyan]neox[/]: saved checkpoint {path}", highlight=False)
