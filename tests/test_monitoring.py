@@ -63,6 +63,7 @@ def test_peak_table_matches_device_names() -> None:
 
     assert table_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert table_peak("NVIDIA H200", "bf16") == 989e12
+    assert table_peak("NVIDIA H200 NVL", "bf16") == 835e12
     assert table_peak("NVIDIA H100 PCIe", "bf16") == 756e12
     assert table_peak("NVIDIA A100-SXM4-80GB", "fp16") == 312e12
     assert table_peak("NVIDIA A10", "bf16") == 125e12  # not the A100

@@ -35,6 +35,7 @@ from neoxcli.config.schema import ModelConfig
 #: rate (PyTorch does not use TF32 for matmuls unless asked).
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     (r"GH200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
+    (r"H200.*NVL", {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
     (r"H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
     (r"H100.*PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0}),
     (r"H100.*NVL", {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
