@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from neoxcli.config.derived import mlp_width
@@ -103,21 +102,30 @@ def table_peak(device_name: str, precision: str) -> float | None:
     return None
 
 
-def measured_matmul_flops(dtype_name: str = "float32") -> float:
-    """FLOP/s of a square matmul on this CPU in ``dtype_name`` with torch's threads, timed once per process.
+_BEST: dict[tuple[str, int], float] = {}
 
-    Sizes double from 256 to at least 512, and up to 2048 while the next fits a 2-second budget
-    (so a slow dtype, such as bf16 without AMX, stays small); the best rate of
-    any run counts, so a busy moment on a shared CPU does not set the peak.
+
+def measured_matmul_flops(dtype_name: str = "float32", *, again: bool = False) -> float:
+    """FLOP/s of a square matmul on this CPU in ``dtype_name`` with torch's threads: the best seen in this process.
+
+    Timed on the first call and cached; ``again`` times it once more and keeps
+    the better rate (for when a step ran faster than the cached peak, which
+    means the CPU was busy with other work when it was first timed).
     """
     import torch
 
-    return _measure(dtype_name, torch.get_num_threads())
+    key = (dtype_name, torch.get_num_threads())
+    if again or key not in _BEST:
+        _BEST[key] = max(_BEST.get(key, 0.0), _time_matmul(dtype_name))
+    return _BEST[key]
 
 
-@cache
-def _measure(dtype_name: str, threads: int, budget_s: float = 2.0) -> float:
-    """The timing behind ``measured_matmul_flops``, cached per dtype and thread count."""
+def _time_matmul(dtype_name: str, budget_s: float = 2.0) -> float:
+    """Best FLOP/s of square products, sizes 256 to at least 512, and up to 2048 while the next fits the budget.
+
+    A slow dtype (bf16 without AMX) stays small; the best of three timed runs
+    at any size counts, so one descheduled product does not set the rate.
+    """
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -139,7 +147,7 @@ def _measure(dtype_name: str, threads: int, budget_s: float = 2.0) -> float:
         n *= 2
 
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def device_peak(device: Any, precision: str) -> Peak | None:
@@ -153,7 +161,7 @@ def device_peak(device: Any, precision: str) -> Peak | None:
     dev = torch.device(device)
     if dev.type == "cpu":
         threads = torch.get_num_threads()
-        rate = measured_matmul_flops(_DTYPES.get(precision, "float32"))
+        rate = measured_matmul_flops(DTYPE_NAMES.get(precision, "float32"))
         return Peak(rate, f"measured {precision} matmul on this CPU ({threads} threads)")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     rate = table_peak(name, precision)

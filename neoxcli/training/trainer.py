@@ -183,7 +183,7 @@ def train(
     ``report`` receives the run's progress on rank 0 (``neoxcli.training.report``).
     """
     from neoxcli.parallel.distributed import detect
-    from neoxcli.training.metrics import MetricsLog, Throughput, job_peak
+    from neoxcli.training.metrics import MetricsLog, Throughput, cpu_remeasure, job_peak
 
     dist = dist or detect()
     say: Reporter = report if (report is not None and dist.is_main) else NullReporter()
@@ -203,7 +203,8 @@ def train(
     )
     peak, peak_note = job_peak(cfg, run.device, run.plan.precision) if dist.is_main else (None, "")
     say.on_info(peak_note)
-    meter = Throughput(cfg.model, run.plan.padded_vocab_size, dist.world_size, peak)
+    again = cpu_remeasure(cfg, run.device, run.plan.precision)
+    meter = Throughput(cfg.model, run.plan.padded_vocab_size, dist.world_size, peak, again)
     start_tokens = run.tokens_seen
     metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main, resumed_at=run.iteration)
     every, extra = cfg.checkpoint.checkpoint_factor, set(cfg.checkpoint.extra_save_iters or [])
