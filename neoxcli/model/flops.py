@@ -162,7 +162,9 @@ def device_peak(device: Any, precision: str) -> Peak | None:
     if dev.type == "cpu":
         threads = torch.get_num_threads()
         rate = measured_matmul_flops(DTYPE_NAMES.get(precision, "float32"))
-        return Peak(rate, f"measured {precision} matmul on this CPU ({threads} threads)")
+        return Peak(
+            rate, f"measured {precision} matmul on this CPU ({threads} thread{'s' if threads > 1 else ''})"
+        )
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     rate = table_peak(name, precision)
     if rate is None:
