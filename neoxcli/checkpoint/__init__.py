@@ -14,7 +14,7 @@ last, the ``complete`` marker.
 - ``portable``: the layout-free files' names, ``layout.json``, reading them, how a resume uses them;
 - ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
 - ``reshard``: merging shards into the full model and cutting them for another layout;
-- ``load``: the full model's weights, and a model ready for sampling;
+- ``load``: the full model's weights, whether a checkpoint can resume training, and a model ready for sampling;
 - ``writer``: a whole one-rank checkpoint (the importers), and rank 0's files after a training save.
 
 It builds on ``neoxcli.parallel`` for how tensors are sharded; nothing there
@@ -38,7 +38,12 @@ from neoxcli.checkpoint.io import (
     saved_partition,
     torch_load,
 )
-from neoxcli.checkpoint.load import load_for_inference, load_module_state
+from neoxcli.checkpoint.load import (
+    holds_training_state,
+    load_client_state,
+    load_for_inference,
+    load_module_state,
+)
 from neoxcli.checkpoint.portable import (
     LAYOUT_NAME,
     check_resume_layout,
@@ -118,7 +123,9 @@ __all__ = [
     "finalize_tag",
     "full_name",
     "gather_state",
+    "holds_training_state",
     "list_checkpoints",
+    "load_client_state",
     "load_for_inference",
     "load_module_state",
     "load_module_weights",

@@ -344,6 +344,15 @@ class CheckpointConfig(Section):
         False,
         description="neox: start from scratch, deleting the checkpoints already in save (neox train --overwrite)",
     )
+    finetune: bool = Field(
+        False,
+        description="load only the weights of load (a checkpoint or a Hugging Face directory); start at "
+        "iteration 0 with a fresh optimizer, LR schedule and data position",
+    )
+    no_load_optim: bool = Field(
+        False, description="resume iteration, LR schedule and data position, with a fresh optimizer state"
+    )
+    no_load_rng: bool = Field(False, description="resume without restoring the random generators' states")
     checkpoint_factor: int | None = Field(None, ge=1, description="save every N iterations")
     keep_last_n_checkpoints: int | None = Field(None, ge=1)
     extra_save_iters: list[int] | None = None

@@ -21,6 +21,7 @@ from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training.batches import BatchSampler, Prefetcher
+from neoxcli.training.finetune import config_changes, saved_config
 from neoxcli.training.report import Reporter
 
 
@@ -68,10 +69,16 @@ class _Resume:
     tag: str
     mode: str | None  # None: DeepSpeed's own files; "portable" / "reshard": the layout-free state
     portable: dict[str, Any] | None = None
+    # Weights only (finetune, no_load_optim, or a checkpoint that holds nothing else, such as an import):
+    # the full model's weights go into the model before it is parallelized, then the counters follow.
+    weights_only: bool = False
+    finetune: bool = False  # a new run from these weights: iteration 0, fresh optimizer, schedule, data
+    weights: dict[str, Any] | None = None  # already read (a Hugging Face directory)
+    saved: NeoXConfig | None = None  # the config saved with a training checkpoint a resume continues
 
     @property
     def tag_dir(self) -> Path:
-        return self.load_dir / self.tag
+        return self.load_dir / self.tag if self.tag else self.load_dir
 
 
 def _prepare_save_dir(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> None:
@@ -92,11 +99,20 @@ def _barrier(dist: DistEnv) -> None:
 
 
 def _find_resume(
-    cfg: NeoXConfig, layout: Layout, grid: ParallelGrid, dist: DistEnv, report: Reporter
+    cfg: NeoXConfig,
+    layout: Layout,
+    grid: ParallelGrid,
+    dist: DistEnv,
+    report: Reporter,
+    hf_weights: dict[str, Any] | None = None,
 ) -> _Resume | None:
-    """The checkpoint to resume from and which path a layout change needs (refusing what would lose checkpoints)."""
+    """The checkpoint to resume from and which path a layout change needs (refusing what would lose checkpoints).
+
+    ``hf_weights``: ``load`` is a Hugging Face directory, already read (``finetune`` only).
+    """
     from neoxcli.checkpoint import (
         check_resume_layout,
+        holds_training_state,
         load_portable,
         read_layout,
         reading_checkpoint,
@@ -105,7 +121,12 @@ def _find_resume(
     from neoxcli.checkpoint.savedir import clear_save_dir, plan_resume
 
     ck = cfg.checkpoint
-    plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
+    if hf_weights is not None:
+        plan = _finetune_plan(cfg, hf=True)
+    elif ck.finetune:
+        plan = _finetune_plan(cfg)
+    else:
+        plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
     if ck.overwrite and ck.save and dist.is_main:
         removed = clear_save_dir(Path(ck.save))
         if removed:
@@ -113,9 +134,18 @@ def _find_resume(
     _barrier(dist)
     if plan.note:
         report.on_info(plan.note)
+    if hf_weights is not None:
+        return _Resume(Path(str(ck.load)), "", None, weights_only=True, finetune=True, weights=hf_weights)
     if plan.load_dir is None or plan.tag is None:
         return None
     resume = _Resume(plan.load_dir, plan.tag, None)
+    trained = holds_training_state(resume.tag_dir)
+    if trained and not ck.finetune:
+        resume.saved = saved_config(resume.tag_dir)
+    if ck.finetune or ck.no_load_optim or not trained:
+        # Weights only: merged from any saved layout, so no layout check and no DeepSpeed load.
+        resume.weights_only, resume.finetune = True, ck.finetune
+        return resume
     saved_layout = read_layout(resume.tag_dir)
     if saved_layout is not None:
         resume.mode = check_resume_layout(
@@ -131,13 +161,85 @@ def _find_resume(
     return resume
 
 
+def _finetune_plan(cfg: NeoXConfig, hf: bool = False) -> Any:
+    """Where ``finetune: true`` takes its weights from; refused when ``save`` already holds a run's checkpoints.
+
+    A finetune starts again at iteration 0 each time it is started, so its
+    ``save`` must be new (or cleared with --overwrite, unless that would delete ``load``).
+    """
+    from neoxcli.checkpoint import list_checkpoints, read_latest
+    from neoxcli.checkpoint.savedir import ResumePlan, plan_resume
+
+    ck = cfg.checkpoint
+    if not ck.load:
+        raise NeoxError(
+            "finetune: true needs checkpoint.load: the checkpoint (or Hugging Face directory) to start from",
+            hint="set load: to a save directory, a `neox convert` output or a Hugging Face model directory",
+        )
+    save_dir = Path(ck.save) if ck.save else None
+    if save_dir is not None and save_dir.absolute() == Path(ck.load).absolute():
+        raise NeoxError(
+            f"finetune: true with checkpoint.save the same directory as load ({save_dir}): the new run's "
+            "checkpoints would mix with the ones it starts from",
+            hint="give the finetuned run its own save directory",
+        )
+    if save_dir is not None and not ck.overwrite and list_checkpoints(save_dir):
+        raise NeoxError(
+            f"checkpoint.save: {save_dir} already holds checkpoints (latest: {read_latest(save_dir)}), and "
+            "finetune: true would start again at iteration 0",
+            hint=f"continue that run with --set load={save_dir} --set finetune=false, or start over with "
+            "`neox train --overwrite` (deletes them) or a new save directory",
+        )
+    if hf:
+        return ResumePlan(None, None, None)
+    return plan_resume(ck.load, None, ck.load_tag, False)
+
+
+def _set_rng(run: Run, client: dict[str, Any]) -> None:
+    from neoxcli.training.rng import set_rng_state
+
+    rng = client.get("rng")
+    if isinstance(rng, list) and rng:
+        # Every rank starts from the same seed, so with another process count rank 0's state
+        # is the one each rank would have reached.
+        set_rng_state(rng[run.dist.rank] if client.get("world_size") == run.dist.world_size else rng[0])
+    elif rng:
+        set_rng_state(rng)
+
+
+def _restore_counters(run: Run, resume: _Resume, report: Reporter) -> None:
+    """After a weights-only load: iteration, data position, LR schedule and RNG, or a new run's zeros."""
+    from neoxcli.checkpoint import load_client_state
+
+    cfg = run.cfg
+    if resume.finetune:
+        report.on_info(
+            f"finetuning from the weights of {resume.tag_dir}: iteration 0, a fresh optimizer, "
+            "LR schedule and data position"
+        )
+        return
+    client, schedule = load_client_state(resume.tag_dir)
+    run.iteration = int(client.get("iteration") or 0)
+    run.consumed = int(client.get("consumed_samples") or 0)
+    run.scheduler.load_state_dict(schedule or {"num_iters": run.iteration})
+    run.engine.global_steps, run.engine.global_samples = run.iteration, run.consumed
+    run.resumed = True
+    if not cfg.checkpoint.no_load_rng:
+        _set_rng(run, client)
+    why = "no_load_optim" if cfg.checkpoint.no_load_optim else "it holds weights only"
+    report.on_info(
+        f"resumed the weights of {resume.tag_dir} at iteration {run.iteration} with a fresh optimizer state ({why})"
+    )
+
+
 def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
     """Optimizer state, schedule, counters and RNG from the checkpoint into the built engine."""
     from neoxcli.checkpoint import load_optimizer_state, reading_checkpoint, safe_engine_loads
-    from neoxcli.training.rng import set_rng_state
 
     engine, cfg = run.engine, run.cfg
-    if resume.portable is not None:
+    if resume.weights_only:
+        _restore_counters(run, resume, report)
+    elif resume.portable is not None:
         # Layout changed: weights, moments and steps from the layout-free state.
         load_optimizer_state(engine, resume.portable)
         run.scheduler.load_state_dict(resume.portable["lr_scheduler"])
@@ -150,23 +252,64 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
             path, client = engine.load_checkpoint(str(resume.load_dir), tag=resume.tag)
         if path is None:
             raise NeoxError(f"could not load checkpoint {resume.tag_dir}")
-    run.iteration = int(client["iteration"])
-    run.consumed = int(client["consumed_samples"])
-    run.resumed = True
-    rng = client.get("rng")
-    if isinstance(rng, list) and rng:
-        # Every rank starts from the same seed, so with another process count rank 0's state
-        # is the one each rank would have reached.
-        set_rng_state(rng[run.dist.rank] if client.get("world_size") == run.dist.world_size else rng[0])
-    elif rng:
-        set_rng_state(rng)
-    how = {
-        "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
-        "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
-    }.get(resume.mode or "", "")
-    report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
+    if not resume.weights_only:
+        run.iteration = int(client["iteration"])
+        run.consumed = int(client["consumed_samples"])
+        run.resumed = True
+        if not cfg.checkpoint.no_load_rng:
+            _set_rng(run, client)
+        how = {
+            "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
+            "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
+        }.get(resume.mode or "", "")
+        report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
+    changes = config_changes(resume.saved, cfg) if resume.saved is not None else []
+    if changes:
+        report.on_info(
+            "warning: this resume continues the run saved in "
+            f"{resume.tag_dir}, but these settings differ from the ones saved with it:\n"
+            + "\n".join(f"  {line}" for line in changes)
+            + "\n  hint: to start a new schedule from these weights instead, set finetune: true "
+            "(with a new save directory)"
+        )
     if run.iteration >= cfg.train.train_iters:
         report.on_info(f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue")
+
+
+def _hf_load(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
+    """A Hugging Face directory as ``load``: the config with its model section, and its weights (ours)."""
+    from neoxcli.training.finetune import config_from_hf, is_hf_dir
+
+    ck = cfg.checkpoint
+    if not ck.load or not is_hf_dir(Path(ck.load)):
+        return cfg, None
+    if not ck.finetune:
+        raise NeoxError(
+            f"checkpoint.load: {ck.load} is a Hugging Face model directory, not a neox checkpoint to resume",
+            hint="set finetune: true to train from its weights (or import it first with "
+            f"`neox convert {ck.load} --from hf OUT`)",
+        )
+    return config_from_hf(cfg, Path(ck.load))
+
+
+def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> None:
+    """A weights-only start loads the full model's weights here; a full resume first checks they would fit."""
+    from neoxcli.checkpoint import load_module_state, reading_checkpoint
+    from neoxcli.training.finetune import check_saved_model, load_full_weights, saved_config
+
+    if not resume.weights_only:
+        if resume.saved is not None:
+            check_saved_model(model, resume.saved.model, cfg.model, f"the checkpoint {resume.tag_dir}")
+        return
+    if resume.weights is not None:
+        weights, source = resume.weights, f"the Hugging Face model in {resume.load_dir}"
+        resume.weights = None
+    else:
+        saved = resume.saved or saved_config(resume.tag_dir)
+        with reading_checkpoint(resume.tag_dir, cfg.model):
+            weights = load_module_state(resume.tag_dir, saved.model if saved else cfg.model)
+        source = f"the checkpoint {resume.tag_dir}"
+    load_full_weights(model, weights, source, vocab)
 
 
 def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
@@ -186,6 +329,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     from neoxcli.training.rng import seed_everything
     from neoxcli.training.schedule import AnnealingLR
 
+    cfg, hf_weights = _hf_load(cfg)
     backend = init_distributed(dist, collective_timeout_s(cfg.launcher.distributed_timeout_minutes))
     ensure_data(cfg, is_main=dist.is_main, say=report.on_info, barrier=torch.distributed.barrier)
     tokenizer = build_tokenizer(
@@ -206,7 +350,8 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     )
     grid = ParallelGrid(layout, dist.rank)
     _prepare_save_dir(cfg, dist, report)
-    resume = _find_resume(cfg, layout, grid, dist, report)
+    resume = _find_resume(cfg, layout, grid, dist, report, hf_weights)
+    hf_weights = None  # held by resume until the model has them
     save_dir = Path(cfg.checkpoint.save) if cfg.checkpoint.save else None
     if cfg.train.compile and save_dir is not None:
         # Compiled kernels are cached with the run, so a resume does not compile again.
@@ -229,6 +374,8 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     )
     seed_everything(cfg.train.seed)
     model = GPTModel(cfg.model, plan.padded_vocab_size)
+    if resume is not None:
+        _weights_into(model, resume, cfg, tokenizer.vocab_size)
     loss_fn = make_loss_fn(grid.tp_group if layout.tp > 1 else None)
     module = parallelize(model, layout, grid, cfg, loss_fn)
     n_params = sum(p.numel() for p in module.parameters())  # this rank's shard
