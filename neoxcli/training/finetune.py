@@ -176,14 +176,13 @@ def check_saved_model(model: Any, saved: ModelConfig, now: ModelConfig, source: 
     rows = int(expected["layers.0.word_embeddings.weight"].shape[0])
     with torch.device("meta"):
         saved_state = GPTModel(saved, rows).state_dict()
-    diffs = [line for line in model_changes(saved, now)]
+    old, new = saved.model_dump(), now.model_dump()
+    diffs = [f"{k}: {old[k]!r} there, {new[k]!r} here" for k in old if old[k] != new.get(k)]
     check_state_fits(
         expected,
         saved_state,
         source,
-        hint="the checkpoint was trained with " + "; ".join(diffs[:4])
-        if diffs
-        else "use the model settings the checkpoint was trained with",
+        hint="the checkpoint was trained with other model settings: " + "; ".join(diffs[:5]),
     )
 
 
