@@ -88,35 +88,38 @@ def is_hf_dir(path: Path) -> bool:
     )
 
 
-def config_from_hf(cfg: NeoXConfig, hf_dir: Path) -> tuple[NeoXConfig, dict[str, Any]]:
-    """``cfg`` with the model section of the Hugging Face model in ``hf_dir``, and that model's weights (ours).
+def adopt_model(cfg: NeoXConfig, model: ModelConfig, where: str) -> NeoXConfig:
+    """``cfg`` with the model section ``model`` of the weights it starts from (``where`` names them).
 
-    A model key the config sets itself must agree with the model's (one error
+    A model key the config sets itself must agree with ``model`` (one error
     naming the first that does not), except the ``RUN_MODEL_KEYS``, where the
     config's value is used (e.g. a shorter ``seq_length`` to finetune with).
     """
-    from neoxcli.convert.cli_ops import read_hf
-
-    hf_model, state, _backend, _info = read_hf(hf_dir)
-    theirs, ours = hf_model.model_dump(), cfg.model.model_dump()
+    theirs, ours = model.model_dump(), cfg.model.model_dump()
     kept: dict[str, Any] = {}
     for key in sorted(cfg.model.model_fields_set):
         if key in RUN_MODEL_KEYS:
             kept[key] = ours[key]
         elif ours[key] != theirs[key]:
             raise ConfigError(
-                f"model.{key}: {ours[key]!r} in the config, but the Hugging Face model in {hf_dir} has "
-                f"{theirs[key]!r}",
-                hint=f"drop {key} from the config: with a Hugging Face directory as load, "
-                "the model comes from its config.json",
+                f"model.{key}: {ours[key]!r} in the config, but {where} has {theirs[key]!r}",
+                hint=f"drop {key} from the config: a finetune takes the model of the weights it starts from",
             )
     try:
-        model = ModelConfig.model_validate({**theirs, **kept})
+        adopted = ModelConfig.model_validate({**theirs, **kept})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "model"
-        raise ConfigError(f"model.{field}: {err['msg']} (with the model of {hf_dir})") from None
-    return cfg.model_copy(update={"model": model}), state
+        raise ConfigError(f"model.{field}: {err['msg']} (with the model of {where})") from None
+    return cfg.model_copy(update={"model": adopted})
+
+
+def config_from_hf(cfg: NeoXConfig, hf_dir: Path) -> tuple[NeoXConfig, dict[str, Any]]:
+    """``cfg`` with the model of the Hugging Face directory ``hf_dir`` (``adopt_model``), and its weights (ours)."""
+    from neoxcli.convert.cli_ops import read_hf
+
+    hf_model, state, _backend, _info = read_hf(hf_dir)
+    return adopt_model(cfg, hf_model, f"the Hugging Face model in {hf_dir}"), state
 
 
 def fit_vocab_rows(state: Mapping[str, Any], expected: Mapping[str, Any], vocab: int) -> dict[str, Any]:

@@ -107,6 +107,10 @@ def run_training(
         print(plan.render(), end="")
         return 0
     launcher.check_available(plan)
+    # The ranks read the config as written, every model key set: it must hold the model a finetune takes.
+    from neoxcli.training.run import source_model
+
+    cfg = source_model(cfg)[0]
     check_job(cfg, hosts)
     write_run_config(cfg, config_path)
     return launcher.run(plan)

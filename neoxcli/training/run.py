@@ -276,20 +276,42 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
         report.on_info(f"nothing left to train: train_iters is {cfg.train.train_iters}; raise it to continue")
 
 
-def _hf_load(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
-    """A Hugging Face directory as ``load``: the config with its model section, and its weights (ours)."""
-    from neoxcli.training.finetune import config_from_hf, is_hf_dir
+def source_model(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
+    """The config to run with the model section of the weights it starts from, where it should take it.
+
+    A finetune takes the model of its ``load`` (a neox checkpoint's config.yml
+    or a Hugging Face directory's config.json), and so does a resume whose
+    config sets no model key but the ``RUN_MODEL_KEYS``; a model key the config
+    does set must agree. Also returns, when ``load`` is a Hugging Face directory, its weights
+    converted to ours (read once, here).
+    """
+    from neoxcli.checkpoint.savedir import plan_resume
+    from neoxcli.training.finetune import RUN_MODEL_KEYS, adopt_model, config_from_hf, is_hf_dir
 
     ck = cfg.checkpoint
-    if not ck.load or not is_hf_dir(Path(ck.load)):
+    if not ck.load:
         return cfg, None
-    if not ck.finetune:
-        raise NeoxError(
-            f"checkpoint.load: {ck.load} is a Hugging Face model directory, not a neox checkpoint to resume",
-            hint="set finetune: true to train from its weights (or import it first with "
-            f"`neox convert {ck.load} --from hf OUT`)",
-        )
-    return config_from_hf(cfg, Path(ck.load))
+    if is_hf_dir(Path(ck.load)):
+        if not ck.finetune:
+            raise NeoxError(
+                f"checkpoint.load: {ck.load} is a Hugging Face model directory, not a neox checkpoint to resume",
+                hint="set finetune: true to train from its weights (or import it first with "
+                f"`neox convert {ck.load} --from hf OUT`)",
+            )
+        return config_from_hf(cfg, Path(ck.load))
+    if not ck.finetune and cfg.model.model_fields_set - RUN_MODEL_KEYS:
+        return cfg, None
+    try:
+        if ck.finetune:
+            plan = plan_resume(ck.load, None, ck.load_tag, False)
+        else:
+            plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
+    except NeoxError:
+        return cfg, None  # reported where the resume is planned, after start-up cleanup
+    saved = saved_config(plan.load_dir / plan.tag) if plan.load_dir and plan.tag else None
+    if saved is None:
+        return cfg, None
+    return adopt_model(cfg, saved.model, f"the checkpoint {plan.load_dir / plan.tag}"), None
 
 
 def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> None:
@@ -329,7 +351,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     from neoxcli.training.rng import seed_everything
     from neoxcli.training.schedule import AnnealingLR
 
-    cfg, hf_weights = _hf_load(cfg)
+    cfg, hf_weights = source_model(cfg)
     backend = init_distributed(dist, collective_timeout_s(cfg.launcher.distributed_timeout_minutes))
     ensure_data(cfg, is_main=dist.is_main, say=report.on_info, barrier=torch.distributed.barrier)
     tokenizer = build_tokenizer(

@@ -1,0 +1,273 @@
+"""Finetuning: a Pythia-shaped Hugging Face model (random, tiny, built here) trained by neox and exported back.
+
+One module fixture builds the model, its tokenizer and a corpus, imports the
+model with ``neox convert --from hf`` and finetunes it for a few steps. The
+tests then check the exported model learned, that a Hugging Face directory
+given directly as ``load`` trains identically, that the weights load under
+another layout (tensor parallel 2, one 2-process launch), and what a resume
+says when its settings or its model differ from the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("deepspeed")
+transformers = pytest.importorskip("transformers")
+
+from neoxcli.cli import main  # noqa: E402
+from neoxcli.config import load_config  # noqa: E402
+from neoxcli.training.report import NullReporter  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [
+    "the quick brown fox jumps over the lazy dog. ",
+    "pack my box with five dozen liquor jugs. ",
+    "how vexingly quick daft zebras jump! ",
+]
+ITERS = 15
+
+
+class _Lines(NullReporter):
+    """Keeps every info line of a run."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def on_info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _train(config: Path, *overrides: str, report: NullReporter | None = None) -> Any:
+    from neoxcli.training.trainer import train
+
+    return train(load_config([config], list(overrides)), report=report)
+
+
+def _write_config(root: Path, name: str, **over: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "tokenizer_type": "HFTokenizer",
+        "vocab_file": str(root / "tokenizer.json"),
+        "data_path": str(root / "data" / "text_document"),
+        "split": "100,0,0",
+        "seq_length": 32,
+        "train_micro_batch_size_per_gpu": 8,
+        "train_iters": ITERS,
+        "optimizer": {"type": "Adam", "params": {"lr": 5e-3}},
+        "lr_decay_style": "constant",
+        "warmup": 0.0,
+        "eval_iters": 0,
+        "finetune": True,
+        "load": str(root / "imported"),
+        "save": str(root / name),
+        "sample_at_end": False,
+        "seed": 7,
+    }
+    cfg.update(over)
+    path = root / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _windows(root: Path, n: int = 16, length: int = 32) -> torch.Tensor:
+    """The first ``n`` training-length windows of the corpus, for scoring a model on it."""
+    from neoxcli.data.indexed import IndexedDataset
+
+    ds = IndexedDataset(str(root / "data" / "text_document"))
+    flat = torch.cat([torch.as_tensor(ds[i].astype("int64")) for i in range(len(ds))])
+    return flat[: n * length].view(n, length)
+
+
+def _hf_loss(hf_dir: Path, windows: torch.Tensor) -> float:
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return float(model(input_ids=windows, labels=windows).loss)
+
+
+@pytest.fixture(scope="module")
+def pythia(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A random Pythia-shaped model (untied head, parallel residual, partial rotary), imported and finetuned."""
+    import numpy as np
+
+    from neoxcli.data.indexed import IndexedDatasetWriter
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("finetune")
+    tok = train_bpe_tokenizer(DOCS * 20, vocab_size=300, out_path=root / "tokenizer.json", min_frequency=1)
+    (root / "data").mkdir()
+    with IndexedDatasetWriter(root / "data" / "text_document", np.uint16) as w:
+        for i in range(240):
+            w.add_document(tok.encode(DOCS[i % 3] + DOCS[(i + 1) % 3]) + [tok.eod_id])
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPTNeoXConfig(
+        vocab_size=384,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+    )
+    hf_dir = root / "hf"
+    transformers.GPTNeoXForCausalLM(hf_cfg).save_pretrained(str(hf_dir))
+    shutil.copyfile(root / "tokenizer.json", hf_dir / "tokenizer.json")
+    assert main(["convert", str(hf_dir), "--from", "hf", str(root / "imported")]) == 0
+    report = _Lines()
+    result = _train(_write_config(root, "ft"), report=report)
+    return {"root": root, "hf": hf_dir, "result": result, "lines": report.lines}
+
+
+def test_finetuned_import_exports_a_model_that_learned(pythia: dict[str, Any]) -> None:
+    """Import → finetune from iteration 0 → `neox convert --to hf`: the HF model's loss on the data went down."""
+    root, result = pythia["root"], pythia["result"]
+    assert any(line.startswith("finetuning from the weights of") for line in pythia["lines"])
+    assert [row["iteration"] for row in result.history] == list(range(1, ITERS + 1))
+    assert result.checkpoint == root / "ft" / f"global_step{ITERS}"
+    out = root / "exported"
+    assert main(["convert", str(root / "ft"), "--to", "hf", str(out)]) == 0
+    windows = _windows(root)
+    before, after = _hf_loss(pythia["hf"], windows), _hf_loss(out, windows)
+    assert after < before - 1.0, (before, after)
+
+
+def test_hugging_face_directory_as_load_trains_like_its_import(
+    pythia: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, hf = pythia["root"], pythia["hf"]
+    direct = _train(_write_config(root, "ft-direct", load=str(hf)))
+    assert [r["loss"] for r in direct.history] == pytest.approx(
+        [r["loss"] for r in pythia["result"].history], abs=1e-6
+    )
+    saved = load_config([root / "ft-direct" / f"global_step{ITERS}" / "config.yml"])
+    assert (saved.model.hidden_size, saved.model.intermediate_size, saved.model.seq_length) == (32, 128, 32)
+
+    # The model comes from config.json: a model key of the config's own that disagrees is one error.
+    config = _write_config(root, "ft-wrong", load=str(hf), hidden_size=64)
+    assert main(["train", str(config)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "hint:"))]
+    assert err[0] == f"error: model.hidden_size: 64 in the config, but the Hugging Face model in {hf} has 32"
+    assert main(["train", str(config), "--set", "finetune=false", "--set", "hidden_size=32"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [
+        f"error: checkpoint.load: {hf} is a Hugging Face model directory, not a neox checkpoint to resume"
+    ]
+    assert not (root / "ft-wrong").exists()
+
+
+def test_finetune_loads_under_another_layout(pythia: dict[str, Any]) -> None:
+    """The 1-process checkpoint finetuned with tensor parallel 2: the weights arrive intact (lr 0, one step)."""
+    from neoxcli.checkpoint import load_module_state
+    from neoxcli.parallel.distributed import free_port
+
+    root = pythia["root"]
+    config = _write_config(
+        root,
+        "ft-tp2",
+        load=str(root / "ft"),
+        model_parallel_size=2,
+        train_iters=1,
+        optimizer={"type": "Adam", "params": {"lr": 0.0}},
+        weight_decay=0.0,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
+    env.update(
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+        DS_ACCELERATOR="cpu",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    argv = [sys.executable, "-m", "neoxcli.training.worker", "--config", str(config)]
+    procs = [
+        subprocess.Popen(
+            argv,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
+    source = load_module_state(root / "ft" / f"global_step{ITERS}")
+    tp2 = load_module_state(root / "ft-tp2" / "global_step1")
+    assert set(tp2) == set(source)
+    for name, value in source.items():
+        # Tensor parallel 2 pads the 300-token vocabulary to 512 rows instead of 384.
+        got = (
+            tp2[name][: value.shape[0]]
+            if name.endswith(("word_embeddings.weight", "final_linear.weight"))
+            else tp2[name]
+        )
+        torch.testing.assert_close(got, value, rtol=0, atol=0, msg=name)
+
+
+def test_resume_reports_changed_settings_and_no_load_optim_keeps_the_schedule(
+    pythia: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = pythia["root"]
+    moved = root / "data-moved"
+    shutil.copytree(root / "data", moved)
+    runs = {}
+    for name in ("resume", "fresh-optim"):
+        shutil.copytree(root / "ft", root / name, ignore=shutil.ignore_patterns("index-cache"))
+    full, fresh = _Lines(), _Lines()
+    common = ["finetune=false", f"train_iters={ITERS + 2}", "lr_decay_style=linear", "min_lr=1e-4"]
+    runs["resume"] = _train(
+        root / "ft.yml",
+        *common,
+        f"load={root / 'resume'}",
+        f"save={root / 'resume'}",
+        f"data_path={moved / 'text_document'}",
+        report=full,
+    )
+    runs["fresh"] = _train(
+        root / "ft.yml",
+        *common,
+        f"load={root / 'fresh-optim'}",
+        f"save={root / 'fresh-optim'}",
+        "no_load_optim=true",
+        "no_load_rng=true",
+        report=fresh,
+    )
+    warning = next(line for line in full.lines if line.startswith("warning:"))
+    assert warning.splitlines()[1:] == [
+        f"  data_path: {root / 'data' / 'text_document'} → {moved / 'text_document'}",
+        "  lr_decay_style: constant → linear",
+        "  min_lr: 0.0 → 0.0001",
+        "  hint: to start a new schedule from these weights instead, set finetune: true (with a new save directory)",
+    ]
+    assert any("at iteration 15 with a fresh optimizer state (no_load_optim)" in line for line in fresh.lines)
+    resumed, restarted = runs["resume"].history, runs["fresh"].history
+    assert [r["iteration"] for r in resumed] == [r["iteration"] for r in restarted] == [ITERS + 1, ITERS + 2]
+    # Same weights, data position and schedule: the first step's loss and every LR agree; the second
+    # loss differs, since one step's update used Adam moments restored and the other fresh ones.
+    assert restarted[0]["loss"] == pytest.approx(resumed[0]["loss"], abs=1e-6)
+    assert [r["lr"] for r in restarted] == pytest.approx([r["lr"] for r in resumed])
+    assert abs(restarted[1]["loss"] - resumed[1]["loss"]) > 1e-4
+
+    # A model that cannot take the checkpoint's weights: one line naming the tensor and both shapes.
+    tag = root / "resume" / f"global_step{ITERS + 2}"
+    assert main(["train", str(tag / "config.yml"), "--set", "intermediate_size=96"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "hint:"))]
+    assert err == [
+        f"error: the checkpoint {tag}: tensor 'layers.1.mlp.dense_h_to_4h.weight' has shape [128, 32], "
+        "the model needs [96, 32]",
+        "hint: the checkpoint was trained with other model settings: intermediate_size: 128 there, 96 here",
+    ]
