@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from neoxcli.config.schema import ModelConfig, NeoXConfig
 from neoxcli.errors import ConfigError, NeoxError
 
-#: Model keys that change how a run trains, not which weights fit: the config's value is used with
-#: a Hugging Face directory's weights.
+#: Model keys that change how a run trains, not which weights fit: a run that takes its model section
+#: from the weights it starts from keeps the config's own values of these.
 RUN_MODEL_KEYS = frozenset(
     {
         "seq_length",
@@ -39,7 +39,7 @@ RUN_MODEL_KEYS = frozenset(
     }
 )
 
-#: Settings whose change a resume reports: (section, field, name shown). ``train_iters`` is not one:
+#: Settings whose change a resume reports, as (section, field). ``train_iters`` is not one:
 #: raising it is how a finished run is continued.
 _WATCHED: tuple[tuple[str, str], ...] = (
     *(

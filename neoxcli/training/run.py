@@ -1,12 +1,14 @@
 """Everything a training run holds, built once before the first step: ``build_run(cfg) -> Run``.
 
-Order: distributed init → data (prepared if a preset is missing) and tokenizer
-→ the derived plan and layout → which checkpoint to resume and how → the
-datasets (checked against the vocabulary before any model exists) → the full
-model from the seed → ``parallelize`` → restored weights → optimizer and LR
-schedule → the DeepSpeed engine → restored optimizer state, counters and RNG.
-Every rank builds the same full model first, so all layouts start from the
-weights a single process would train."""
+Order: the model section a finetune takes from its weights → distributed init
+→ data (prepared if a preset is missing) and tokenizer → the derived plan and
+layout → which checkpoint to resume and how → the datasets (checked against
+the vocabulary before any model exists) → the full model from the seed (and,
+for a weights-only start, the full model's saved weights) → ``parallelize`` →
+restored weights → optimizer and LR schedule → the DeepSpeed engine → restored
+optimizer state, counters and RNG. Every rank builds the same full model
+first, so all layouts start from the weights a single process would train.
+``neoxcli.training.finetune`` holds what a finetune and a changed resume need."""
 
 from __future__ import annotations
 
@@ -316,8 +318,8 @@ def source_model(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
 
 def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> None:
     """A weights-only start loads the full model's weights here; a full resume first checks they would fit."""
-    from neoxcli.checkpoint import load_module_state, reading_checkpoint
-    from neoxcli.training.finetune import check_saved_model, load_full_weights, saved_config
+    from neoxcli.checkpoint import CONFIG_NAME, load_module_state, reading_checkpoint
+    from neoxcli.training.finetune import check_saved_model, load_full_weights
 
     if not resume.weights_only:
         if resume.saved is not None:
@@ -327,6 +329,11 @@ def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> N
         weights, source = resume.weights, f"the Hugging Face model in {resume.load_dir}"
         resume.weights = None
     else:
+        if not (resume.tag_dir / CONFIG_NAME).is_file():
+            raise NeoxError(
+                f"{resume.tag_dir} has no {CONFIG_NAME}, so it is no neox checkpoint",
+                hint=f"a GPT-NeoX checkpoint is imported first: neox convert {resume.load_dir} --from neox OUT",
+            )
         saved = resume.saved or saved_config(resume.tag_dir)
         with reading_checkpoint(resume.tag_dir, cfg.model):
             weights = load_module_state(resume.tag_dir, saved.model if saved else cfg.model)
