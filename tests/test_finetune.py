@@ -276,3 +276,16 @@ def test_resume_reports_changed_settings_and_no_load_optim_keeps_the_schedule(
         "the model needs [96, 32]",
         "hint: the checkpoint was trained with other model settings: intermediate_size: 128 there, 96 here",
     ]
+
+
+def test_vocabulary_padding_rows_are_cut_or_kept_from_the_new_model() -> None:
+    """Only rows past the tokenizer's vocabulary change; any other shape difference is left to the fit check."""
+    from neoxcli.training.finetune import fit_vocab_rows
+
+    saved = {"emb": torch.arange(12.0).view(6, 2), "mlp": torch.zeros(3, 2)}
+    fitted = fit_vocab_rows(saved, {"emb": torch.full((4, 2), -1.0), "mlp": torch.zeros(5, 2)}, vocab=4)
+    assert fitted["emb"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert fitted["mlp"].shape == (3, 2)
+    grown = fit_vocab_rows({"emb": saved["emb"]}, {"emb": torch.full((8, 2), -1.0)}, vocab=5)
+    assert grown["emb"][:6].equal(saved["emb"]) and grown["emb"][6:].eq(-1).all()
+    assert fit_vocab_rows({"emb": saved["emb"]}, {"emb": torch.zeros(4, 2)}, vocab=5)["emb"].shape == (6, 2)
