@@ -349,9 +349,24 @@ class CheckpointConfig(Section):
     extra_save_iters: list[int] | None = None
     portable_checkpoint: bool = Field(
         True,
-        description="neox: also save each shard's full fp32 weights and Adam moments, so the run can resume "
-        "under another ZeRO stage or data-parallel size (one gather per save; ~3x the fp32 weights on disk)",
+        description="neox: save each shard's full fp32 weights and optimizer state in the layout-free files "
+        "only (each tensor once; resumes under any ZeRO stage, DP, TP or PP size); false: DeepSpeed's own "
+        "files only (they resume only under the layout they were saved with)",
     )
+    save_optimizer: bool = Field(
+        True,
+        description="neox: false saves the weights only (a release checkpoint for generation, evaluation "
+        "and finetuning; it cannot be resumed exactly)",
+    )
+    no_save_optim: bool = Field(False, description="GPT-NeoX's spelling of save_optimizer: false")
+    no_save_rng: bool = Field(
+        False, description="save no RNG states: a resume restarts the random streams from the seed"
+    )
+
+    @property
+    def keeps_optimizer(self) -> bool:
+        """Whether checkpoints hold the optimizer state (``save_optimizer`` and not ``no_save_optim``)."""
+        return self.save_optimizer and not self.no_save_optim
 
 
 class LoggingConfig(Section):

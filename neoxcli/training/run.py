@@ -102,6 +102,7 @@ def _find_resume(
         reading_checkpoint,
         saved_partition,
     )
+    from neoxcli.checkpoint.portable import require_optimizer_state
     from neoxcli.checkpoint.savedir import clear_save_dir, plan_resume
 
     ck = cfg.checkpoint
@@ -116,6 +117,7 @@ def _find_resume(
     if plan.load_dir is None or plan.tag is None:
         return None
     resume = _Resume(plan.load_dir, plan.tag, None)
+    require_optimizer_state(resume.tag_dir)
     saved_layout = read_layout(resume.tag_dir)
     if saved_layout is not None:
         resume.mode = check_resume_layout(
@@ -138,8 +140,8 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
 
     engine, cfg = run.engine, run.cfg
     if resume.portable is not None:
-        # Layout changed: weights, moments and steps from the layout-free state.
-        load_optimizer_state(engine, resume.portable)
+        # Weights, optimizer state and steps from the layout-free state (any layout).
+        load_optimizer_state(engine, resume.portable, resume.tag_dir)
         run.scheduler.load_state_dict(resume.portable["lr_scheduler"])
         client = resume.portable["client"]
         engine.global_steps = int(client["iteration"])
@@ -161,7 +163,7 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
     elif rng:
         set_rng_state(rng)
     how = {
-        "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
+        "portable": " (from the layout-free state)",
         "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
     }.get(resume.mode or "", "")
     report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
@@ -241,7 +243,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
                 resume.tag_dir, module, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
             )
     if resume is not None and resume.portable is not None:
-        load_module_weights(module, resume.portable)
+        load_module_weights(module, resume.portable, tag_dir=resume.tag_dir, model_cfg=cfg.model)
     optimizer = build_optimizer(cfg, module, device.type)
     scheduler = AnnealingLR(
         optimizer,
