@@ -362,6 +362,22 @@ class CheckpointConfig(Section):
     no_save_rng: bool = Field(
         False, description="save no RNG states: a resume restarts the random streams from the seed"
     )
+    s3_path: str | None = Field(
+        None,
+        description="s3://bucket/prefix: each checkpoint is uploaded there in the background after it is "
+        "saved ('latest' last)",
+    )
+    s3_chunk_size: int = Field(104_857_600, ge=5 * 1024 * 1024, description="bytes per part of an upload")
+    s3_endpoint_url: str | None = Field(
+        None, description="neox: an S3-compatible server's URL (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+
+    @field_validator("s3_path")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and value[5:].strip("/")):
+            raise ValueError(f"must be an s3://bucket/prefix URL, not {value!r}")
+        return value
 
     @property
     def keeps_optimizer(self) -> bool:

@@ -46,6 +46,7 @@ class Run:
     consumed: int = 0
     n_params: int = 0
     resumed: bool = False  # started from a checkpoint (even one of iteration 0)
+    uploader: Any = None  # the background upload to s3_path (neoxcli.checkpoint.s3.Uploader), once started
 
     @property
     def tokens_per_iter(self) -> int:
@@ -91,6 +92,19 @@ def _barrier(dist: DistEnv) -> None:
         torch.distributed.barrier()
 
 
+def _download_load(cfg: NeoXConfig, dist: DistEnv) -> str:
+    """``load: s3://…``: each node's first rank downloads the tag into the local cache, which is then loaded."""
+    from neoxcli.checkpoint.s3 import cache_dir_for, download_checkpoint
+
+    ck = cfg.checkpoint
+    assert ck.load is not None
+    cache = cache_dir_for(ck.load, ck.save)
+    if dist.local_rank == 0:
+        download_checkpoint(ck.load, cache, ck.load_tag, ck.s3_endpoint_url)
+    _barrier(dist)
+    return str(cache)
+
+
 def _find_resume(
     cfg: NeoXConfig, layout: Layout, grid: ParallelGrid, dist: DistEnv, report: Reporter
 ) -> _Resume | None:
@@ -106,7 +120,10 @@ def _find_resume(
     from neoxcli.checkpoint.savedir import clear_save_dir, plan_resume
 
     ck = cfg.checkpoint
-    plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
+    load = ck.load
+    if load and load.startswith("s3://") and not ck.overwrite:
+        load = _download_load(cfg, dist)
+    plan = plan_resume(load, ck.save, ck.load_tag, ck.overwrite)
     if ck.overwrite and ck.save and dist.is_main:
         removed = clear_save_dir(Path(ck.save))
         if removed:

@@ -162,10 +162,36 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
     if dist.is_main:
         finalize_tag(run.save_dir, tag, cfg, run.layout, weights_only=not keep_optimizer)
         end_save(run.save_dir)
+        if ck.s3_path:
+            _upload(run, tag_dir, report)
         prune_checkpoints(run.save_dir, ck.keep_last_n_checkpoints)
         report.on_save(run.iteration, tag_dir)
     if dist.world_size > 1:
         torch.distributed.barrier()
+
+
+def _upload(run: Run, tag_dir: Path, report: Reporter) -> None:
+    """Queue ``tag_dir`` for the background upload to ``s3_path`` (rank 0), and report finished uploads."""
+    from neoxcli.checkpoint.s3 import Uploader
+
+    ck = run.cfg.checkpoint
+    assert ck.s3_path is not None
+    if run.uploader is None:
+        run.uploader = Uploader(ck.s3_path, ck.s3_chunk_size, ck.s3_endpoint_url)
+    for line in run.uploader.drain():
+        report.on_info(line)
+    run.uploader.submit(tag_dir)
+
+
+def _finish_uploads(run: Run, report: Reporter) -> None:
+    """Wait for the background uploads (the run's end); a failed one is reported, the local copy stays."""
+    if run.uploader is None:
+        return
+    report.on_info(f"waiting for the upload to {run.uploader.url} to finish")
+    for line in run.uploader.close():
+        report.on_info(line)
+    if run.uploader.failed:
+        report.on_info(f"the checkpoints in {run.save_dir} are complete; only their upload failed")
 
 
 def train(
@@ -230,6 +256,7 @@ def train(
         progress("the end of the run", watched=False)
         metrics.close()
         run.sampler.close()
+        _finish_uploads(run, say)
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
     done = run.iteration - start_iter
