@@ -170,3 +170,30 @@ def _metrics(run: Path) -> list[dict[str, float]]:
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_failed_upload_is_reported_and_the_local_checkpoints_stay(s3, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")
+    from conftest import tiny_train_config
+
+    from neoxcli.config import load_config
+    from neoxcli.training.report import NullReporter
+    from neoxcli.training.trainer import train
+
+    class Lines(NullReporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def on_info(self, message: str) -> None:
+            self.lines.append(message)
+
+    short = {"train-iters": 3, "checkpoint-factor": 3, "eval-interval": 3, "sample_at_end": False}
+    report = Lines()
+    train(load_config([tiny_train_config(tmp_path, **short, s3_path="s3://no-such-bucket/x")]), report=report)
+    assert (tmp_path / "run" / "global_step3" / "complete").is_file()
+    failed = [line for line in report.lines if line.startswith("upload of")]
+    assert failed[0].startswith(
+        "upload of global_step3 to s3://no-such-bucket/x/global_step3 failed: NoSuchBucket"
+    )
+    assert f"the checkpoints in {tmp_path / 'run'} are complete; only their upload failed" in report.lines
+    assert not any(SECRET in line for line in report.lines)
