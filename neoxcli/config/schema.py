@@ -358,9 +358,40 @@ class CheckpointConfig(Section):
     extra_save_iters: list[int] | None = None
     portable_checkpoint: bool = Field(
         True,
-        description="neox: also save each shard's full fp32 weights and Adam moments, so the run can resume "
-        "under another ZeRO stage or data-parallel size (one gather per save; ~3x the fp32 weights on disk)",
+        description="neox: save each shard's full fp32 weights and optimizer state in the layout-free files "
+        "only (each tensor once; resumes under any ZeRO stage, DP, TP or PP size); false: DeepSpeed's own "
+        "files only (they resume only under the layout they were saved with)",
     )
+    save_optimizer: bool = Field(
+        True,
+        description="neox: false saves the weights only (a release checkpoint for generation, evaluation "
+        "and finetuning; it cannot be resumed exactly)",
+    )
+    no_save_optim: bool = Field(False, description="GPT-NeoX's spelling of save_optimizer: false")
+    no_save_rng: bool = Field(
+        False, description="save no RNG states: a resume restarts the random streams from the seed"
+    )
+    s3_path: str | None = Field(
+        None,
+        description="s3://bucket/prefix: each checkpoint is uploaded there in the background after it is "
+        "saved ('latest' last)",
+    )
+    s3_chunk_size: int = Field(104_857_600, ge=5 * 1024 * 1024, description="bytes per part of an upload")
+    s3_endpoint_url: str | None = Field(
+        None, description="neox: an S3-compatible server's URL (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+
+    @field_validator("s3_path")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and value[5:].strip("/")):
+            raise ValueError(f"must be an s3://bucket/prefix URL, not {value!r}")
+        return value
+
+    @property
+    def keeps_optimizer(self) -> bool:
+        """Whether checkpoints hold the optimizer state (``save_optimizer`` and not ``no_save_optim``)."""
+        return self.save_optimizer and not self.no_save_optim
 
 
 class LoggingConfig(Section):

@@ -49,6 +49,7 @@ class Run:
     consumed: int = 0
     n_params: int = 0
     resumed: bool = False  # started from a checkpoint (even one of iteration 0)
+    uploader: Any = None  # the background upload to s3_path (neoxcli.checkpoint.s3.Uploader), once started
 
     @property
     def tokens_per_iter(self) -> int:
@@ -100,6 +101,19 @@ def _barrier(dist: DistEnv) -> None:
         torch.distributed.barrier()
 
 
+def _download_load(cfg: NeoXConfig, dist: DistEnv) -> str:
+    """``load: s3://…``: each node's first rank downloads the tag into the local cache, which is then loaded."""
+    from neoxcli.checkpoint.s3 import cache_dir_for, download_checkpoint
+
+    ck = cfg.checkpoint
+    assert ck.load is not None
+    cache = cache_dir_for(ck.load, ck.save)
+    if dist.local_rank == 0:
+        download_checkpoint(ck.load, cache, ck.load_tag, ck.s3_endpoint_url)
+    _barrier(dist)
+    return str(cache)
+
+
 def _find_resume(
     cfg: NeoXConfig,
     layout: Layout,
@@ -120,15 +134,19 @@ def _find_resume(
         reading_checkpoint,
         saved_partition,
     )
+    from neoxcli.checkpoint.portable import require_optimizer_state
     from neoxcli.checkpoint.savedir import clear_save_dir, plan_resume
 
     ck = cfg.checkpoint
+    load = ck.load
+    if load and load.startswith("s3://") and not ck.overwrite:
+        load = _download_load(cfg, dist)
     if hf_weights is not None:
-        plan = _finetune_plan(cfg, hf=True)
+        plan = _finetune_plan(cfg, load, hf=True)
     elif ck.finetune:
-        plan = _finetune_plan(cfg)
+        plan = _finetune_plan(cfg, load)
     else:
-        plan = plan_resume(ck.load, ck.save, ck.load_tag, ck.overwrite)
+        plan = plan_resume(load, ck.save, ck.load_tag, ck.overwrite)
     if ck.overwrite and ck.save and dist.is_main:
         removed = clear_save_dir(Path(ck.save))
         if removed:
@@ -148,6 +166,7 @@ def _find_resume(
         # Weights only: merged from any saved layout, so no layout check and no DeepSpeed load.
         resume.weights_only, resume.finetune = True, ck.finetune
         return resume
+    require_optimizer_state(resume.tag_dir)
     saved_layout = read_layout(resume.tag_dir)
     if saved_layout is not None:
         resume.mode = check_resume_layout(
@@ -163,7 +182,7 @@ def _find_resume(
     return resume
 
 
-def _finetune_plan(cfg: NeoXConfig, hf: bool = False) -> Any:
+def _finetune_plan(cfg: NeoXConfig, load: str | None, hf: bool = False) -> Any:
     """Where ``finetune: true`` takes its weights from; refused when ``save`` already holds a run's checkpoints.
 
     A finetune starts again at iteration 0 each time it is started, so its
@@ -194,7 +213,7 @@ def _finetune_plan(cfg: NeoXConfig, hf: bool = False) -> Any:
         )
     if hf:
         return ResumePlan(None, None, None)
-    return plan_resume(ck.load, None, ck.load_tag, False)
+    return plan_resume(load, None, ck.load_tag, False)
 
 
 def _set_rng(run: Run, client: dict[str, Any]) -> None:
@@ -242,8 +261,8 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
     if resume.weights_only:
         _restore_counters(run, resume, report)
     elif resume.portable is not None:
-        # Layout changed: weights, moments and steps from the layout-free state.
-        load_optimizer_state(engine, resume.portable)
+        # Weights, optimizer state and steps from the layout-free state (any layout).
+        load_optimizer_state(engine, resume.portable, resume.tag_dir)
         run.scheduler.load_state_dict(resume.portable["lr_scheduler"])
         client = resume.portable["client"]
         engine.global_steps = int(client["iteration"])
@@ -261,7 +280,7 @@ def _restore(run: Run, resume: _Resume, report: Reporter) -> None:
         if not cfg.checkpoint.no_load_rng:
             _set_rng(run, client)
         how = {
-            "portable": " (ZeRO stage or data-parallel size changed: restored from the layout-free state)",
+            "portable": " (from the layout-free state)",
             "reshard": " (tensor/pipeline layout changed: re-split from the layout-free state)",
         }.get(resume.mode or "", "")
         report.on_info(f"resumed from {resume.tag_dir} at iteration {run.iteration}{how}")
@@ -417,7 +436,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
                 resume.tag_dir, module, cfg.model, plan.padded_vocab_size, layout.tp, grid.tp_rank
             )
     if resume is not None and resume.portable is not None:
-        load_module_weights(module, resume.portable)
+        load_module_weights(module, resume.portable, tag_dir=resume.tag_dir, model_cfg=cfg.model)
     optimizer = build_optimizer(cfg, module, device.type)
     scheduler = AnnealingLR(
         optimizer,

@@ -119,7 +119,12 @@ def _write_failure(exc: BaseException) -> str | None:
 
 
 def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
-    """The collective save of ``tag_dir``; rank 0 then marks it complete, points ``latest`` at it, prunes."""
+    """The collective save of ``tag_dir``; rank 0 then marks it complete, points ``latest`` at it, prunes.
+
+    The state goes to disk once: the layout-free files (``neoxcli.checkpoint.portable``),
+    or DeepSpeed's own files with ``portable_checkpoint: false``; ``save_optimizer: false``
+    writes the layout-free weights only.
+    """
     import torch
 
     from neoxcli.checkpoint import finalize_tag, prune_checkpoints, save_portable
@@ -128,12 +133,15 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
 
     assert run.save_dir is not None
     dist, engine, cfg = run.dist, run.engine, run.cfg
+    ck = cfg.checkpoint
     tag = tag_dir.name
-    rng: list[Any] = [None] * dist.world_size
-    if dist.world_size > 1:
-        torch.distributed.all_gather_object(rng, rng_state())
-    else:
-        rng = [rng_state()]
+    rng: list[Any] | None = None
+    if not ck.no_save_rng:
+        rng = [None] * dist.world_size
+        if dist.world_size > 1:
+            torch.distributed.all_gather_object(rng, rng_state())
+        else:
+            rng = [rng_state()]
     client = {
         "iteration": run.iteration,
         "consumed_samples": run.consumed,
@@ -142,19 +150,48 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
         "rng": rng,
         "neox_version": 1,
     }
-    engine.save_checkpoint(str(run.save_dir), tag=tag, client_state=client, save_latest=False)
-    if cfg.checkpoint.portable_checkpoint:
+    keep_optimizer = ck.keeps_optimizer
+    if ck.portable_checkpoint or not keep_optimizer:
         extra = {"client": client, "lr_scheduler": run.scheduler.state_dict(), "layout": run.layout.as_dict()}
-        save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, run.grid.dp_rank == 0, extra)
+        write = run.grid.dp_rank == 0
+        save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, write, extra, keep_optimizer)
+    else:
+        engine.save_checkpoint(str(run.save_dir), tag=tag, client_state=client, save_latest=False)
     if dist.world_size > 1:
         torch.distributed.barrier()
     if dist.is_main:
-        finalize_tag(run.save_dir, tag, cfg, run.layout)
+        finalize_tag(run.save_dir, tag, cfg, run.layout, weights_only=not keep_optimizer)
         end_save(run.save_dir)
-        prune_checkpoints(run.save_dir, cfg.checkpoint.keep_last_n_checkpoints)
+        if ck.s3_path:
+            _upload(run, tag_dir, report)
+        prune_checkpoints(run.save_dir, ck.keep_last_n_checkpoints)
         report.on_save(run.iteration, tag_dir)
     if dist.world_size > 1:
         torch.distributed.barrier()
+
+
+def _upload(run: Run, tag_dir: Path, report: Reporter) -> None:
+    """Queue ``tag_dir`` for the background upload to ``s3_path`` (rank 0), and report finished uploads."""
+    from neoxcli.checkpoint.s3 import Uploader
+
+    ck = run.cfg.checkpoint
+    assert ck.s3_path is not None
+    if run.uploader is None:
+        run.uploader = Uploader(ck.s3_path, ck.s3_chunk_size, ck.s3_endpoint_url)
+    for line in run.uploader.drain():
+        report.on_info(line)
+    run.uploader.submit(tag_dir)
+
+
+def _finish_uploads(run: Run, report: Reporter) -> None:
+    """Wait for the background uploads (the run's end); a failed one is reported, the local copy stays."""
+    if run.uploader is None:
+        return
+    report.on_info(f"waiting for the upload to {run.uploader.url} to finish")
+    for line in run.uploader.close():
+        report.on_info(line)
+    if run.uploader.failed:
+        report.on_info(f"the checkpoints in {run.save_dir} are complete; only their upload failed")
 
 
 def train(
@@ -219,6 +256,7 @@ def train(
         progress("the end of the run", watched=False)
         metrics.close()
         run.sampler.close()
+        _finish_uploads(run, say)
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
     done = run.iteration - start_iter
