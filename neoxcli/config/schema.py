@@ -129,6 +129,11 @@ class ModelConfig(Section):
     use_mup: bool = Field(False, description="maximal-update parametrisation (muP)")
     mup_width_scale: float = Field(1.0, gt=0, description="muP: hidden_size / base width")
     mup_embedding_mult: float = Field(1.0, gt=0, description="muP: scale on the embedding output")
+    kernels: Literal["auto", "torch", "liger", "triton"] = Field(
+        "auto",
+        description="neox: compute kernels; auto = fused kernels and flex attention on CUDA, "
+        "exact PyTorch on CPU; torch = PyTorch everywhere",
+    )
 
     @property
     def max_positions(self) -> int:

@@ -110,6 +110,7 @@ class Attention(nn.Module):
             self.alibi = None
         local = cfg.attention_types[layer_idx] == "local"
         self.window: int | None = cfg.sliding_window_width if local else None
+        self.kernels = cfg.kernels
 
     def forward(
         self,
@@ -118,6 +119,7 @@ class Attention(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         key_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         qkv = self.query_key_value(x).view(B, T, self.kv_heads, self.q_per_kv + 2, self.head_dim)
@@ -131,48 +133,27 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
 
-        mask, causal = self._mask(T, k.shape[2], q.device, q.dtype, key_mask)
-        y = kernels.attention(
+        y = kernels.causal_attention(
             q,
             k,
             v,
-            mask=mask,
-            is_causal=causal,
+            alibi=self.alibi,
+            window=self.window,
+            key_mask=key_mask,
+            document_ids=document_ids,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=self.scale,
+            backend=self.kernels,
         )
         return self.dense(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _mask(
         self, t_q: int, t_k: int, device: torch.device, dtype: torch.dtype, key_mask: Tensor | None = None
     ) -> tuple[Tensor | None, bool]:
-        """(mask, is_causal) for queries that are the last ``t_q`` of ``t_k`` positions.
-
-        Plain causal attention uses the kernel's own causal path where it can;
-        ALiBi, a local band, a chunk appended to a cache, or ``key_mask``
-        (``[B, t_k]``, False for left padding in a batch) need an explicit mask.
-        A padding query still sees itself, so no row is all masked (which would
-        put NaN into the cache that later rows read).
-        """
-        offset = t_k - t_q
-        if self.alibi is None and self.window is None and key_mask is None:
-            if offset == 0:
-                return None, True
-            if t_q == 1:
-                return None, False
-        q_pos = torch.arange(offset, t_k, device=device)
-        distance = q_pos[:, None] - torch.arange(t_k, device=device)[None, :]  # i - j
-        allowed = distance >= 0
-        if self.window is not None:
-            allowed &= distance < self.window
-        if key_mask is not None:
-            allowed = allowed[None] & (key_mask[:, None, :] | (distance == 0)[None])  # [B, Tq, Tk]
-        if self.alibi is None:
-            return (allowed[:, None] if key_mask is not None else allowed), False
-        bias = -self.alibi.to(device)[:, None, None] * distance  # [H, Tq, Tk], -slope * (i - j)
-        if key_mask is not None:
-            return bias[None].masked_fill(~allowed[:, None], float("-inf")).to(dtype), False
-        return bias.masked_fill(~allowed, float("-inf")).to(dtype)[None], False
+        """The dense (mask, is_causal) this layer's attention applies (``kernels.dense_causal_mask``)."""
+        return kernels.dense_causal_mask(
+            t_q, t_k, device, dtype, alibi=self.alibi, window=self.window, key_mask=key_mask
+        )
 
 
 # --------------------------------------------------------------------------- MLP
@@ -261,9 +242,10 @@ class Block(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         key_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         h = self.input_layernorm(x)
-        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask))
+        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask, document_ids))
         if self.parallel:
             h2 = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
             # attn + mlp first, then the residual: GPT-NeoX's and Hugging Face's order, so that
@@ -406,12 +388,14 @@ class GPTModel(nn.Module):
         start_pos: int = 0,
         key_mask: Tensor | None = None,
         last_only: bool = False,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """fp32 logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``: decoding needs no more).
 
         ``key_mask`` ``[B, start_pos + T]`` marks the real tokens of every position
         attended so far (False = left padding), so prompts of different lengths
         share one batch; ``position_ids`` ``[B, T]`` then give each row its own positions.
+        ``document_ids`` ``[B, start_pos + T]`` keeps attention within each packed document.
         """
         B, T = input_ids.shape
         if position_ids is None:
@@ -424,7 +408,7 @@ class GPTModel(nn.Module):
             )
         x = self.embedding(input_ids, position_ids)
         for block in self.blocks:
-            x = block(x, position_ids, kv_cache, start_pos, key_mask)
+            x = block(x, position_ids, kv_cache, start_pos, key_mask, document_ids)
         return self.head(self.final_norm(x[:, -1:] if last_only else x))
 
 
