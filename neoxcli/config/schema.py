@@ -320,6 +320,15 @@ class TrainConfig(Section):
     eval_interval: int = Field(1000, ge=1)
     eval_iters: int = Field(100, ge=0)  # GPT-NeoX's default
     compile: bool = Field(False, description="neox: torch.compile the model")
+    checkpoint_activations: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping them"
+    )
+    checkpoint_num_layers: int = Field(1, ge=1, description="blocks recomputed together as one checkpoint")
+    recompute_granularity: Literal["full", "selective"] = Field(
+        "full",
+        description="with checkpoint_activations: full = whole blocks (checkpoint_num_layers at a time); "
+        "selective = only the attention core, the largest activation per FLOP (Megatron-LM's)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

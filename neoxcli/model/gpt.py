@@ -29,10 +29,12 @@ Conventions that matter for weight conversion:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from neoxcli import kernels
@@ -111,6 +113,8 @@ class Attention(nn.Module):
         local = cfg.attention_types[layer_idx] == "local"
         self.window: int | None = cfg.sliding_window_width if local else None
         self.kernels = cfg.kernels
+        # Selective activation checkpointing: recompute softmax(QK^T)V in the backward pass.
+        self.recompute_core = False
 
     def forward(
         self,
@@ -133,10 +137,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
 
-        y = kernels.causal_attention(
-            q,
-            k,
-            v,
+        core = functools.partial(
+            kernels.causal_attention,
             alibi=self.alibi,
             window=self.window,
             key_mask=key_mask,
@@ -145,6 +147,10 @@ class Attention(nn.Module):
             scale=self.scale,
             backend=self.kernels,
         )
+        if self.recompute_core and self.training and torch.is_grad_enabled():
+            y = torch.utils.checkpoint.checkpoint(core, q, k, v, use_reentrant=False)
+        else:
+            y = core(q, k, v)
         return self.dense(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _mask(
@@ -312,6 +318,22 @@ class GPTModel(nn.Module):
         head = Head(cfg, vocab_size, tied_to=None if cfg.no_weight_tying else embedding)
         self.layers = nn.ModuleList([embedding, *blocks, FinalNorm(cfg), head])
         self.reset_parameters()
+        self.checkpoint_every = 0  # full activation checkpointing: blocks per checkpoint (0: off)
+
+    def set_activation_checkpointing(self, granularity: str | None, num_layers: int = 1) -> None:
+        """Trade compute for memory in training: recompute activations in the backward pass.
+
+        ``full`` keeps only each group of ``num_layers`` blocks' input and reruns
+        the group; ``selective`` keeps everything but the attention core
+        (Megatron-LM's choice: its activations grow with T^2 on the dense path
+        and are cheap to recompute); None turns both off. Dropout replays the
+        same random numbers, so gradients do not change.
+        """
+        if granularity not in (None, "full", "selective"):
+            raise ValueError(f"unknown activation checkpointing granularity {granularity!r}")
+        self.checkpoint_every = num_layers if granularity == "full" else 0
+        for block in self.blocks:
+            block.attention.recompute_core = granularity == "selective"
 
     # Named views into the flat sequence.
     @property
@@ -407,9 +429,31 @@ class GPTModel(nn.Module):
                 f"{int(position_ids.max()) + 1} positions exceed max_position_embeddings ({self.cfg.max_positions})"
             )
         x = self.embedding(input_ids, position_ids)
-        for block in self.blocks:
-            x = block(x, position_ids, kv_cache, start_pos, key_mask, document_ids)
+        blocks = self.blocks
+        if self.checkpoint_every and self.training and torch.is_grad_enabled():
+            n = self.checkpoint_every
+            for i in range(0, len(blocks), n):
+                x = torch.utils.checkpoint.checkpoint(
+                    _run_blocks,
+                    blocks[i : i + n],
+                    x,
+                    position_ids,
+                    key_mask,
+                    document_ids,
+                    use_reentrant=False,
+                )
+        else:
+            for block in blocks:
+                x = block(x, position_ids, kv_cache, start_pos, key_mask, document_ids)
         return self.head(self.final_norm(x[:, -1:] if last_only else x))
+
+
+def _run_blocks(
+    blocks: list[Block], x: Tensor, position_ids: Tensor, key_mask: Tensor | None, document_ids: Tensor | None
+) -> Tensor:
+    for block in blocks:
+        x = block(x, position_ids, None, 0, key_mask, document_ids)
+    return x
 
 
 def _init(t: Tensor, fn: object) -> None:
