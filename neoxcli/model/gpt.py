@@ -51,6 +51,7 @@ __all__ = [
     "FinalNorm",
     "GPTModel",
     "Head",
+    "LayerNorm",
     "MLP",
     "RMSNorm",
     "mlp_width",
@@ -64,22 +65,34 @@ __all__ = [
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): no centring, optional offset."""
 
-    def __init__(self, dim: int, eps: float, bias: bool = False) -> None:
+    def __init__(self, dim: int, eps: float, bias: bool = False, kernels: str = "auto") -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.kernels = kernels
 
     def forward(self, x: Tensor) -> Tensor:
-        y = kernels.rms_norm(x, self.weight, self.eps)
+        y = kernels.rms_norm(x, self.weight, self.eps, backend=self.kernels)
         return y + self.bias if self.bias is not None else y
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state dict) computed by ``kernels.layer_norm``."""
+
+    def __init__(self, dim: int, eps: float, bias: bool = True, kernels: str = "auto") -> None:
+        super().__init__(dim, eps=eps, bias=bias)
+        self.kernels = kernels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps, backend=self.kernels)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """The configured norm, with GPT-NeoX's per-kind epsilon."""
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.hidden_size, cfg.rms_norm_epsilon, bias=cfg.use_bias_in_norms)
-    return nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon, bias=cfg.use_bias_in_norms)
+        return RMSNorm(cfg.hidden_size, cfg.rms_norm_epsilon, bias=cfg.use_bias_in_norms, kernels=cfg.kernels)
+    return LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, bias=cfg.use_bias_in_norms, kernels=cfg.kernels)
 
 
 # --------------------------------------------------------------------------- attention
@@ -133,7 +146,7 @@ class Attention(nn.Module):
 
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(position_ids)
-            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+            q, k = kernels.rotary(q, k, cos, sin, self.rotary.dim, backend=self.kernels)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
 
@@ -181,6 +194,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp_activation in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.mlp_activation]
+        self.gate_act = {"swiglu": "silu", "geglu": "gelu"}.get(cfg.mlp_activation)
+        self.kernels = cfg.kernels
         width = mlp_width(cfg)
         self.dense_h_to_4h = nn.Linear(
             cfg.hidden_size, 2 * width if self.gated else width, bias=cfg.use_bias_in_mlp
@@ -189,9 +204,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.dense_h_to_4h(x)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
+        if self.gate_act is not None:
+            h = kernels.gated_activation(h, self.gate_act, backend=self.kernels)
         else:
             h = self.act(h)
         return self.dense_4h_to_h(h)
