@@ -161,10 +161,16 @@ def test_model_through_flex_matches_dense(over: dict, monkeypatch: pytest.Monkey
     dense = GPTModel(tiny_model_config(kernels="torch", **over), 96).eval()
     flex = GPTModel(tiny_model_config(**over), 96).eval()
     flex.load_state_dict(dense.state_dict())
-    for block in flex.blocks:
-        block.attention.kernels = "flex"
-    # The uncompiled flex kernel: the same functions, checked in a second instead of a compile.
-    monkeypatch.setattr(attn_mod, "_compiled_flex", attn_mod._eager_flex)
+    # `auto` on CPU takes flex from this many keys on (normally 4096), through the uncompiled
+    # flex kernel: the same functions, checked in a second instead of a compile.
+    monkeypatch.setattr(attn_mod, "CPU_FLEX_MIN_KEYS", 8)
+    calls = []
+
+    def eager_counted():
+        eager = attn_mod._eager_flex()
+        return lambda *a, **kw: calls.append(a[0].shape[2]) or eager(*a, **kw)
+
+    monkeypatch.setattr(attn_mod, "_compiled_flex", eager_counted)
     ids = torch.randint(0, 96, (2, 20))
     key_mask = torch.ones(2, 20, dtype=torch.bool)
     key_mask[0, :5] = False
@@ -188,6 +194,9 @@ def test_model_through_flex_matches_dense(over: dict, monkeypatch: pytest.Monkey
                 )
             )
         assert (torch.cat(steps, 1) - a).abs().max().item() < 1e-4
+    # Every layer ran flex for the full forward and the 14-token prefill; decode steps stayed dense.
+    layers = len(flex.blocks)
+    assert calls == [20] * layers + [14] * layers
 
 
 def _compiled_check(device: str, dtype: torch.dtype, t: int) -> None:

@@ -16,6 +16,7 @@ gradients.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,112 @@ def test_model_with_kernels_matches_torch(over: dict) -> None:
     for (name, p), q in zip(ref.named_parameters(), fused.parameters(), strict=True):
         diff = (p.grad - q.grad).abs().max().item()
         assert diff < 1e-4, (name, diff)
+
+
+@needs_triton
+@pytest.mark.gpu
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_training_head_defers_to_the_fused_loss(tied: bool) -> None:
+    """A training forward on fused kernels hands the loss the head's inputs: same loss, same gradients."""
+    from conftest import tiny_model_config
+
+    from neoxcli.model import GPTModel, HeadInputs
+    from neoxcli.parallel.plan import make_loss_fn
+
+    over = dict(num_layers=1, no_weight_tying=not tied, use_bias_in_output_layer=not tied)
+    torch.manual_seed(0)
+    ref = GPTModel(tiny_model_config(kernels="torch", **over), 96).to(DEVICE).train()
+    fused = GPTModel(tiny_model_config(kernels="triton", **over), 96).to(DEVICE).train()
+    fused.load_state_dict(ref.state_dict())
+    ref.head.defer_logits = fused.head.defer_logits = True
+    ids = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    labels = ids.roll(-1, dims=1)
+    loss_fn = make_loss_fn()
+    out = fused(ids)
+    assert isinstance(out, HeadInputs)
+    logits = ref(ids)
+    assert isinstance(logits, torch.Tensor)  # the torch backend never defers
+    a, b = loss_fn(logits, labels), loss_fn(out, labels)
+    _close(a, b, 1e-5)
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(ref.named_parameters(), fused.parameters(), strict=True):
+        diff = (p.grad - q.grad).abs().max().item()
+        assert diff < 1e-4, (name, diff)
+    with torch.no_grad():  # evaluation gets logits
+        assert isinstance(fused(ids), torch.Tensor)
+
+
+def _vocab_parallel_worker(out: str) -> None:
+    """Rank r of 2: the chunked vocab-parallel loss on its vocabulary block against the full reference."""
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(21, 16, generator=g), 0.5 * torch.randn(64, 16, generator=g)
+    b = 0.1 * torch.randn(64, generator=g)
+    labels = torch.randint(0, 64, (21,), generator=g)
+    labels[:3] = -100
+    ref_in = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = F.cross_entropy(F.linear(*ref_in).float(), labels)
+    ref.backward()
+    xs = x.clone().requires_grad_()
+    ws, bs = (t.chunk(2)[rank].clone().requires_grad_() for t in (w, b))
+    loss = kernels.linear_cross_entropy(xs, ws, bs, labels, group=dist.group.WORLD, chunk_rows=5)
+    loss.backward()
+    dist.all_reduce(xs.grad)  # what copy_to_tp's backward does
+    diffs = {
+        "loss": abs(loss.item() - ref.item()),
+        "x": (xs.grad - ref_in[0].grad).abs().max().item(),
+        "w": (ws.grad - ref_in[1].grad.chunk(2)[rank]).abs().max().item(),
+        "b": (bs.grad - ref_in[2].grad.chunk(2)[rank]).abs().max().item(),
+    }
+    gathered = [None, None]
+    dist.all_gather_object(gathered, diffs)
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_vocab_parallel_linear_cross_entropy(tmp_path: Path) -> None:
+    """Two gloo processes, each holding half the vocabulary: loss and gradients match one process (fp32)."""
+    import json
+    import subprocess
+    import sys
+
+    from neoxcli.parallel.distributed import free_port
+
+    out = tmp_path / "diffs.json"
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ,
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(out)],
+            env=dict(env, RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:]
+    for rank_diffs in json.loads(out.read_text()):
+        assert max(rank_diffs.values()) < 1e-5, rank_diffs
+
+
+if __name__ == "__main__":
+    import sys
+
+    _vocab_parallel_worker(sys.argv[1])

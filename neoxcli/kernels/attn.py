@@ -127,8 +127,8 @@ def use_flex(
     """Whether ``causal_attention`` takes the flex path (see the module doc for why not always).
 
     ``backend`` is the model's ``kernels`` setting: ``torch`` keeps the dense
-    path everywhere; ``flex`` forces flex wherever it applies; anything else
-    (``auto``, ``liger``, ``triton``) uses flex on GPUs, and on CPU only for
+    path everywhere; anything else (``auto``, ``liger``, ``triton``) uses flex
+    on GPUs, and on CPU only for
     sequences of ``CPU_FLEX_MIN_KEYS`` keys or more, and only without gradients
     (flex attention has no CPU backward: CPU training stays dense).
     """
@@ -136,8 +136,6 @@ def use_flex(
         return False
     if needs_grad and device.type != "cuda":
         return False
-    if backend == "flex":
-        return True
     return device.type == "cuda" or t_k >= CPU_FLEX_MIN_KEYS
 
 
@@ -240,6 +238,9 @@ def _mask_mod(offset: int, window: int | None, key_mask: Tensor | None, document
     return mask_mod
 
 
+# Block masks are built outside any compiled region (``compile: true`` compiles whole blocks):
+# a graph break here keeps the cache below a plain Python cache and the mask a graph input.
+@torch.compiler.disable
 def _create_block_mask(mask_mod: Any, b: int | None, h: int | None, t_q: int, t_k: int, device: Any) -> Any:
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -249,6 +250,7 @@ def _create_block_mask(mask_mod: Any, b: int | None, h: int | None, t_q: int, t_
     )
 
 
+@torch.compiler.disable
 @functools.lru_cache(maxsize=32)
 def _static_block_mask(t_q: int, t_k: int, offset: int, window: int | None, device: str) -> Any:
     return _create_block_mask(_mask_mod(offset, window, None, None), None, None, t_q, t_k, device)

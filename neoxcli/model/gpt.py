@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ __all__ = [
     "FinalNorm",
     "GPTModel",
     "Head",
+    "HeadInputs",
     "LayerNorm",
     "MLP",
     "RMSNorm",
@@ -286,8 +288,23 @@ class FinalNorm(nn.Module):
         return self.norm(x)
 
 
+class HeadInputs(NamedTuple):
+    """What the head would multiply, handed to the loss instead of logits (see ``Head.defer_logits``)."""
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    group: Any = None  # the tensor-parallel group when ``weight`` is a vocabulary block
+
+
 class Head(nn.Module):
-    """Projection to vocabulary logits (fp32), by its own matrix or the tied embedding."""
+    """Projection to vocabulary logits (fp32), by its own matrix or the tied embedding.
+
+    With ``defer_logits`` set (training sets it when its loss understands it),
+    a training forward on fused kernels returns ``HeadInputs`` instead, and the
+    loss computes ``kernels.linear_cross_entropy`` without the full fp32 logits.
+    Evaluation, decoding and the PyTorch backend always get logits.
+    """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, tied_to: EmbeddingLayer | None = None) -> None:
         super().__init__()
@@ -299,14 +316,29 @@ class Head(nn.Module):
         object.__setattr__(self, "_tied_to", tied_to)
         # muP: logits shrink with width (1 / width multiplier) so the output layer learns at a width-free rate.
         self.logit_scale = 1.0 / cfg.mup_width_scale if cfg.use_mup else 1.0
+        self.kernels = cfg.kernels
+        self.defer_logits = False
 
     @property
     def tied(self) -> bool:
         return self._tied_to is not None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def deferring(self, x: Tensor) -> bool:
+        """Whether this forward returns ``HeadInputs`` (training, gradients on, fused kernels)."""
+        return (
+            self.defer_logits
+            and self.training
+            and torch.is_grad_enabled()
+            and kernels.resolve(self.kernels, x.device) != "torch"
+        )
+
+    def forward(self, x: Tensor) -> Tensor | HeadInputs:
         if self.logit_scale != 1.0:
             x = x * self.logit_scale
+        if self.deferring(x):
+            if self.final_linear is not None:
+                return HeadInputs(x, self.final_linear.weight, self.final_linear.bias)
+            return HeadInputs(x, self._tied_to.word_embeddings.weight, self.bias)
         if self.final_linear is not None:
             return self.final_linear(x).float()
         return F.linear(x, self._tied_to.word_embeddings.weight, self.bias).float()

@@ -33,10 +33,20 @@ if TYPE_CHECKING:
 
 
 def make_loss_fn(tp_group: Any = None) -> Callable[[Any, Any], Any]:
-    """Mean token cross-entropy of fp32 logits; vocab-parallel when the logits are split over ``tp_group``."""
+    """Mean token cross-entropy of fp32 logits; vocab-parallel when the logits are split over ``tp_group``.
+
+    Given ``HeadInputs`` (a head on fused kernels, see ``parallelize``) it runs
+    the head and the loss as one ``kernels.linear_cross_entropy``.
+    """
+    from neoxcli.kernels import linear_cross_entropy
+    from neoxcli.model.gpt import HeadInputs
     from neoxcli.parallel.tensor import vocab_parallel_cross_entropy
 
     def loss_fn(logits: Any, labels: Any) -> Any:
+        if isinstance(logits, HeadInputs):  # the head deferred its matmul to the fused kernel
+            return linear_cross_entropy(
+                logits.hidden, logits.weight, logits.bias, labels, group=logits.group, backend="auto"
+            )
         return vocab_parallel_cross_entropy(logits, labels, tp_group)
 
     return loss_fn
@@ -50,6 +60,8 @@ def parallelize(
         from neoxcli.parallel.tensor import apply_tensor_parallel
 
         apply_tensor_parallel(model, grid.tp_group, grid.tp_rank, layout.tp)
+    # The loss from make_loss_fn takes the head's inputs; on fused kernels the logits are never built.
+    model.head.defer_logits = True
     train = cfg.train
     full = train.checkpoint_activations and train.recompute_granularity == "full"
     if train.checkpoint_activations:
