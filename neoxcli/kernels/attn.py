@@ -272,5 +272,6 @@ def _eager_flex() -> Any:
 def _compiled_flex() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
-    # dynamic=False: a new length compiles a new kernel (lengths are few: seq_length, eval lengths).
-    return torch.compile(flex_attention, dynamic=False)
+    # Default dynamism: the first new length recompiles with dynamic lengths, so prompts of many
+    # lengths (generation) do not compile a kernel each.
+    return torch.compile(flex_attention)
