@@ -26,6 +26,11 @@ def _block(n: int) -> int:
     return triton.next_power_of_2(n)
 
 
+def _warps(block: int) -> int:
+    """Warps for a row of ``block`` elements: enough threads that each holds a few values."""
+    return 16 if block >= 8192 else 8 if block >= 2048 else 4
+
+
 # --------------------------------------------------------------------------- RMSNorm
 
 
@@ -75,7 +80,17 @@ class _RMSNorm(torch.autograd.Function):
         y = torch.empty((rows, cols), dtype=out_dtype, device=x.device)
         rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
         w = weight if weight is not None else x2  # a placeholder pointer when there is no weight
-        _rms_fwd[(rows,)](x2, w, y, rstd, cols, eps, HAS_W=weight is not None, BLOCK=_block(cols))
+        _rms_fwd[(rows,)](
+            x2,
+            w,
+            y,
+            rstd,
+            cols,
+            eps,
+            HAS_W=weight is not None,
+            BLOCK=_block(cols),
+            num_warps=_warps(_block(cols)),
+        )
         ctx.save_for_backward(x2, weight, rstd)
         ctx.shape = shape
         return y.view(*shape[:-1], cols)
@@ -91,7 +106,18 @@ class _RMSNorm(torch.autograd.Function):
         dw = torch.empty((progs, cols), dtype=torch.float32, device=x2.device)
         w = weight if weight is not None else x2
         _rms_bwd[(progs,)](
-            dy2, x2, w, rstd, dx, dw, rows, cols, per, HAS_W=weight is not None, BLOCK=_block(cols)
+            dy2,
+            x2,
+            w,
+            rstd,
+            dx,
+            dw,
+            rows,
+            cols,
+            per,
+            HAS_W=weight is not None,
+            BLOCK=_block(cols),
+            num_warps=_warps(_block(cols)),
         )
         gw = dw.sum(0).to(weight.dtype) if weight is not None else None
         return dx.view(ctx.shape), gw, None
@@ -157,7 +183,19 @@ class _LayerNorm(torch.autograd.Function):
         mean = torch.empty(rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
         b = bias if bias is not None else weight
-        _ln_fwd[(rows,)](x2, weight, b, y, mean, rstd, cols, eps, HAS_B=bias is not None, BLOCK=_block(cols))
+        _ln_fwd[(rows,)](
+            x2,
+            weight,
+            b,
+            y,
+            mean,
+            rstd,
+            cols,
+            eps,
+            HAS_B=bias is not None,
+            BLOCK=_block(cols),
+            num_warps=_warps(_block(cols)),
+        )
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.has_bias = bias is not None
         ctx.shape = shape
@@ -173,7 +211,21 @@ class _LayerNorm(torch.autograd.Function):
         per = triton.cdiv(rows, progs)
         dw = torch.empty((progs, cols), dtype=torch.float32, device=x2.device)
         db = torch.empty_like(dw)
-        _ln_bwd[(progs,)](dy2, x2, weight, mean, rstd, dx, dw, db, rows, cols, per, BLOCK=_block(cols))
+        _ln_bwd[(progs,)](
+            dy2,
+            x2,
+            weight,
+            mean,
+            rstd,
+            dx,
+            dw,
+            db,
+            rows,
+            cols,
+            per,
+            BLOCK=_block(cols),
+            num_warps=_warps(_block(cols)),
+        )
         gb = db.sum(0).to(weight.dtype) if ctx.has_bias else None
         return dx.view(ctx.shape), dw.sum(0).to(weight.dtype), gb, None
 
