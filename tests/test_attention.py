@@ -135,12 +135,13 @@ def test_which_path_runs() -> None:
     """Dense under `torch`, for decode, under dropout and without a mask; flex on GPUs and long CPU inputs."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     base = dict(special=True, dropout_p=0.0)
-    assert not use_flex("torch", cuda, 128, 128, **base)
-    assert use_flex("auto", cuda, 128, 128, **base)
-    assert use_flex("liger", cuda, 128, 128, **base)
-    assert not use_flex("auto", cuda, 1, 128, **base)  # a decode step
-    assert not use_flex("auto", cuda, 128, 128, special=False, dropout_p=0.0)  # SDPA's causal kernel
-    assert not use_flex("auto", cuda, 128, 128, special=True, dropout_p=0.1)
+    assert not use_flex("torch", cuda, 2048, 2048, **base)
+    assert use_flex("auto", cuda, 2048, 2048, **base)
+    assert use_flex("liger", cuda, 2048, 2048, **base)
+    assert not use_flex("auto", cuda, 128, 128, **base)  # a short prompt: the dense bias is small
+    assert not use_flex("auto", cuda, 1, 2048, **base)  # a decode step
+    assert not use_flex("auto", cuda, 2048, 2048, special=False, dropout_p=0.0)  # SDPA's causal kernel
+    assert not use_flex("auto", cuda, 2048, 2048, special=True, dropout_p=0.1)
     assert not use_flex("auto", cpu, 2048, 2048, **base)
     assert use_flex("auto", cpu, 8192, 8192, **base)  # long-context evaluation
     assert not use_flex("auto", cpu, 8192, 8192, needs_grad=True, **base)  # no CPU backward

@@ -30,6 +30,9 @@ from torch import Tensor
 # CPU sequences at least this long take the compiled flex path under ``auto``: below it the
 # dense bias is small and compiling (seconds per shape) would cost more than it saves.
 CPU_FLEX_MIN_KEYS = 4096
+# On GPUs from this many keys on: a shorter dense bias is small, and short prompts of many
+# lengths (generation) would otherwise each compile a kernel.
+GPU_FLEX_MIN_KEYS = 512
 
 
 def attention(
@@ -128,7 +131,7 @@ def use_flex(
 
     ``backend`` is the model's ``kernels`` setting: ``torch`` keeps the dense
     path everywhere; anything else (``auto``, ``liger``, ``triton``) uses flex
-    on GPUs, and on CPU only for
+    on GPUs from ``GPU_FLEX_MIN_KEYS`` keys on, and on CPU only for
     sequences of ``CPU_FLEX_MIN_KEYS`` keys or more, and only without gradients
     (flex attention has no CPU backward: CPU training stays dense).
     """
@@ -136,7 +139,7 @@ def use_flex(
         return False
     if needs_grad and device.type != "cuda":
         return False
-    return device.type == "cuda" or t_k >= CPU_FLEX_MIN_KEYS
+    return t_k >= (GPU_FLEX_MIN_KEYS if device.type == "cuda" else CPU_FLEX_MIN_KEYS)
 
 
 def causal_attention(
