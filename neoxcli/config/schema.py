@@ -129,6 +129,11 @@ class ModelConfig(Section):
     use_mup: bool = Field(False, description="maximal-update parametrisation (muP)")
     mup_width_scale: float = Field(1.0, gt=0, description="muP: hidden_size / base width")
     mup_embedding_mult: float = Field(1.0, gt=0, description="muP: scale on the embedding output")
+    kernels: Literal["auto", "torch", "liger", "triton"] = Field(
+        "auto",
+        description="neox: compute kernels; auto = fused kernels and flex attention on CUDA, "
+        "exact PyTorch on CPU; torch = PyTorch everywhere",
+    )
 
     @property
     def max_positions(self) -> int:
@@ -315,6 +320,15 @@ class TrainConfig(Section):
     eval_interval: int = Field(1000, ge=1)
     eval_iters: int = Field(100, ge=0)  # GPT-NeoX's default
     compile: bool = Field(False, description="neox: torch.compile the model")
+    checkpoint_activations: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping them"
+    )
+    checkpoint_num_layers: int = Field(1, ge=1, description="blocks recomputed together as one checkpoint")
+    recompute_granularity: Literal["full", "selective"] = Field(
+        "full",
+        description="with checkpoint_activations: full = whole blocks (checkpoint_num_layers at a time); "
+        "selective = only the attention core, the largest activation per FLOP (Megatron-LM's)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
