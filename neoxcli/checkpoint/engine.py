@@ -63,6 +63,20 @@ def _full(engine: Any, param: Any, key: str | None) -> torch.Tensor | None:
     return None if value is None else value.detach().float().cpu().clone()
 
 
+def portable_moments(optimizer: Any) -> tuple[str, ...]:
+    """Which of Adam's moments ``optimizer`` holds as plain tensors, the ones the layout-free files carry.
+
+    Adam creates its moments at the first step: a step-0 checkpoint (extra_save_iters: [0])
+    has none to gather, and every rank steps together, so all of them agree on this. Lion
+    has ``exp_avg`` only; quantized (8-bit) or factored states are none of these, and a
+    checkpoint of such an optimizer resumes under its own layout only.
+    """
+    states = list(optimizer.state.values())
+    if any(type(s.get(k)) not in (type(None), torch.Tensor) for s in states for k in _MOMENTS):
+        return ()
+    return tuple(k for k in _MOMENTS if any(k in s for s in states))
+
+
 def gather_state(engine: Any, keep: bool = True) -> dict[str, Any]:
     """Per-parameter fp32 weights and Adam moments of this rank's shard (every rank must call).
 
@@ -70,9 +84,7 @@ def gather_state(engine: Any, keep: bool = True) -> dict[str, Any]:
     drop the gathered tensors at once, so only the writer ever holds a full shard.
     """
     base = _base_optimizer(engine)
-    # Adam creates its moments at the first step: a step-0 checkpoint (extra_save_iters: [0])
-    # has none to gather. Every rank steps together, so all of them agree on this.
-    moments = _MOMENTS if any(k in s for s in base.state.values() for k in _MOMENTS) else ()
+    moments = portable_moments(base)
     params: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in engine.module.named_parameters():
         entry: dict[str, torch.Tensor] = {}
