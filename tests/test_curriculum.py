@@ -22,6 +22,7 @@ from neoxcli.config import load_config
 from neoxcli.config.schema import CurriculumLearning, SeqLengthWarmup
 from neoxcli.errors import ConfigError
 from neoxcli.training.curriculum import DeepSpeedCurriculum, Stage, StagedWarmup, describe
+from neoxcli.training.report import NullReporter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,15 @@ def test_disabled_curriculum_block_changes_nothing(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def _run(tmp: Path, name: str, **over: Any) -> Any:
+class _Notes(NullReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def on_info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _run(tmp: Path, name: str, report: Any = None, **over: Any) -> Any:
     """A 6-step run: length 8 for steps 1-2, 16 for steps 3-4, then the full 32."""
     from neoxcli.training.trainer import train
 
@@ -157,7 +166,7 @@ def _run(tmp: Path, name: str, **over: Any) -> Any:
         "load": str(tmp / name),
     }
     base.update(over)
-    return train(load_config([tiny_train_config(tmp, **base)]))
+    return train(load_config([tiny_train_config(tmp, **base)]), report=report)
 
 
 @pytest.mark.slow
@@ -166,7 +175,14 @@ def test_resume_across_a_stage_boundary_is_exact(tmp_path: Path) -> None:
     pytest.importorskip("deepspeed")
     from neoxcli.checkpoint import write_latest
 
-    first = _run(tmp_path, "run")
+    notes = _Notes()
+    first = _run(tmp_path, "run", report=notes)
+    # Each stage's steps, length and tokens per global batch (8 samples) are said up front.
+    assert [line.strip() for line in notes.lines[-3:]] == [
+        "steps 1-2: seq_length 8, 64 tokens per batch",
+        "steps 3-4: seq_length 16, 128 tokens per batch",
+        "steps 5-6: seq_length 32, 256 tokens per batch",
+    ]
     rows = {r["iteration"]: r for r in first.history}
     assert [rows[k]["seq_length"] for k in range(1, 7)] == [8, 8, 16, 16, 32, 32]
     for k in range(1, 7):
