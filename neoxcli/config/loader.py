@@ -848,13 +848,12 @@ def _check_recipes(cfg: NeoXConfig, m: _Merged, stage: int) -> None:
             + m.where(("train", "use_bnb_optimizer"), ("train", "optimizer")),
             hint="set optimizer.type: Adam, or drop use_bnb_optimizer",
         )
-    quantized = t.use_bnb_optimizer or kind in ("adamw8bit", "torchao_adamw8bit")
-    if quantized and stage > 1:
-        name = "bitsandbytes 8-bit AdamW" if t.use_bnb_optimizer else t.optimizer.type
+    # bitsandbytes' 8-bit AdamW is tested under ZeRO 0-3; torchao's under ZeRO 0 and 1 only.
+    if kind == "torchao_adamw8bit" and stage > 1:
         raise ConfigError(
-            f"{name} runs with ZeRO stage 0 or 1 only (zero_optimization.stage is {stage})"
+            f"{t.optimizer.type} runs with ZeRO stage 0 or 1 only (zero_optimization.stage is {stage})"
             + m.where(("parallel", "zero_optimization"), ("train", "optimizer")),
-            hint="use zero_optimization.stage 0 or 1 with it, or optimizer.type: AdamW",
+            hint="use zero_optimization.stage 0 or 1 with it, or optimizer.type: adamw8bit (bitsandbytes)",
         )
 
 
