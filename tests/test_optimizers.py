@@ -81,6 +81,26 @@ def test_schedule_drives_a_tensor_learning_rate(tmp_path: Path) -> None:
     assert sched.get_last_lr()[0] == pytest.approx(2.5e-4)
 
 
+def test_torchao_states_load_through_deepspeeds_reader(tmp_path: Path) -> None:
+    """DeepSpeed reads with an identity map_location callable; a tensor subclass state still loads, safely."""
+    pytest.importorskip("torchao")
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from torchao.optim.subclass_8bit import OptimState8bit
+
+    from neoxcli.checkpoint.io import safe_engine_loads
+
+    state = OptimState8bit.zeros((64, 128))
+    state.copy_(torch.linspace(-1, 1, 64 * 128).view(64, 128))
+    path = tmp_path / "optim_states.pt"
+    torch.save({"state": {0: {"exp_avg": state, "step": torch.tensor(3.0)}}}, path)
+    with safe_engine_loads(object()):
+        back = TorchCheckpointEngine().load(str(path), map_location=lambda storage, loc: storage)
+    got = back["state"][0]["exp_avg"]
+    assert type(got) is OptimState8bit
+    assert torch.equal(got.dequantize(), state.dequantize()) and float(back["state"][0]["step"]) == 3.0
+
+
 def _one_step(opt: Any, params: list[Any]) -> None:
     for p in params:
         p.grad = torch.randn_like(p)
