@@ -70,6 +70,7 @@ def test_schedules_match_deepspeeds_curriculum_scheduler(case: str) -> None:
     want = [theirs.update_difficulty(k) for k in range(1, horizon + 1)]
     got = [ours.at(k) for k in range(1, horizon + 1)]
     assert got == want
+    assert ours.length_sum(horizon) == sum(want) and ours.length_sum(7) == sum(want[:7])
     assert len(set(want)) > 2  # the schedule actually moves
 
 
@@ -86,6 +87,7 @@ def test_staged_warmup_splits_steps_and_reports_tokens_per_stage() -> None:
     assert describe(even, 50000, train_batch=8)[0] == "steps 1-3000: seq_length 128, 1,024 tokens per batch"
     uneven = StagedWarmup(SeqLengthWarmup(stages=[8, 16], steps=5), full=32)
     assert [uneven.at(k) for k in range(1, 8)] == [8, 8, 16, 16, 16, 32, 32]
+    assert uneven.length_sum(7) == 128 and uneven.length_sum(0) == 0
     listed = StagedWarmup(SeqLengthWarmup(stages=[8, 16], steps=[1, 3]), full=16)
     assert [listed.at(k) for k in range(1, 7)] == [8, 16, 16, 16, 16, 16]
     assert listed.stages(6) == [Stage(1, 1, 8), Stage(2, 6, 16)]
@@ -185,6 +187,7 @@ def test_resume_across_a_stage_boundary_is_exact(tmp_path: Path) -> None:
     ]
     rows = {r["iteration"]: r for r in first.history}
     assert [rows[k]["seq_length"] for k in range(1, 7)] == [8, 8, 16, 16, 32, 32]
+    assert first.tokens_per_s * first.wall_s == pytest.approx(8 * (8 + 8 + 16 + 16 + 32 + 32))
     for k in range(1, 7):
         # tokens_per_s is this step's tokens (8 samples at its length) over its time
         assert rows[k]["tokens_per_s"] * rows[k]["seconds"] == pytest.approx(8 * rows[k]["seq_length"])

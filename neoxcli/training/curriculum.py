@@ -60,6 +60,10 @@ class SeqLengthSchedule:
             out[-1] = Stage(out[-1].first, max(train_iters, out[-1].last), out[-1].seq_length)
         return out
 
+    def length_sum(self, steps: int) -> int:
+        """Sum of the lengths of steps 1..``steps``: tokens per sample seen by then."""
+        return sum((s.last - s.first + 1) * s.seq_length for s in self.stages(steps)) if steps > 0 else 0
+
 
 class StagedWarmup(SeqLengthSchedule):
     """``seq_length_warmup``: each stage for its steps, then ``full``."""
@@ -97,7 +101,20 @@ class DeepSpeedCurriculum(SeqLengthSchedule):
             self.total = int(sc["total_curriculum_step"])
             self.step_size = int(sc["difficulty_step"])
             self.degree = 1.0 if self.kind == "fixed_linear" else float(sc["root_degree"])
-            self.horizon = self.total
+            self.horizon = self._reaches_max() - 1
+
+    def _reaches_max(self) -> int:
+        """The first step at max_difficulty. Past total_curriculum_step the formula keeps growing,
+        so a max_difficulty that is no multiple of difficulty_step is reached only later."""
+        if self.lo >= self.hi:
+            return 1
+        target = -(-self.hi // self.step_size) * self.step_size  # the first multiple at or above max
+        step = max(1, math.ceil(self.total * ((target - self.lo) / (self.hi - self.lo)) ** self.degree))
+        while self._get(step) < self.hi:
+            step += 1
+        while step > 1 and self._get(step - 1) >= self.hi:
+            step -= 1
+        return step
 
     def _get(self, step: int) -> int:
         """DeepSpeed's ``get_difficulty(step)``."""

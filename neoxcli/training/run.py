@@ -55,6 +55,12 @@ class Run:
         """The sample length optimizer step ``step`` (from 1) trains on."""
         return self.curriculum.at(step) if self.curriculum is not None else self.cfg.model.seq_length
 
+    def tokens_through(self, iteration: int) -> int:
+        """Tokens the first ``iteration`` steps trained on (what a run resumed there has seen)."""
+        if self.curriculum is None:
+            return iteration * self.plan.train_batch_size * self.cfg.model.seq_length
+        return self.plan.train_batch_size * self.curriculum.length_sum(iteration)
+
     @property
     def tokens_per_iter(self) -> int:
         """Tokens in the last step's global batch (the current curriculum length times the batch)."""
