@@ -6,7 +6,8 @@
   state per parameter); with ``use_bnb_optimizer: true`` (GPT-NeoX's key) bitsandbytes'
   8-bit AdamW instead;
 * ``adamw8bit``: bitsandbytes' 8-bit AdamW (blockwise-quantized moments, ~2 bytes per
-  parameter; tensors under 4096 elements keep fp32 moments, as bitsandbytes does);
+  parameter; under ZeRO 0 tensors under 4096 elements keep fp32 moments, as bitsandbytes
+  does, and from ZeRO 1 on each rank's flat partition is quantized whole);
 * ``torchao_adamw8bit``: torchao's 8-bit AdamW (the same budget; it compiles its step per
   tensor shape on the first step);
 * ``lion``: Lion (Chen et al. 2023; GPT-NeoX's ``lion``), one fp32 moment: 4 bytes;
