@@ -237,7 +237,10 @@ class DataConfig(Section):
 
 
 # optimizer.type values the trainer builds (lower-cased): DeepSpeed's Adam variants run as AdamW.
-OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam", "sgd")
+# The memory-saving ones (neox; ``lion`` is GPT-NeoX's too) are in neoxcli.training.optim.
+ADAM_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam")
+LOW_MEMORY_TYPES = ("adamw8bit", "torchao_adamw8bit", "lion", "adafactor")
+OPTIMIZER_TYPES = (*ADAM_TYPES, "sgd", *LOW_MEMORY_TYPES)
 
 
 DEFAULT_LR = 6e-4
@@ -267,7 +270,8 @@ class OptimizerConfig(Section):
         # otherwise pass `neox config validate` and stop the run with a traceback.
         if self.type.lower() not in OPTIMIZER_TYPES:
             raise ValueError(
-                f"optimizer.type {self.type!r} is not supported by neox (use Adam, AdamW or SGD)"
+                f"optimizer.type {self.type!r} is not supported by neox "
+                "(use Adam, AdamW, SGD, adamw8bit, torchao_adamw8bit, lion or adafactor)"
             )
         for name in ("lr", "eps", "momentum"):
             value = self.params.get(name, 0.0)
@@ -296,8 +300,102 @@ def _finite(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+class SeqLengthWarmup(Section):
+    """neox: train on shorter samples first, one stage after another, then at ``seq_length``.
+
+    ``steps`` is the whole warmup (split evenly over the stages) or one count per stage.
+    """
+
+    stages: list[int] = Field(min_length=1)
+    steps: int | list[int]
+
+    @model_validator(mode="after")
+    def _check(self) -> SeqLengthWarmup:
+        if any(s < 1 for s in self.stages):
+            raise ValueError(f"seq_length_warmup.stages must be lengths >= 1, got {self.stages}")
+        counts = self.steps if isinstance(self.steps, list) else [self.steps]
+        if isinstance(self.steps, list) and len(self.steps) != len(self.stages):
+            raise ValueError(
+                f"seq_length_warmup.steps lists {len(self.steps)} counts for {len(self.stages)} stages"
+            )
+        if any(c < 1 for c in counts) or (isinstance(self.steps, int) and self.steps < len(self.stages)):
+            raise ValueError(
+                f"seq_length_warmup.steps must give every stage at least one step, got {self.steps}"
+            )
+        return self
+
+
+# DeepSpeed's legacy curriculum schedules and the schedule_config keys each one reads.
+CURRICULUM_SCHEDULE_KEYS = {
+    "fixed_linear": ("total_curriculum_step", "difficulty_step"),
+    "fixed_root": ("total_curriculum_step", "difficulty_step", "root_degree"),
+    "fixed_discrete": ("difficulty", "max_step"),
+}
+
+
+class CurriculumLearning(Section):
+    """GPT-NeoX's ``curriculum_learning`` block (DeepSpeed's legacy sequence-length curriculum)."""
+
+    enabled: bool = False
+    curriculum_type: Literal["seqlen"] = "seqlen"
+    min_difficulty: int | None = Field(None, ge=1)
+    max_difficulty: int | None = Field(None, ge=1)
+    schedule_type: Literal["fixed_linear", "fixed_root", "fixed_discrete"] = "fixed_linear"
+    schedule_config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> CurriculumLearning:
+        if not self.enabled:
+            return self
+        if self.min_difficulty is None or self.max_difficulty is None:
+            raise ValueError("curriculum_learning needs min_difficulty and max_difficulty (sequence lengths)")
+        if self.min_difficulty > self.max_difficulty:
+            raise ValueError(
+                f"curriculum_learning.min_difficulty ({self.min_difficulty}) is above max_difficulty "
+                f"({self.max_difficulty})"
+            )
+        sc, want = self.schedule_config, CURRICULUM_SCHEDULE_KEYS[self.schedule_type]
+        missing = [k for k in want if k not in sc]
+        unknown = [k for k in sc if k not in want]
+        if missing or unknown:
+            what = f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(unknown)}"
+            raise ValueError(
+                f"curriculum_learning.schedule_config {what} (schedule_type {self.schedule_type} "
+                f"takes {', '.join(want)})"
+            )
+        if self.schedule_type == "fixed_discrete":
+            diff, steps = sc["difficulty"], sc["max_step"]
+            if not (_ints(diff) and _ints(steps) and steps and len(diff) == len(steps) + 1):
+                raise ValueError(
+                    "curriculum_learning.schedule_config: fixed_discrete needs lists of integers, "
+                    f"one more difficulty than max_step (got difficulty {diff!r}, max_step {steps!r})"
+                )
+            if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[0] < 1:
+                raise ValueError(
+                    f"curriculum_learning.schedule_config.max_step must rise from >= 1, got {steps}"
+                )
+            if any(d < 1 for d in diff):
+                raise ValueError(f"curriculum_learning.schedule_config.difficulty must be >= 1, got {diff}")
+        else:
+            for k in ("total_curriculum_step", "difficulty_step"):
+                if not _ints([sc[k]]) or sc[k] < 1:
+                    raise ValueError(f"curriculum_learning.schedule_config.{k} must be an integer >= 1")
+            if "root_degree" in sc and ((x := _finite(sc["root_degree"])) is None or x <= 0):
+                raise ValueError("curriculum_learning.schedule_config.root_degree must be a number > 0")
+        return self
+
+
+def _ints(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
 class TrainConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    use_bnb_optimizer: bool = Field(False, description="bitsandbytes' 8-bit AdamW for Adam/AdamW (GPT-NeoX)")
+    seq_length_warmup: SeqLengthWarmup | None = Field(
+        None, description="neox: staged sequence lengths, e.g. {stages: [128, 256, 512], steps: 3000}"
+    )
+    curriculum_learning: CurriculumLearning | None = None
     train_micro_batch_size_per_gpu: int | None = Field(None, ge=1)
     gradient_accumulation_steps: int | None = Field(None, ge=1)
     train_batch_size: int | None = Field(None, ge=1)

@@ -23,6 +23,7 @@ from neoxcli.errors import DataError, NeoxError
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training.batches import BatchSampler, Prefetcher
+from neoxcli.training.curriculum import SeqLengthSchedule
 from neoxcli.training.finetune import config_changes, saved_config
 from neoxcli.training.report import Reporter
 
@@ -50,10 +51,24 @@ class Run:
     n_params: int = 0
     resumed: bool = False  # started from a checkpoint (even one of iteration 0)
     uploader: Any = None  # the background upload to s3_path (neoxcli.checkpoint.s3.Uploader), once started
+    curriculum: SeqLengthSchedule | None = None
+    seq_length: int = 0  # what the last (or, before it, the next) step trains on; 0: seq_length
+    pipe_seq_length: int | None = None  # the sample length the pipeline engine's buffers are shaped for
+
+    def seq_length_at(self, step: int) -> int:
+        """The sample length optimizer step ``step`` (from 1) trains on."""
+        return self.curriculum.at(step) if self.curriculum is not None else self.cfg.model.seq_length
+
+    def tokens_through(self, iteration: int) -> int:
+        """Tokens the first ``iteration`` steps trained on (what a run resumed there has seen)."""
+        if self.curriculum is None:
+            return iteration * self.plan.train_batch_size * self.cfg.model.seq_length
+        return self.plan.train_batch_size * self.curriculum.length_sum(iteration)
 
     @property
     def tokens_per_iter(self) -> int:
-        return self.plan.train_batch_size * self.cfg.model.seq_length
+        """Tokens in the last step's global batch (the current curriculum length times the batch)."""
+        return self.plan.train_batch_size * (self.seq_length or self.cfg.model.seq_length)
 
     def all_mean(self, value: float) -> float:
         """Mean of ``value`` over all ranks (the value itself in a one-process job)."""
@@ -176,6 +191,20 @@ def _find_resume(
             saved_partition(resume.tag_dir),
             cfg.parallel.pipe_partition_method,
         )
+    if resume.mode is not None:
+        from neoxcli.training.optim import LAYOUT_BOUND, optimizer_kind
+
+        kind = optimizer_kind(cfg)
+        if kind in LAYOUT_BOUND and saved_layout is not None:
+
+            def show(lay: Layout) -> str:
+                return f"tp {lay.tp}, pp {lay.pp}, dp {lay.dp}, ZeRO {lay.zero_stage}"
+
+            raise NeoxError(
+                f"{resume.tag_dir} was saved under {show(saved_layout)} (now {show(layout)}); "
+                f"the {kind} optimizer's state resumes only under the layout it was saved with",
+                hint="resume with the saved parallel sizes, process count and ZeRO stage",
+            )
     if resume.mode == "portable":
         with reading_checkpoint(resume.tag_dir, cfg.model):
             resume.portable = load_portable(resume.tag_dir, grid.stage, grid.tp_rank)
@@ -360,6 +389,21 @@ def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> N
     load_full_weights(model, weights, source, vocab)
 
 
+def _start_curriculum(run: Run, report: Reporter) -> None:
+    """Attach the sequence-length curriculum and say what each stage trains on."""
+    from neoxcli.training.curriculum import build_schedule, describe
+
+    run.curriculum = build_schedule(run.cfg)
+    run.seq_length = run.seq_length_at(run.iteration + 1)
+    if run.curriculum is None:
+        return
+    key = "seq_length_warmup" if run.cfg.train.seq_length_warmup is not None else "curriculum_learning"
+    lines = describe(run.curriculum, run.cfg.train.train_iters, run.plan.train_batch_size)
+    report.on_info(f"{key}: samples cut to the stage's length (the rest of each sample is dropped)")
+    for line in lines:
+        report.on_info(f"  {line}")
+
+
 def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     """Build this rank's run (see the module docstring for the order)."""
     import os
@@ -473,6 +517,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     )
     if resume is not None:
         _restore(run, resume, report)
+    _start_curriculum(run, report)
     if save_dir is not None:
         from neoxcli.checkpoint import tag_for
         from neoxcli.checkpoint.savedir import check_new_tags, planned_tags

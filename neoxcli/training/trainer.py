@@ -25,13 +25,17 @@ def train_step(run: Run) -> float:
     """One optimizer step over a global batch; returns the loss averaged over micro steps and ranks."""
     engine, plan = run.engine, run.plan
     losses = []
+    run.seq_length = length = run.seq_length_at(run.iteration + 1)
     if run.layout.pp > 1:
         # The pipeline engine runs all micro steps and the optimizer step itself.
-        micro = (run.sampler.batch(run.consumed, m) for m in range(plan.gradient_accumulation_steps))
+        _shape_pipeline(run, length)
+        micro = (
+            _cut(run.sampler.batch(run.consumed, m), length) for m in range(plan.gradient_accumulation_steps)
+        )
         losses.append(float(engine.train_batch(micro)))
     else:
         for m in range(plan.gradient_accumulation_steps):
-            x, y = run.sampler.batch(run.consumed, m)
+            x, y = _cut(run.sampler.batch(run.consumed, m), length)
             loss = run.loss_fn(engine(x.to(run.device)), y.to(run.device))
             engine.backward(loss)
             engine.step()
@@ -44,6 +48,21 @@ def train_step(run: Run) -> float:
             f"loss became {loss} at iteration {run.iteration}", hint="lower the learning rate or raise warmup"
         )
     return loss
+
+
+def _cut(batch: tuple[Any, Any], length: int) -> tuple[Any, Any]:
+    """Inputs and targets cut to the curriculum's ``length`` (the rest of each sample is dropped)."""
+    x, y = batch
+    if x.shape[1] <= length:
+        return x, y
+    return x[:, :length].contiguous(), y[:, :length].contiguous()
+
+
+def _shape_pipeline(run: Run, length: int) -> None:
+    """DeepSpeed's pipeline engine keeps its stage buffers' shapes: reset them when the length changes."""
+    if run.pipe_seq_length is not None and run.pipe_seq_length != length:
+        run.engine.reset_activation_shape()
+    run.pipe_seq_length = length
 
 
 def evaluate(run: Run) -> float | None:
@@ -61,6 +80,7 @@ def evaluate(run: Run) -> float | None:
         for it in range(cfg.train.eval_iters):
             start = first + it * plan.train_batch_size
             if run.layout.pp > 1:
+                _shape_pipeline(run, cfg.model.seq_length)
                 micro = (sampler.batch(start, m) for m in range(plan.gradient_accumulation_steps))
                 losses.append(float(engine.eval_batch(micro)))
                 continue
@@ -221,7 +241,7 @@ def train(
     result = TrainResult(iterations=run.iteration)
     metrics = MetricsLog(cfg, run.save_dir, enabled=dist.is_main, resumed_at=run.iteration)
     every, extra = cfg.checkpoint.checkpoint_factor, set(cfg.checkpoint.extra_save_iters or [])
-    last_saved = -1
+    last_saved, trained_tokens = -1, 0
     start_time = time.perf_counter()
     run.engine.train()
     try:
@@ -240,7 +260,9 @@ def train(
                 "lr": float(run.scheduler.get_lr()),
                 "tokens_per_s": run.tokens_per_iter / dt if dt > 0 else 0.0,
                 "seconds": dt,
+                "seq_length": run.seq_length,
             }
+            trained_tokens += run.tokens_per_iter
             if run.iteration % t.eval_interval == 0 or run.iteration == t.train_iters:
                 result.valid_loss = evaluate(run)
                 if result.valid_loss is not None:
@@ -259,8 +281,7 @@ def train(
         _finish_uploads(run, say)
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
-    done = run.iteration - start_iter
-    result.tokens_per_s = done * run.tokens_per_iter / result.wall_s if result.wall_s > 0 else 0.0
+    result.tokens_per_s = trained_tokens / result.wall_s if result.wall_s > 0 else 0.0
     result.model = run.engine.module
     if cfg.logging.sample_at_end and dist.is_main:
         result.sample = end_of_run_sample(run, result.checkpoint, say)
