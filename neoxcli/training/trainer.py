@@ -149,6 +149,7 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
 
     from neoxcli.checkpoint import finalize_tag, prune_checkpoints, save_portable
     from neoxcli.checkpoint.savedir import end_save
+    from neoxcli.training.optim import LAYOUT_BOUND, optimizer_kind
     from neoxcli.training.rng import rng_state
 
     assert run.save_dir is not None
@@ -171,7 +172,11 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
         "neox_version": 1,
     }
     keep_optimizer = ck.keeps_optimizer
-    if ck.portable_checkpoint or not keep_optimizer:
+    # Quantized or factored optimizer states (8-bit AdamW, Adafactor) are not one value per
+    # weight, so they cannot be cut per parameter: DeepSpeed's files hold them, once, and such a
+    # run resumes under its own layout only.
+    layout_free = ck.portable_checkpoint and optimizer_kind(cfg) not in LAYOUT_BOUND
+    if layout_free or not keep_optimizer:
         extra = {"client": client, "lr_scheduler": run.scheduler.state_dict(), "layout": run.layout.as_dict()}
         write = run.grid.dp_rank == 0
         save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, write, extra, keep_optimizer)
