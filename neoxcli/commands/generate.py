@@ -81,6 +81,11 @@ def register(app: typer.Typer) -> None:
             False, "--recompute", help="No KV cache: rerun the sequence per token."
         ),
         greedy: bool = typer.Option(False, "--greedy", help="Always take the most likely token."),
+        compile_step: bool = typer.Option(
+            False,
+            "--compile",
+            help="torch.compile the decode step over a static KV cache (CUDA graphs on GPU); same tokens.",
+        ),
         seed: int = typer.Option(1234, "--seed", help="Sampling seed (same seed, same text)."),
         tag: str | None = typer.Option(None, "--tag", help="A global_stepN tag instead of 'latest'."),
     ) -> None:
@@ -139,6 +144,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             recompute=recompute or gen.recompute,
             return_logits=gen.return_logits,
+            compile=compile_step,
         )
         run_session(
             checkpoint,

@@ -34,6 +34,7 @@ class SamplingOptions:
     batch_size: int | None = None  # None: as many rows as the memory budget allows (at most 16)
     recompute: bool = False  # no KV cache (GPT-NeoX's recompute): same tokens, slower
     return_logits: bool = False  # each record carries the logit of every generated token
+    compile: bool = False  # decode through a torch.compile'd step over a static KV cache
 
     def record(self) -> dict[str, Any]:
         """The settings written next to every sample."""
@@ -56,13 +57,21 @@ def read_prompts(path: Path, prompt_end: str | None = None) -> list[str]:
 
 
 def complete(
-    model: Any, tokenizer: Any, text: str | None, options: SamplingOptions, seed: int, *, stream: bool
+    model: Any,
+    tokenizer: Any,
+    text: str | None,
+    options: SamplingOptions,
+    seed: int,
+    *,
+    stream: bool,
+    step: Any = None,
 ) -> str:
     """Continue ``text`` (or start from the end-of-document token) and return the new text.
 
     With ``stream`` the text is written to stdout as it decodes: each new token
     re-decodes everything so far and prints only what is new, so multi-byte
-    characters split across tokens come out whole.
+    characters split across tokens come out whole. ``step`` is a
+    ``CompiledStep`` reused across calls (``options.compile``).
     """
     from neoxcli.generation.decode import generate_batch
 
@@ -99,6 +108,8 @@ def complete(
         repetition_penalty=options.repetition_penalty,
         should_stop=stop_rule if (options.stop or stream) else None,
         recompute=options.recompute,
+        compile=options.compile,
+        step=step,
     )
     emitted.extend(done.tokens)
     return _cut_at_stop(tokenizer.decode(emitted), options.stop)[0]
@@ -128,6 +139,7 @@ def sample_prompts(
     samples_per_prompt: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
+    step: Any = None,
 ) -> list[dict[str, Any]]:
     """One record per (prompt, sample), in input order, as GPT-NeoX's generate.py writes them.
 
@@ -136,11 +148,15 @@ def sample_prompts(
     ``duration_seconds``, ``seed`` and the sampling settings. Request ``r``
     (prompt-major) uses seed ``seed + r``. Requests run in batches of similar
     prompt length; a single prompt to the terminal streams instead.
-    ``on_result`` sees each record as its batch finishes.
+    ``on_result`` sees each record as its batch finishes. With
+    ``options.compile`` every batch shares one compiled step (``step``, or a new one).
     """
     import time
 
-    from neoxcli.generation.decode import generate_batch
+    from neoxcli.generation.decode import CompiledStep, generate_batch
+
+    if options.compile and step is None and not options.recompute:
+        step = CompiledStep(model)
 
     requests: list[tuple[int, str | None, list[int]]] = []
     for p in prompts:
@@ -154,7 +170,7 @@ def sample_prompts(
         if p:
             sys.stdout.write(p)
         t0 = time.perf_counter()
-        text = complete(model, tokenizer, p, options, options.seed, stream=True)
+        text = complete(model, tokenizer, p, options, options.seed, stream=True, step=step)
         print()
         text, stopped = _cut_at_stop(text, options.stop)
         record = _record(p, text, len(tokenizer.encode(text)) if text else 0, stopped, options, 0, t0)
@@ -192,6 +208,8 @@ def sample_prompts(
                 should_stop=stop_rule if options.stop else None,
                 recompute=options.recompute,
                 return_logits=options.return_logits,
+                compile=options.compile,
+                step=step,
             )
             for (r, p, _ids), out in zip(chunk, done, strict=True):
                 cut_prompts += out.truncated_prompt > 0
@@ -292,10 +310,13 @@ def run_session(
             f"(at most {context - 1} new tokens after a one-token prompt)",
             file=sys.stderr,
         )
+    step = _compiled_step(model, options)
     if interactive:
+        import functools
+
         from neoxcli.generation.interactive import interact
 
-        interact(model, tokenizer, options, complete)
+        interact(model, tokenizer, options, functools.partial(complete, step=step))
         return
     prompts: list[str | None]
     if file_prompts is not None:
@@ -305,10 +326,25 @@ def run_session(
     else:
         prompts = [None]
     if output_file is None:
-        sample_prompts(model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples)
+        sample_prompts(
+            model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples, step=step
+        )
         return
-    results = _write_as_they_come(model, tokenizer, prompts, options, output_file, num_samples)
+    results = _write_as_they_come(model, tokenizer, prompts, options, output_file, num_samples, step)
     print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
+
+
+def _compiled_step(model: Any, options: SamplingOptions) -> Any:
+    """The one compiled decode step of a ``--compile`` session (None without it), or why there is none."""
+    if not options.compile:
+        return None
+    from neoxcli.generation.decode import CompiledStep, static_supported
+
+    why = "--recompute reads no cache" if options.recompute else static_supported(model)
+    if why is not None:
+        print(f"note: --compile is not used: {why}; decoding eagerly", file=sys.stderr)
+        return None
+    return CompiledStep(model)
 
 
 def _write_as_they_come(
@@ -318,6 +354,7 @@ def _write_as_they_come(
     options: SamplingOptions,
     output_file: Path,
     num_samples: int,
+    step: Any = None,
 ) -> list[dict[str, Any]]:
     """Samples go to a temp file as each batch finishes, then the file is rewritten in input order.
 
@@ -349,6 +386,7 @@ def _write_as_they_come(
                 samples_per_prompt=num_samples,
                 on_result=keep,
                 progress=sys.stderr.isatty(),
+                step=step,
             )
         except KeyboardInterrupt:
             fh.close()
