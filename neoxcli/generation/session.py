@@ -277,7 +277,7 @@ def _progress(total: int) -> tuple[Any, Any]:
     return bar, bar.add_task("samples", total=total)
 
 
-def run_session(
+def check_request(
     checkpoint: Path,
     options: SamplingOptions,
     *,
@@ -288,20 +288,59 @@ def run_session(
     interactive: bool = False,
     num_samples: int = 1,
     prompt_end: str | None = None,
-) -> None:
-    """Sample from a checkpoint: interactively, the prompt, the file's prompts, or ``num_samples`` unconditionally.
+) -> SessionRequest:
+    """The request of one ``neox generate`` run, its files checked before any model loads.
 
-    Without ``output_file`` the samples stream to stdout; with it they are
-    written at the end, atomically, as JSON lines.
+    The prompt file is read (a mistake costs no loading time) and the output
+    file checked writable; ``serve`` then runs it on one process, or
+    ``neoxcli.generation.tp_worker.launch`` on tensor-parallel ranks.
     """
-    # The one place neox generate loads a model: a neox, Hugging Face or GPT-NeoX directory.
-    from neoxcli.convert.any_model import load_any_for_inference
     from neoxcli.fileio import check_writable
 
     file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
         check_writable(output_file)  # before the model loads and the samples are drawn
+    return SessionRequest(
+        str(checkpoint), options, tag, prompt, file_prompts, output_file, interactive, num_samples
+    )
+
+
+def run_session(checkpoint: Path, options: SamplingOptions, **request: Any) -> None:
+    """Sample from a checkpoint in this process: interactively, the prompt, the file's prompts, or unconditionally.
+
+    Without ``output_file`` the samples stream to stdout; with it they are
+    written as they finish, then atomically in input order, as JSON lines.
+    Keywords as ``check_request``.
+    """
+    checked = check_request(checkpoint, options, **request)
+    serve(checked, *load_model(checkpoint, checked.tag))
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What one ``neox generate`` run samples, checked already: every rank of a sharded run gets the same one."""
+
+    checkpoint: str
+    options: SamplingOptions
+    tag: str | None = None
+    prompt: str | None = None
+    file_prompts: list[str] | None = None
+    output_file: Path | None = None
+    interactive: bool = False
+    num_samples: int = 1
+
+
+def load_model(checkpoint: str | Path, tag: str | None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a neox, Hugging Face or GPT-NeoX directory: the one loader of neox generate."""
+    from neoxcli.convert.any_model import load_any_for_inference
+
     model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag)
+    return model, tokenizer
+
+
+def serve(request: SessionRequest, model: Any, tokenizer: Any) -> None:
+    """Run ``request`` on a loaded model (the whole model, or this rank's tensor-parallel shard)."""
+    options = request.options
     context = model.cfg.max_positions
     if options.max_new_tokens >= context:
         print(
@@ -311,7 +350,7 @@ def run_session(
             file=sys.stderr,
         )
     step = _compiled_step(model, options)
-    if interactive:
+    if request.interactive:
         import functools
 
         from neoxcli.generation.interactive import interact
@@ -319,12 +358,13 @@ def run_session(
         interact(model, tokenizer, options, functools.partial(complete, step=step))
         return
     prompts: list[str | None]
-    if file_prompts is not None:
-        prompts = list(file_prompts)
-    elif prompt is not None:
-        prompts = [prompt]
+    if request.file_prompts is not None:
+        prompts = list(request.file_prompts)
+    elif request.prompt is not None:
+        prompts = [request.prompt]
     else:
         prompts = [None]
+    num_samples, output_file = request.num_samples, request.output_file
     if output_file is None:
         sample_prompts(
             model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples, step=step
