@@ -17,6 +17,7 @@ speed is measured without the prompt: ``(N - 1) / (t(N new tokens) - t(1 new tok
     python bench/generate.py --shapes 6x512 --new 64 --repeats 2
     python bench/generate.py --bound                  # CUDA: pythia-410m, pythia-1.4b in bf16
     python bench/generate.py --bound --shapes 4x256   # the same code on CPU, small
+    python bench/generate.py --profile --shapes 4x256 # where eager decode time goes (torch.profiler)
 
 Runs on torch 2.11 and later.
 """
@@ -244,9 +245,34 @@ def bound(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Where a batch-1 eager decode spends its time: torch.profiler's operator table, matmuls vs the rest."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    layers, hidden, heads, vocab = SHAPES[args.shapes.split(",")[0]]
+    _hf, ours = build(layers, hidden, heads, vocab, args.prompt + args.new)
+    prompts = torch.randint(2, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    neox_generate(ours, prompts, 8, None)  # warm up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        neox_generate(ours, prompts, args.new, None)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    attn = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    print(
+        f"{args.new} tokens in {wall:.3f} s (profiled); operator time: matmuls {matmul / total:.0%}, "
+        f"attention {attn / total:.0%}, everything else {(total - matmul - attn) / total:.0%}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bound", action="store_true", help="decode vs the memory-bandwidth bound (GPU mode)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler table of one eager batch-1 decode")
     ap.add_argument("--shapes", default=None, help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--batches", default="1,8", help="batch sizes (vs-HF mode)")
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
@@ -258,7 +284,12 @@ def main() -> None:
     args = ap.parse_args()
     args.shapes_given = args.shapes is not None
     args.shapes = args.shapes or "4x256,6x512"
-    bound(args) if args.bound else vs_hf(args)
+    if args.profile:
+        profile(args)
+    elif args.bound:
+        bound(args)
+    else:
+        vs_hf(args)
 
 
 if __name__ == "__main__":

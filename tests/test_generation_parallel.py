@@ -89,3 +89,10 @@ def test_tensor_parallel_refuses_interactive_before_starting_ranks(
 ) -> None:
     code = main(["generate", "-c", str(tmp_path), "--interactive", "--tensor-parallel", "2"])
     assert code == 2 and "--interactive runs in one process" in capsys.readouterr().err
+
+
+def test_tensor_parallel_refuses_compile_before_starting_ranks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["generate", "-c", str(tmp_path), "-p", "x", "--compile", "--tensor-parallel", "2"])
+    assert code == 2 and "--compile is not combined with --tensor-parallel" in capsys.readouterr().err
