@@ -47,7 +47,7 @@ class StaticKVCache(KVCache):
         if torch.cuda.is_available() and self.keys[0].is_cuda:
             # CUDA graphs may then mutate the buffers in place instead of copying them per replay.
             for t in (*self.keys, *self.values):
-                torch._dynamo.mark_static_address(t)
+                torch._dynamo.mark_static_address(t, guard=False)
 
     def update(self, layer: int, k: Tensor, v: Tensor, start_pos: int | Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(start_pos, Tensor):
@@ -94,12 +94,27 @@ class CompiledStep:
         self.cuda = next(model.parameters()).is_cuda
         self.fn: Callable[..., Tensor] | None = None
         self.failed = False  # after one failure every later step (and batch) of this step runs eagerly
+        self._cache: StaticKVCache | None = None
+        self._cache_shape: tuple[int, int] = (0, 0)
         if enabled:
             try:
                 mode = "reduce-overhead" if self.cuda else None
                 self.fn = torch.compile(decode_step, backend=backend, mode=mode, dynamic=False)
             except Exception as exc:  # torch.compile unsupported on this platform
                 self._fail(exc)
+
+    def cache_for(self, batch: int, columns: int) -> StaticKVCache:
+        """A static cache of this shape, the same one for every batch of that shape.
+
+        Reusing the buffers keeps their addresses, so a CUDA graph recorded for
+        one batch replays for the next; what an earlier batch left in them is
+        never attended (the key mask only opens columns written by this one).
+        """
+        if self._cache is None or self._cache_shape != (batch, columns):
+            self._cache = None  # free the old buffers before allocating new ones
+            self._cache = _static_cache(self.model, batch, columns)
+            self._cache_shape = (batch, columns)
+        return self._cache
 
     def _fail(self, exc: BaseException) -> None:
         import sys
@@ -230,7 +245,7 @@ def generate_batch(
             step = step or CompiledStep(model)
             # One scratch column past the end; rounding lets nearby prompt lengths share a compiled step.
             columns = -(-(total + 1) // STATIC_CACHE_ROUND) * STATIC_CACHE_ROUND
-            cache = _static_cache(model, batch, columns)
+            cache = step.cache_for(batch, columns)
             key_mask = torch.zeros(batch, columns, dtype=torch.bool, device=device)
         elif not recompute:
             cache = model.make_kv_cache(batch, max_len=total)
