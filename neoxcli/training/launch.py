@@ -97,8 +97,13 @@ def run_training(
         from neoxcli.training.trainer import train
 
         check_job(cfg, hosts)
+        from neoxcli.training.interrupt import Stopped
+
         reporter = reporter_factory(cfg.logging.log_interval) if reporter_factory else None
-        train(cfg, report=reporter, config_sources=sources)
+        try:
+            train(cfg, report=reporter, config_sources=sources)
+        except Stopped as stop:  # saved on a signal; the message said how to resume
+            return stop.exit_code
         return 0
     config_path = run_dir(cfg, local) / RUN_CONFIG_NAME
     plan = launcher.build(cfg, hosts, config_path, env)

@@ -17,6 +17,7 @@ from neoxcli.errors import NeoxError
 from neoxcli.launchers.heartbeat import progress
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.training.batches import BatchSampler, valid_start
+from neoxcli.training.interrupt import Stopped, StopRequest, stopped_message
 from neoxcli.training.report import NullReporter, Reporter, StartInfo, TrainResult
 from neoxcli.training.run import Run, build_run
 
@@ -249,6 +250,7 @@ def train(
     last_saved, trained_tokens = -1, 0
     start_time = time.perf_counter()
     run.engine.train()
+    stop = StopRequest(announce=dist.is_main).install()  # SIGTERM, SIGUSR1, Ctrl-C: save, then stop
     try:
         if run.iteration == 0 and 0 in extra and not run.resumed:
             # GPT-NeoX saves the initial weights as global_step0 when extra_save_iters lists 0
@@ -277,9 +279,16 @@ def train(
             say.on_step(row)
             if (every and run.iteration % every == 0) or run.iteration in extra:
                 result.checkpoint, last_saved = save(run, say), run.iteration
+            if stop.agreed(dist.world_size, run.device):  # every rank, after the same step
+                if run.iteration != last_saved:
+                    result.checkpoint, last_saved = save(run, say), run.iteration
+                stopped = Stopped(stop.requested or "a signal", run.iteration, result.checkpoint)
+                say.on_info(stopped_message(stopped, config_sources))
+                raise stopped
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)
     finally:
+        stop.restore()
         progress("the end of the run", watched=False)
         metrics.close()
         run.sampler.close()
