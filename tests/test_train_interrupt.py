@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_train_config
 
 from neoxcli.cli import main
@@ -26,7 +27,8 @@ def _rows(save: Path) -> list[dict]:
 
 
 def _start(cfg: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The same thread count as this process, whose in-process runs are compared with it bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [sys.executable, "-m", "neoxcli", "train", str(cfg), *extra],
         cwd=cfg.parent,
