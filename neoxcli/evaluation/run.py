@@ -168,7 +168,7 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
             "max_gen_toks": opts.max_gen_toks,
             "loglikelihood": "requests sorted longest first, right-padded batches, one forward per shared prefix",
             "rolling": "lm-eval disjoint windows of max_length, first conditioned on the prefix token",
-            "generation": "KV cache; greedy unless do_sample; batches of equal context length",
+            "generation": "KV cache; greedy unless do_sample; left-padded batches under a key mask",
         },
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
     }
