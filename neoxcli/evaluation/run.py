@@ -228,3 +228,102 @@ def _neox_version() -> str:
     from neoxcli import __version__
 
     return __version__
+
+
+# --------------------------------------------------------------------------- GPT-NeoX configs
+
+
+def options_from_configs(paths: list[str], opts: EvalOptions) -> EvalOptions:
+    """``neox eval cfg.yml [more.yml]``, as GPT-NeoX's ``eval.py cfg.yml`` reads its files.
+
+    The merged files' ``load`` (and ``load_tag``) name the checkpoint, ``eval_tasks``
+    the tasks and ``eval_results_prefix`` the results file; what the command line
+    gives wins over the files. Keys that matter only to training are not reported.
+    """
+    from dataclasses import replace
+
+    from neoxcli.config import load_config
+    from neoxcli.evaluation.results import prefixed_output
+
+    cfg = load_config(paths, warn=lambda message: None)
+    changes: dict[str, Any] = {}
+    if opts.checkpoint is None and opts.hf_dir is None:
+        if not cfg.checkpoint.load:
+            raise NeoxError(
+                f"no checkpoint: {', '.join(map(str, paths))} name no `load`",
+                hint="add `load: DIR` to the config, or pass --checkpoint (-c) DIR",
+            )
+        changes["checkpoint"] = Path(cfg.checkpoint.load)
+        if opts.tag is None and cfg.checkpoint.load_tag:
+            changes["tag"] = cfg.checkpoint.load_tag
+    if not opts.tasks and not opts.texts and cfg.eval.eval_tasks:
+        changes["tasks"] = list(cfg.eval.eval_tasks)
+    if opts.output_path is None and cfg.eval.eval_results_prefix:
+        changes["output_path"] = prefixed_output(cfg.eval.eval_results_prefix)
+    if not (opts.tasks or opts.texts or changes.get("tasks")):
+        raise NeoxError(
+            f"nothing to evaluate: {', '.join(map(str, paths))} set no eval_tasks",
+            hint="add `eval_tasks: [TASK, ...]` to the config, or pass --tasks / --text",
+        )
+    return replace(opts, **changes)
+
+
+def evaluate_after_training(
+    cfg: Any,
+    checkpoint: Path | None,
+    iteration: int,
+    log_row: Callable[[dict[str, Any]], None],
+    info: Callable[[str], None],
+) -> dict[str, float]:
+    """``neox train`` with ``eval_tasks``: score the run's final checkpoint and log ``eval/{task}/{metric}``.
+
+    The results document is written as ``neox eval`` writes it (under the save
+    directory, or as ``eval_results_prefix`` names it). Training is already done
+    and saved, so a mistake in the tasks is reported, not raised: ``neox eval
+    cfg.yml`` runs them again once fixed.
+    """
+    from neoxcli.evaluation.results import prefixed_output
+
+    tasks = list(cfg.eval.eval_tasks or [])
+    if not tasks:
+        return {}
+    if checkpoint is None:
+        info("eval_tasks: nothing evaluated, this run saved no checkpoint (set save:)")
+        return {}
+    prefix = cfg.eval.eval_results_prefix
+    opts = EvalOptions(
+        checkpoint=checkpoint.parent,
+        tag=checkpoint.name,
+        tasks=tasks,
+        batch_size=cfg.train.train_micro_batch_size_per_gpu or 1,
+        seed=cfg.train.seed,
+        # Mean metrics (acc) get their closed-form stderr whatever the count; few resamples for the others.
+        bootstrap_iters=100,
+        output_path=prefixed_output(prefix) if prefix else None,
+    )
+    info(f"evaluating {checkpoint.name} on {', '.join(tasks)}")
+    try:
+        doc, output = run_evaluation(opts, Hooks(warn=info, status=lambda message: None))
+    except NeoxError as exc:
+        info(f"eval_tasks not evaluated: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
+        return {}
+    scalars = eval_scalars(doc)
+    log_row({"iteration": iteration, **scalars})
+    for task, metrics in doc.get("metrics", {}).items():
+        shown = ", ".join(
+            f"{m} {v['value']:.4f}" for m, v in metrics.items() if isinstance(v.get("value"), (int, float))
+        )
+        info(f"eval {task}: {shown}")
+    info(f"eval results: {output}")
+    return scalars
+
+
+def eval_scalars(doc: dict[str, Any]) -> dict[str, float]:
+    """``eval/{task}/{metric}`` (and ``.../{metric}_stderr``) numbers of a results document; no "N/A" strings."""
+    out: dict[str, float] = {}
+    for task, metrics in doc.get("metrics", {}).items():
+        for metric, entry in metrics.items():
+            for suffix, value in (("", entry.get("value")), ("_stderr", entry.get("stderr"))):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"eval/{task}/{metric}{suffix}"] = float(value)
+    return out

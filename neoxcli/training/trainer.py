@@ -215,6 +215,10 @@ def train(
                 result.checkpoint, last_saved = save(run, say), run.iteration
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)
+        if cfg.eval.eval_tasks and dist.is_main:
+            from neoxcli.evaluation.run import evaluate_after_training
+
+            evaluate_after_training(cfg, result.checkpoint, run.iteration, metrics.log, say.on_info)
     finally:
         progress("the end of the run", watched=False)
         metrics.close()
