@@ -17,6 +17,8 @@ Examples:
 
     neox eval -c runs/quickstart --text valid.txt --context-lengths 512,1024,2048
 
+    neox eval -c runs/alibi --text enwik8,text8 --context-lengths 1024,2048,4096
+
     neox eval --hf ./pythia-70m --tasks my_tasks/ --include-path my_tasks
 
     neox eval --list-tasks lambada
@@ -90,7 +92,8 @@ def register(app: typer.Typer) -> None:
         text: str | None = typer.Option(
             None,
             "--text",
-            help="Comma-separated text files (.txt, .jsonl with 'text', or a .bin/.idx prefix).",
+            help="Comma-separated text files (.txt, .jsonl with 'text', or a .bin/.idx prefix), or the "
+            "presets enwik8, text8, wikitext-103 (their test splits, downloaded once and cached).",
         ),
         context_length: int | None = typer.Option(
             None, "--context-length", help="Window for --text (default: the model's seq_length)."

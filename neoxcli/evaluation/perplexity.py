@@ -46,6 +46,7 @@ class TextSource:
     path: Path
     kind: str  # "text", "jsonl" or "indexed"
     size: int
+    label: str | None = None  # what the results call it (a preset's name), else the path
 
 
 def open_source(name: str | Path) -> TextSource:
@@ -356,7 +357,7 @@ def evaluate_text(
         raise DataError("the text holds no tokens to score")
     ln2 = math.log(2)
     return PerplexityRow(
-        source=",".join(str(s.path) for s in sources),
+        source=",".join(s.label or str(s.path) for s in sources),
         context_length=context_length,
         stride=stride,
         mode="per_document" if per_document else "stream",

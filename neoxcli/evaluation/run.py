@@ -115,10 +115,9 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
         built = T.build_tasks(plan)
 
     sources = []
+    presets: dict[str, Any] = {}
     if opts.texts:
-        from neoxcli.evaluation.perplexity import open_source
-
-        sources = [open_source(t) for t in opts.texts]
+        sources = [_text_source(t, hooks, presets) for t in opts.texts]
 
     device = models.pick_device(opts.device)
     if opts.checkpoint is not None:
@@ -172,6 +171,8 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
         },
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
     }
+    if presets:
+        config["text_presets"] = presets
     writer = ResultsWriter(output, config, log_samples=opts.log_samples)
 
     if built:
@@ -222,6 +223,32 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
             hooks.task_done(f"text@{n}", writer.doc)
     writer.finish()
     return writer.doc, output
+
+
+def _text_source(spec: str, hooks: Hooks, presets: dict[str, Any]) -> Any:
+    """One ``--text`` entry: a file, or a preset name (its test split, downloaded and cached on first use)."""
+    from dataclasses import replace
+
+    from neoxcli.evaluation.perplexity import open_source
+    from neoxcli.evaluation.text_presets import fetch_text_preset, preset_name
+
+    name = preset_name(spec)
+    if name is None:
+        return open_source(spec)
+    advance: list[Callable[[int], None]] = []
+    seen = [0]
+
+    def progress(done: int, total: int | None) -> None:
+        if hooks.progress is None or not total:
+            return
+        if not advance:
+            advance.append(hooks.progress(f"downloading {name}", total))
+        advance[0](done - seen[0])
+        seen[0] = done
+
+    path, manifest = fetch_text_preset(name, progress=progress)
+    presets[name] = {**manifest, "path": str(path.resolve())}
+    return replace(open_source(path), label=name)
 
 
 def _neox_version() -> str:
