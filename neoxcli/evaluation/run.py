@@ -283,7 +283,7 @@ def options_from_configs(paths: list[str], opts: EvalOptions) -> EvalOptions:
         changes["checkpoint"] = Path(cfg.checkpoint.load)
         if opts.tag is None and cfg.checkpoint.load_tag:
             changes["tag"] = cfg.checkpoint.load_tag
-    if not opts.tasks and not opts.texts and cfg.eval.eval_tasks:
+    if not opts.tasks and cfg.eval.eval_tasks:
         changes["tasks"] = list(cfg.eval.eval_tasks)
     if opts.output_path is None and cfg.eval.eval_results_prefix:
         changes["output_path"] = prefixed_output(cfg.eval.eval_results_prefix)
