@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("lm_eval")
 
 from conftest import tiny_train_config  # noqa: E402
-from eval_tasks import write_checkpoint, write_tasks  # noqa: E402
+from eval_tasks import DOCS_TEXT, write_checkpoint, write_tasks  # noqa: E402
 from reliability.harness import Outcome, expect_clean_error, files_under  # noqa: E402
 
 from neoxcli.cli import main  # noqa: E402
@@ -49,7 +49,19 @@ def test_config_files_name_checkpoint_tasks_and_results(
     eval_cfg.write_text(  # the later file wins, as GPT-NeoX merges its files
         yaml.safe_dump({"eval_tasks": [str(tasks["tiny_mc"])], "eval_results_prefix": str(prefix)})
     )
-    r = neox(capsys, str(model_cfg), str(eval_cfg), "--bootstrap-iters", "0", "--format", "json")
+    text = tmp_path / "valid.txt"
+    text.write_text(DOCS_TEXT)
+    r = neox(
+        capsys,
+        str(model_cfg),
+        str(eval_cfg),
+        "--text",
+        str(text),
+        "--bootstrap-iters",
+        "0",
+        "--format",
+        "json",
+    )
     assert r.code == 0, r.err
     (written,) = (tmp_path / "out").glob("pythia_eval_results_*.json")
     # GPT-NeoX's name: {prefix}_eval_results_%m-%d-%Y-%H-%M-%S.json
@@ -59,6 +71,7 @@ def test_config_files_name_checkpoint_tasks_and_results(
     assert doc == json.loads(r.out)
     assert doc["config"]["checkpoint"] == str(run.resolve()) and doc["config"]["tag"] == "global_step1"
     assert set(doc["metrics"]) == {"tiny_mc"} and 0.0 <= doc["metrics"]["tiny_mc"]["acc"]["value"] <= 1.0
+    assert [row["source"] for row in doc["perplexity"]] == [str(text)]  # --text adds to eval_tasks
 
     # Flags win over the files: --tasks replaces eval_tasks, --output-path the prefix.
     out = tmp_path / "flag.json"
