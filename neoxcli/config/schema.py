@@ -1,7 +1,7 @@
 """The pydantic models that hold every neox setting.
 
 Settings live in sections (model, tokenizer, data, train, parallel, checkpoint,
-logging, launcher). Field names are GPT-NeoX's own spellings (with ``_``), and
+logging, launcher, eval). Field names are GPT-NeoX's own spellings (with ``_``), and
 every field name is unique across sections, so a flat GPT-NeoX YAML file maps
 onto the sections without a translation table; see ``neoxcli.config.loader``.
 """
@@ -515,6 +515,25 @@ class LoggingConfig(Section):
     sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
 
 
+class EvalConfig(Section):
+    """lm-eval tasks for ``neox eval cfg.yml`` and for the final checkpoint of ``neox train`` (GPT-NeoX's keys)."""
+
+    eval_tasks: list[str] | None = Field(
+        None, description="lm-eval task names, globs or task YAML files; `neox train` evaluates its last save"
+    )
+    eval_results_prefix: str | None = Field(
+        None, description="results go to {prefix}_eval_results_<date>.json, as GPT-NeoX names them"
+    )
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _one_string(cls, value: Any) -> Any:
+        """``eval_tasks: lambada,piqa`` (one string) means the list of its comma-separated names."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
 class LauncherConfig(Section):
     launcher: str = "local"
     hostfile: str | None = None
@@ -560,6 +579,7 @@ SECTIONS: dict[str, type[Section]] = {
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,
     "launcher": LauncherConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -574,6 +594,7 @@ class NeoXConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     # Filled by neoxcli.config.loader; private so they never look like settings.
     _ignored_keys: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -287,6 +287,10 @@ def train(
                 raise stopped
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)
+        if cfg.eval.eval_tasks and dist.is_main:
+            from neoxcli.evaluation.run import evaluate_after_training
+
+            evaluate_after_training(cfg, result.checkpoint, run.iteration, metrics.log, say.on_info)
     finally:
         stop.restore()
         progress("the end of the run", watched=False)
