@@ -80,6 +80,35 @@ def _write_config(root: Path, name: str, **over: Any) -> Path:
     return path
 
 
+def _launch(config: Path, ranks: int) -> None:
+    """Train ``config`` as a ``ranks``-process job on this machine (gloo, one worker per rank)."""
+    from neoxcli.parallel.distributed import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
+    env.update(
+        WORLD_SIZE=str(ranks),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+        DS_ACCELERATOR="cpu",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    argv = [sys.executable, "-m", "neoxcli.training.worker", "--config", str(config)]
+    procs = [
+        subprocess.Popen(
+            argv,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(ranks)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * ranks, outputs[0][-3000:]
+
+
 def _windows(root: Path, n: int = 16, length: int = 32) -> torch.Tensor:
     """The first ``n`` training-length windows of the corpus, for scoring a model on it."""
     from neoxcli.data.indexed import IndexedDataset
@@ -175,7 +204,6 @@ def test_hugging_face_directory_as_load_trains_like_its_import(
 def test_finetune_loads_under_another_layout(pythia: dict[str, Any]) -> None:
     """The 1-process checkpoint finetuned with tensor parallel 2: the weights arrive intact (lr 0, one step)."""
     from neoxcli.checkpoint import load_module_state
-    from neoxcli.parallel.distributed import free_port
 
     root = pythia["root"]
     config = _write_config(
@@ -187,29 +215,7 @@ def test_finetune_loads_under_another_layout(pythia: dict[str, Any]) -> None:
         optimizer={"type": "Adam", "params": {"lr": 0.0}},
         weight_decay=0.0,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-    )
-    argv = [sys.executable, "-m", "neoxcli.training.worker", "--config", str(config)]
-    procs = [
-        subprocess.Popen(
-            argv,
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
+    _launch(config, ranks=2)
     source = load_module_state(root / "ft" / f"global_step{ITERS}")
     tp2 = load_module_state(root / "ft-tp2" / "global_step1")
     assert set(tp2) == set(source)
@@ -289,3 +295,145 @@ def test_vocabulary_padding_rows_are_cut_or_kept_from_the_new_model() -> None:
     grown = fit_vocab_rows({"emb": saved["emb"]}, {"emb": torch.full((8, 2), -1.0)}, vocab=5)
     assert grown["emb"][:6].equal(saved["emb"]) and grown["emb"][6:].eq(-1).all()
     assert fit_vocab_rows({"emb": saved["emb"]}, {"emb": torch.zeros(4, 2)}, vocab=5)["emb"].shape == (6, 2)
+
+
+# Finetunes of a tiny character-level model: from a GPT-NeoX import, a ZeRO-3 job, a weights-only
+# save, RNG-free resumes and a checkpoint in object storage.
+
+
+def _char_config(root: Path, name: str, model: bool = True, **over: Any) -> Path:
+    """A 2-layer character-level run on ``root``'s corpus; ``model=False`` leaves the model to ``load``."""
+    from conftest import write_char_corpus
+
+    if not (root / "data").exists():
+        (root / "data").mkdir()
+        write_char_corpus(root / "data" / "text_document")
+    cfg: dict[str, Any] = {
+        "tokenizer_type": "CharLevelTokenizer",
+        "data_path": str(root / "data" / "text_document"),
+        "split": "100,0,0",
+        "seq_length": 32,
+        "train_micro_batch_size_per_gpu": 4,
+        "train_iters": 2,
+        "optimizer": {"type": "Adam", "params": {"lr": 1e-2}},
+        "lr_decay_style": "cosine",
+        "warmup": 0.0,
+        "eval_iters": 0,
+        "sample_at_end": False,
+        "seed": 11,
+        "save": str(root / name),
+        "load": str(root / name),
+    }
+    if model:
+        cfg.update(num_layers=2, hidden_size=32, num_attention_heads=4, pos_emb="rotary", rotary_pct=0.5)
+    cfg.update(over)
+    path = root / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+#: One step that changes no weight: the finetuned checkpoint holds exactly the weights it loaded.
+FROZEN = {"train_iters": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.0}}, "weight_decay": 0.0}
+
+
+def _assert_same_weights(got_tag: Path, want_tag: Path) -> None:
+    from neoxcli.checkpoint import load_module_state
+
+    got, want = load_module_state(got_tag), load_module_state(want_tag)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+
+
+def _gpt_neox_state(model: Any) -> dict[str, Any]:
+    """Our state dict under GPT-NeoX's ``sequential`` numbering (two weightless lambdas around the blocks)."""
+    n = model.cfg.num_layers
+    index = {0: 0, **{i: i + 1 for i in range(1, n + 1)}, n + 1: n + 3, n + 2: n + 4}
+    out = {}
+    for key, value in model.state_dict().items():
+        _, layer, rest = key.split(".", 2)
+        out[f"sequential.{index[int(layer)]}.{rest}"] = value.clone()
+    return out
+
+
+GPT_NEOX_YML = """\
+{
+  "num-layers": 2, "hidden-size": 32, "num-attention-heads": 4, "seq-length": 32,
+  "max-position-embeddings": 32, "pos-emb": "rotary", "rotary-pct": 0.25, "no-weight-tying": true,
+  "gpt-j-residual": true, "tokenizer-type": "CharLevelTokenizer", "train-iters": 100,
+}
+"""
+
+
+def test_finetune_from_a_gpt_neox_import_starts_from_its_weights(tmp_path: Path) -> None:
+    """GPT-NeoX run → `neox convert --from neox` → finetune: the first loss is the GPT-NeoX weights' own."""
+    import torch.nn.functional as F
+
+    from neoxcli.config.schema import ModelConfig
+    from neoxcli.model import GPTModel
+    from neoxcli.training.batches import BatchSampler
+    from neoxcli.training.data import build_datasets
+
+    model_cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        seq_length=32,
+        pos_emb="rotary",
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+        no_weight_tying=True,
+    )
+    torch.manual_seed(5)
+    theirs = GPTModel(model_cfg, 512).eval()
+    step = tmp_path / "gpt-neox-run" / "global_step10"
+    (step / "configs").mkdir(parents=True)
+    torch.save({"module": _gpt_neox_state(theirs)}, step / "mp_rank_00_model_states.pt")
+    (step / "configs" / "tiny.yml").write_text(GPT_NEOX_YML)
+    (step.parent / "latest").write_text("global_step10")
+    assert main(["convert", str(step.parent), "--from", "neox", str(tmp_path / "imported")]) == 0
+
+    report = _Lines()
+    config = _char_config(
+        tmp_path, "ft", model=False, finetune=True, load=str(tmp_path / "imported"), train_iters=3
+    )
+    result = _train(config, report=report)
+    assert any(
+        line.startswith(f"finetuning from the weights of {tmp_path / 'imported' / 'global_step10'}")
+        for line in report.lines
+    )
+    assert [row["iteration"] for row in result.history] == [1, 2, 3]
+    assert result.checkpoint == tmp_path / "ft" / "global_step3"
+
+    # The first global batch, read as the run reads it, scored by the model GPT-NeoX saved.
+    cfg = load_config([config])
+    train_ds, _, _ = build_datasets(
+        cfg, train_batch=4, cache_dir=tmp_path / "index", rank=0, barrier=lambda: None, vocab_size=512
+    )
+    x, y = BatchSampler(train_ds, 4, 1, 0).batch(0, 0)
+    with torch.no_grad():
+        direct = float(F.cross_entropy(theirs(x).flatten(0, 1), y.flatten()))
+    assert result.history[0]["loss"] == pytest.approx(direct, abs=1e-5)
+    assert result.history[-1]["loss"] < direct
+
+
+def test_finetune_from_a_zero3_job_into_one_process(tmp_path: Path) -> None:
+    """A 2-process ZeRO-3 checkpoint finetuned by one ZeRO-0 process: every weight arrives exactly (lr 0)."""
+    import json
+
+    _launch(_char_config(tmp_path, "zero3", zero_optimization={"stage": 3}), ranks=2)
+    source = tmp_path / "zero3" / "global_step2"
+    layout = json.loads((source / "layout.json").read_text())
+    assert (layout["dp"], layout["zero_stage"]) == (2, 3)
+    config = _char_config(
+        tmp_path,
+        "ft",
+        model=False,
+        finetune=True,
+        load=str(tmp_path / "zero3"),
+        zero_optimization={"stage": 0},
+        **FROZEN,
+    )
+    result = _train(config)
+    assert [row["iteration"] for row in result.history] == [1]
+    _assert_same_weights(tmp_path / "ft" / "global_step1", source)
