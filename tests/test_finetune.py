@@ -437,3 +437,83 @@ def test_finetune_from_a_zero3_job_into_one_process(tmp_path: Path) -> None:
     result = _train(config)
     assert [row["iteration"] for row in result.history] == [1]
     _assert_same_weights(tmp_path / "ft" / "global_step1", source)
+
+
+def test_finetune_from_a_weights_only_checkpoint_while_a_resume_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neoxcli.checkpoint.portable import is_weights_only
+
+    _train(_char_config(tmp_path, "release", save_optimizer=False))
+    source = tmp_path / "release" / "global_step2"
+    assert is_weights_only(source)
+    config = _char_config(
+        tmp_path, "ft", model=False, finetune=True, load=str(tmp_path / "release"), **FROZEN
+    )
+    assert [row["iteration"] for row in _train(config).history] == [1]
+    _assert_same_weights(tmp_path / "ft" / "global_step1", source)
+
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "release.yml"), "--set", "train_iters=4"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [
+        f"error: {source} holds weights only (saved with save_optimizer: false), so a run cannot resume "
+        "from it exactly"
+    ]
+    assert not (tmp_path / "release" / "global_step4").exists()
+
+
+DROPOUT = {"hidden_dropout": 0.1, "attention_dropout": 0.1, "train_iters": 4, "checkpoint_factor": 2}
+
+
+@pytest.fixture(scope="module")
+def dropout_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """4 steps with dropout (so each step draws from the RNG), saved at steps 2 and 4; with its metrics."""
+    root = tmp_path_factory.mktemp("dropout")
+    return root, _train(_char_config(root, "src", **DROPOUT)).history
+
+
+def _from_step_2(root: Path, name: str) -> Path:
+    """A copy of the dropout run holding only its step-2 checkpoint, and a config resuming it."""
+    run = root / name
+    shutil.copytree(root / "src", run, ignore=shutil.ignore_patterns("global_step4", "metrics.jsonl"))
+    (run / "latest").write_text("global_step2")
+    return _char_config(root, name, **DROPOUT)
+
+
+def test_no_load_rng_restores_counters_and_optimizer_but_not_the_random_streams(
+    dropout_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    from neoxcli.checkpoint import load_client_state
+    from neoxcli.parallel.distributed import detect
+    from neoxcli.training.run import build_run
+
+    root, source = dropout_run
+    exact = _train(_from_step_2(root, "exact")).history
+    fresh = _train(_from_step_2(root, "fresh-rng"), "no_load_rng=true").history
+    # Restored random streams draw the same dropout masks: the resumed steps are the source's, bit for bit.
+    assert [(r["loss"], r["lr"]) for r in exact] == [(r["loss"], r["lr"]) for r in source[2:]]
+    assert [r["iteration"] for r in fresh] == [3, 4]
+    assert [r["lr"] for r in fresh] == [r["lr"] for r in source[2:]]
+    assert fresh[0]["loss"] != exact[0]["loss"]
+
+    # What each start restored, read from the built runs before any step.
+    client, _ = load_client_state(root / "src" / "global_step2")
+    built = {}
+    for name, extra in (("exact", []), ("fresh-rng", ["no_load_rng=true"])):
+        cfg = load_config(
+            [root / f"{name}.yml"], ["load_tag=global_step2", f"save={root / 'unused'}", *extra]
+        )
+        run = build_run(cfg, detect(), NullReporter())
+        built[name] = (run, torch.get_rng_state())
+        run.sampler.close()
+    (a, rng_a), (b, rng_b) = built["exact"], built["fresh-rng"]
+    assert (a.iteration, a.consumed) == (b.iteration, b.consumed) == (2, 8)
+    assert a.scheduler.state_dict() == b.scheduler.state_dict()
+    moments_a, moments_b = a.engine.optimizer.state_dict()["state"], b.engine.optimizer.state_dict()["state"]
+    assert moments_a.keys() == moments_b.keys() and moments_a
+    for key, state in moments_a.items():
+        for field, value in state.items():
+            torch.testing.assert_close(moments_b[key][field], value, rtol=0, atol=0)
+    assert rng_a.equal(client["rng"][0]["torch"])
+    assert not rng_b.equal(client["rng"][0]["torch"])
