@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -517,3 +520,68 @@ def test_no_load_rng_restores_counters_and_optimizer_but_not_the_random_streams(
             torch.testing.assert_close(moments_b[key][field], value, rtol=0, atol=0)
     assert rng_a.equal(client["rng"][0]["torch"])
     assert not rng_b.equal(client["rng"][0]["torch"])
+
+
+@pytest.fixture
+def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
+    """An S3 client and a new bucket on moto's S3-compatible server, started on 127.0.0.1 for this test."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    from neoxcli.checkpoint.s3 import client
+    from neoxcli.parallel.distributed import free_port
+
+    port = free_port()
+    log = (tmp_path / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto's server did not start: {(tmp_path / 'moto.log').read_text()}")
+                time.sleep(0.2)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }.items():
+            monkeypatch.setenv(key, value)
+        s3 = client()
+        s3.create_bucket(Bucket="runs")
+        yield s3, "runs"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_finetune_from_a_checkpoint_in_object_storage(
+    dropout_run: tuple[Path, list[dict[str, Any]]], bucket: tuple[Any, str], tmp_path: Path
+) -> None:
+    """`load: s3://…` with finetune: the named tag is downloaded and its weights (and model) are the start."""
+    from neoxcli.checkpoint.s3 import upload_tag
+
+    s3, name = bucket
+    root, _ = dropout_run
+    for tag in ("global_step2", "global_step4"):
+        upload_tag(s3, root / "src" / tag, f"s3://{name}/src", 5 * 1024 * 1024)
+    report = _Lines()
+    config = _char_config(root, "ft-s3", model=False, finetune=True, load=f"s3://{name}/src", **FROZEN)
+    assert [row["iteration"] for row in _train(config, report=report).history] == [1]
+    cache = root / "ft-s3" / "s3-cache" / name / "src"
+    assert any(
+        line.startswith(f"finetuning from the weights of {cache / 'global_step4'}") for line in report.lines
+    )
+    _assert_same_weights(root / "ft-s3" / "global_step1", root / "src" / "global_step4")
+
+    # Again with --overwrite into the same save directory, from an older tag of the bucket.
+    assert main(["train", str(config), "--overwrite", "--set", "load_tag=global_step2"]) == 0
+    _assert_same_weights(root / "ft-s3" / "global_step1", root / "src" / "global_step2")
