@@ -585,3 +585,24 @@ def test_finetune_from_a_checkpoint_in_object_storage(
     # Again with --overwrite into the same save directory, from an older tag of the bucket.
     assert main(["train", str(config), "--overwrite", "--set", "load_tag=global_step2"]) == 0
     _assert_same_weights(root / "ft-s3" / "global_step1", root / "src" / "global_step2")
+
+
+def test_deepspeed_zero3_partitions_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ZeRO-3 with DeepSpeed's own files keeps no full weights to start from: said so, nothing written."""
+    _train(
+        _char_config(
+            tmp_path, "zero3-ds", zero_optimization={"stage": 3}, portable_checkpoint=False, train_iters=1
+        )
+    )
+    source = tmp_path / "zero3-ds" / "global_step1"
+    config = _char_config(tmp_path, "ft", model=False, finetune=True, load=str(source.parent), **FROZEN)
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [
+        f"error: {source} holds DeepSpeed's ZeRO-3 partitions (saved with portable_checkpoint: false), "
+        "not the full model's weights"
+    ]
+    assert not (tmp_path / "ft" / "global_step1").exists()
