@@ -6,6 +6,11 @@ tests then check the exported model learned, that a Hugging Face directory
 given directly as ``load`` trains identically, that the weights load under
 another layout (tensor parallel 2, one 2-process launch), and what a resume
 says when its settings or its model differ from the checkpoint's.
+
+A tiny character-level model then covers the other starting points: a
+GPT-NeoX checkpoint imported with ``neox convert --from neox``, a 2-process
+ZeRO-3 job, a ``save_optimizer: false`` save, a checkpoint in object storage
+(moto's S3 server on 127.0.0.1), and what ``no_load_rng`` leaves out of a resume.
 """
 
 from __future__ import annotations
