@@ -33,6 +33,13 @@ def load_module_state(tag_dir: Path, model_cfg: ModelConfig | None = None) -> di
     layered = sorted(tag_dir.glob("layer_*-model_*-model_states.pt"))
     portable = portable_files(tag_dir)
     if not (flat or layered or portable):
+        if any(tag_dir.glob("zero_pp_rank_*_model_states.pt")):
+            raise NeoxError(
+                f"{tag_dir} holds DeepSpeed's ZeRO-3 partitions (saved with portable_checkpoint: false), "
+                "not the full model's weights",
+                hint="resume it under the layout it was saved with, or consolidate it with DeepSpeed's "
+                "zero_to_fp32.py; portable_checkpoint: true saves weights any layout can load",
+            )
         raise NeoxError(
             f"no model states (mp_rank_*_model_states.pt or layer_*-model_states.pt) in {tag_dir}"
         )

@@ -154,8 +154,8 @@ def _find_resume(
 
     ck = cfg.checkpoint
     load = ck.load
-    if load and load.startswith("s3://") and not ck.overwrite:
-        load = _download_load(cfg, dist)
+    if load and load.startswith("s3://") and (ck.finetune or not ck.overwrite):
+        load = _download_load(cfg, dist)  # --overwrite clears save for a finetune, but it still loads
     if hf_weights is not None:
         plan = _finetune_plan(cfg, load, hf=True)
     elif ck.finetune:
@@ -351,6 +351,13 @@ def source_model(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
         return config_from_hf(cfg, Path(ck.load))
     if not ck.finetune and cfg.model.model_fields_set - RUN_MODEL_KEYS:
         return cfg, None
+    if ck.load.startswith("s3://"):
+        if ck.overwrite and not ck.finetune:
+            return cfg, None
+        tag, saved = _remote_saved_config(ck.load, ck.load_tag, ck.s3_endpoint_url)
+        if saved is None:
+            return cfg, None
+        return adopt_model(cfg, saved.model, f"the checkpoint {ck.load}/{tag}"), None
     try:
         if ck.finetune:
             plan = plan_resume(ck.load, None, ck.load_tag, False)
@@ -362,6 +369,34 @@ def source_model(cfg: NeoXConfig) -> tuple[NeoXConfig, dict[str, Any] | None]:
     if saved is None:
         return cfg, None
     return adopt_model(cfg, saved.model, f"the checkpoint {plan.load_dir / plan.tag}"), None
+
+
+def _remote_saved_config(
+    url: str, tag: str | None, endpoint: str | None
+) -> tuple[str | None, NeoXConfig | None]:
+    """``(tag, its saved config)`` of ``load: s3://…``, from that one small object: the download comes later.
+
+    ``(…, None)`` when it cannot be read; the download then names what is wrong.
+    """
+    import tempfile
+
+    from neoxcli.checkpoint import CONFIG_NAME
+    from neoxcli.checkpoint.s3 import client, remote_latest, split_url
+
+    try:
+        s3 = client(endpoint)
+        tag = tag or remote_latest(s3, url)
+        if tag is None:
+            return None, None
+        bucket, prefix = split_url(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            tag_dir = Path(tmp) / tag
+            tag_dir.mkdir()
+            key = "/".join(p for p in (prefix, tag, CONFIG_NAME) if p)
+            s3.download_file(bucket, key, str(tag_dir / CONFIG_NAME))
+            return tag, saved_config(tag_dir)
+    except Exception:  # noqa: BLE001 - network, credentials, no such key: reported by the download itself
+        return tag, None
 
 
 def _weights_into(model: Any, resume: _Resume, cfg: NeoXConfig, vocab: int) -> None:
