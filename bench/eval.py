@@ -8,6 +8,14 @@ every response is identical.
 
     python bench/eval.py                         # 4 x 256, T=256, batch 8, 64 documents per task
     python bench/eval.py --layers 2 --hidden 64 --docs 16 --gen
+
+With ``--ppl MB`` it instead measures that perplexity streams: ``neox eval --text``
+scores a 1 MB and an MB-megabyte text (tinyshakespeare repeated, or generated
+text without ../shared/data) with a small model, each in its own process, and
+prints each one's peak RSS beside that of a process that only loaded the model,
+and the ratio of the two scoring overheads.
+
+    python bench/eval.py --ppl 10 --layers 2 --hidden 128 --seq 256
 """
 
 from __future__ import annotations
@@ -94,7 +102,15 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=64)
     ap.add_argument("--gen", action="store_true", help="also a generate_until task")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--ppl", type=float, default=0.0, metavar="MB", help="perplexity memory bench instead")
+    ap.add_argument("--ppl-child", nargs=2, metavar=("RUN", "TEXT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ppl_child:
+        ppl_child(Path(args.ppl_child[0]), args.ppl_child[1], args)
+        return
+    if args.ppl:
+        ppl_bench(args)
+        return
 
     import torch
 
@@ -167,6 +183,111 @@ def main() -> None:
     print(f"lm-eval hf backend : {hf_s:7.2f} s  {n / hf_s:8.1f} requests/s (includes its model load)")
     print(f"neox adapter       : {ours_s:7.2f} s  {n2 / ours_s:8.1f} requests/s")
     print(f"ratio (ours / hf)  : {hf_s / ours_s:.2f}x   responses identical: {same}")
+
+
+def bench_text(mb: float) -> str:
+    """About ``mb`` megabytes of English: tinyshakespeare repeated, or generated sentences without it."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+    base = (
+        shared.read_text(encoding="utf-8")
+        if shared.is_file()
+        else "".join(sentence(i, 12 + i % 9) + ".\n" for i in range(20000))
+    )
+    want = int(mb * 1_000_000)
+    return (base * (want // len(base.encode()) + 1))[:want]
+
+
+def ppl_bench(args: argparse.Namespace) -> None:
+    import subprocess
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from neoxcli.checkpoint import write_checkpoint
+    from neoxcli.config import padded_vocab_size
+    from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+    from neoxcli.model import GPTModel
+
+    root = Path(tempfile.mkdtemp(prefix="neox-bench-ppl-"))
+    small, big = root / "small.txt", root / "big.txt"
+    small.write_text(bench_text(1.0), encoding="utf-8")
+    big.write_text(bench_text(args.ppl), encoding="utf-8")
+    tok = train_bpe_tokenizer([bench_text(0.5)], 4096, root / "tok.json")
+    cfg = ModelConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_attention_heads=args.heads,
+        seq_length=args.seq,
+        pos_emb="rotary",
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+    )
+    torch.manual_seed(0)
+    model = GPTModel(cfg, padded_vocab_size(tok.vocab_size, cfg.make_vocab_size_divisible_by, 1))
+    neox_cfg = NeoXConfig(
+        model=cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(root / "tok.json"))
+    )
+    write_checkpoint(root / "run", neox_cfg, model.state_dict(), tokenizer=tok.backend)
+    rows = {}
+    for name, text in (("load only", ""), ("1 MB", str(small)), (f"{args.ppl:g} MB", str(big))):
+        cmd = [sys.executable, __file__, "--ppl-child", str(root / "run"), text or "-"]
+        cmd += ["--batch", str(args.batch), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows[name] = json.loads(out.strip().splitlines()[-1])
+    print(f"model {args.layers}x{args.hidden}, T={args.seq} (disjoint windows), batch {args.batch}")
+    base = rows["load only"]["peak_rss_mb"]
+    for name, r in rows.items():
+        extra = (
+            f"  {r['tokens']:>9,} tokens  {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tok/s"
+            if r["tokens"]
+            else ""
+        )
+        print(f"{name:>10}: peak RSS {r['peak_rss_mb']:7.1f} MB{extra}")
+    small_over = rows["1 MB"]["peak_rss_mb"] - base
+    big_over = rows[f"{args.ppl:g} MB"]["peak_rss_mb"] - base
+    print(
+        f"scoring overhead: {small_over:.1f} MB for 1 MB, {big_over:.1f} MB for {args.ppl:g} MB "
+        f"(ratio {big_over / max(small_over, 1e-9):.2f}x for {args.ppl:g}x the text)"
+    )
+
+
+def ppl_child(run: Path, text: str, args: argparse.Namespace) -> None:
+    """One measurement: load the checkpoint, score ``text`` (unless "-"), print peak RSS as JSON."""
+    import resource
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from neoxcli.evaluation.models import load_checkpoint
+    from neoxcli.evaluation.perplexity import evaluate_text, open_source
+
+    loaded = load_checkpoint(run, None, "cpu", "fp32")
+    tokens, seconds, bpb = 0, 0.0, None
+    if text != "-":
+        t0 = time.perf_counter()
+        row = evaluate_text(
+            loaded.model,
+            loaded.tokenizer,
+            [open_source(text)],
+            context_length=loaded.model_config.seq_length,
+            batch_size=args.batch,
+        )
+        seconds, tokens, bpb = time.perf_counter() - t0, row.tokens, row.bits_per_byte
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": peak_kb / 1024,
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds if seconds else 0.0,
+                "bits_per_byte": bpb,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -131,8 +131,6 @@ PYTHIA_160M = """\
 PYTHIA_IGNORED = [
     "output_layer_parallelism",
     "scaled_upper_triang_masked_softmax_fusion",
-    "checkpoint_activations",
-    "checkpoint_num_layers",
     "partition_activations",
     "synchronize_each_layer",
     "distributed_backend",

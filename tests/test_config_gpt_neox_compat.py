@@ -97,8 +97,8 @@ def test_gpt_neox_gated_intermediate_size_builds_their_width(tmp_path: Path) -> 
 
 
 def test_unsupported_optimizer_type_fails_on_load(tmp_path: Path) -> None:
-    err = error_of(write(tmp_path, 'optimizer: {type: "Lion", params: {lr: 1.0e-4}}\n'))
-    assert "optimizer.type 'Lion' is not supported" in err.message
+    err = error_of(write(tmp_path, 'optimizer: {type: "sm3", params: {lr: 1.0e-4}}\n'))
+    assert "optimizer.type 'sm3' is not supported" in err.message
     cfg = load_config([write(tmp_path, "optimizer: {type: cpu_adam, params: {lr: 1.0e-4}}\n", "b.yml")])
     assert cfg.train.optimizer.type == "cpu_adam"
 

@@ -49,6 +49,9 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "zero3": {"zero_optimization": {"stage": 3}},
     "tp2": {"model_parallel_size": 2},
     "pp2": {"pipe_parallel_size": 2, "zero_optimization": {"stage": 0}},
+    # DeepSpeed's own files instead of the layout-free ones: they resume under the same layout.
+    "tp2-ds": {"model_parallel_size": 2, "portable_checkpoint": False},
+    "pp2-ds": {"pipe_parallel_size": 2, "zero_optimization": {"stage": 0}, "portable_checkpoint": False},
 }
 
 # Resumes from step 5 under another tensor/pipeline layout: name -> (source run, overrides).
@@ -251,20 +254,22 @@ def test_resume_across_zero_stage_and_dp_size(runs: dict[str, Any], name: str, s
 
 
 def test_checkpoint_files_follow_the_layout(runs: dict[str, Any]) -> None:
+    """One layout-free file per (stage, tensor rank) and none of DeepSpeed's: each tensor is saved once."""
     root: Path = runs["root"]
-    tp = root / "runs" / "tp2" / "global_step5"
-    assert (tp / "mp_rank_00_model_states.pt").is_file() and (tp / "mp_rank_01_model_states.pt").is_file()
-    assert {p.name for p in tp.glob("portable_*.pt")} == {"portable_pp00_tp00.pt", "portable_pp00_tp01.pt"}
-    pp = root / "runs" / "pp2" / "global_step5"
-    assert (pp / "layer_00-model_00-model_states.pt").is_file()
-    assert {p.name for p in pp.glob("portable_*.pt")} == {"portable_pp00_tp00.pt", "portable_pp01_tp00.pt"}
-    both = root / "runs" / "tp2pp2" / "global_step5"
-    assert {p.name for p in both.glob("portable_*.pt")} == {
-        f"portable_pp{stage:02d}_tp{tp:02d}.pt" for stage in range(2) for tp in range(2)
+    expected = {
+        "tp2": {"portable_pp00_tp00.pt", "portable_pp00_tp01.pt"},
+        "pp2": {"portable_pp00_tp00.pt", "portable_pp01_tp00.pt"},
+        "tp2pp2": {f"portable_pp{stage:02d}_tp{tp:02d}.pt" for stage in range(2) for tp in range(2)},
+        "zero3": {"portable_pp00_tp00.pt"},
     }
-    assert (both / "layer_00-model_01-model_states.pt").is_file()
+    for name, files in expected.items():
+        tag = root / "runs" / name / "global_step5"
+        assert {p.name for p in tag.glob("*.pt")} == files, name
+    tp = root / "runs" / "tp2-ds" / "global_step5"
+    assert {p.name for p in tp.glob("*.pt")} == {"mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"}
+    pp = root / "runs" / "pp2-ds" / "global_step5"
+    assert (pp / "layer_00-model_00-model_states.pt").is_file() and not list(pp.glob("portable_*"))
     z3 = root / "runs" / "zero3" / "global_step5"
-    assert len(list(z3.glob("*optim_states.pt"))) == 2
     assert json.loads((z3 / "layout.json").read_text()) == {"tp": 1, "pp": 1, "dp": 2, "zero_stage": 3}
 
 
@@ -330,11 +335,16 @@ def test_sharded_checkpoints_load_for_inference(runs: dict[str, Any], tmp_path: 
             diff = (model(x) - expected).abs().max().item()
         assert diff <= 1e-4, f"{name}: max |dlogit| {diff:.2e}"
         tag = root / name / "global_step10"
-        if name in ("tp2", "pp2", "tp2pp2"):
-            # DeepSpeed's per-rank module files (fp32 here) merge to the portable files' weights.
-            portable, deepspeed_files = load_module_state(tag, cfg.model), merge_module_files(tag, cfg.model)
+        if name in ("tp2", "pp2"):
+            # The same run saved as DeepSpeed's per-rank module files (fp32 here) merges to the same weights.
+            ds_tag = root / f"{name}-ds" / "global_step10"
+            portable, deepspeed_files = (
+                load_module_state(tag, cfg.model),
+                merge_module_files(ds_tag, cfg.model),
+            )
             assert set(portable) == set(deepspeed_files)
             assert all(torch.equal(portable[k], deepspeed_files[k]) for k in portable)
+            assert all(torch.equal(v, deepspeed_files[k]) for k, v in load_module_state(ds_tag).items())
         out = tmp_path / f"{name}.jsonl"
         args = [
             "generate",

@@ -214,8 +214,13 @@ def test_deepspeed_module_files_merge(tmp_path: Path) -> None:
 def test_resume_modes(tmp_path: Path) -> None:
     from neoxcli.checkpoint import check_resume_layout
 
+    lean = tmp_path / "global_step4"
+    lean.mkdir()
+    # The layout-free files alone: every resume, the same layout included, restores from them.
+    assert check_resume_layout(Layout(tp=2), Layout(tp=2), lean) == "portable"
     tag = tmp_path / "global_step5"
     tag.mkdir()
+    (tag / "mp_rank_00_model_states.pt").touch()  # DeepSpeed's files: its own loader, same layout only
     assert check_resume_layout(Layout(tp=2), Layout(tp=2), tag) is None
     assert check_resume_layout(Layout(dp=2, zero_stage=1), Layout(zero_stage=3), tag) == "portable"
     with pytest.raises(NeoxError, match=r"global_step5 was saved with model_parallel_size 2") as err:

@@ -67,7 +67,7 @@ def test_loss_falls_and_checkpoints_written(trained) -> None:
     for step in (15, 30):
         tag = run / f"global_step{step}"
         assert (tag / "config.yml").is_file()
-        assert (tag / "mp_rank_00_model_states.pt").is_file()
+        assert (tag / "portable_pp00_tp00.pt").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(1, 31))
     assert {"start", "step", "eval", "checkpoint", "end"} <= set(events)
@@ -166,18 +166,19 @@ def test_resume_from_a_broken_checkpoint_is_one_error(trained, capsys: pytest.Ca
     (run / "latest").write_text("global_step15")
     assert main([*args, "--set", "hidden_size=128"]) == 2
     err = _one_error(capsys)
-    assert err[0].startswith(
-        f"error: checkpoint {run / 'global_step15'} does not fit this model: size mismatch"
+    assert err[0] == (
+        f"error: the checkpoint {run / 'global_step15'}: tensor 'layers.0.word_embeddings.weight' "
+        "has shape [512, 64], the model needs [512, 128]"
     )
     assert (
         err[1]
         == "hint: the checkpoint was trained with other model settings: hidden_size: 64 there, 128 here"
     )
 
-    (run / "global_step15" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (run / "global_step15" / "portable_pp00_tp00.pt").write_bytes(b"")
     assert main(args) == 2  # a bare EOFError used to be reported as "aborted", exit 130
     err = _one_error(capsys)
-    assert err[0].startswith(f"error: checkpoint {run / 'global_step15'} is unreadable")
+    assert err[0].startswith(f"error: cannot read {run / 'global_step15' / 'portable_pp00_tp00.pt'}: damaged")
     assert not (run / "global_step16").exists() and (run / "latest").read_text() == "global_step15"
 
 

@@ -1,11 +1,12 @@
 """The on-disk checkpoint formats: the one place that knows how checkpoints are laid out, written and read.
 
 A save directory looks like GPT-NeoX's: ``{save}/latest`` names the tag,
-``{save}/global_step{N}/`` holds DeepSpeed's files (``mp_rank_XX_model_states.pt``
-per tensor-parallel rank, per-layer files under pipeline parallelism, optimizer
+``{save}/global_step{N}/`` holds the layout-free ``portable_pp*_tp*.pt`` files
+(the training state, each tensor once; with ``portable_checkpoint: false``
+DeepSpeed's own files instead: ``mp_rank_XX_model_states.pt`` per
+tensor-parallel rank, per-layer files under pipeline parallelism, optimizer
 shards) plus ``config.yml`` (the resolved config), the tokenizer,
-``layout.json``, the layout-free ``portable_pp*_tp*.pt`` files and, written
-last, the ``complete`` marker.
+``layout.json`` and, written last, the ``complete`` marker.
 
 - ``tags``: tag names, ``latest``, the completion marker, listing, pruning, resolving a path to a tag directory;
 - ``savedir``: a save directory across crashes: the save journal, start-up cleanup, what a start refuses;
@@ -14,8 +15,9 @@ last, the ``complete`` marker.
 - ``portable``: the layout-free files' names, ``layout.json``, reading them, how a resume uses them;
 - ``engine``: gathering and setting layout-free state in a DeepSpeed engine;
 - ``reshard``: merging shards into the full model and cutting them for another layout;
-- ``load``: the full model's weights, and a model ready for sampling;
-- ``writer``: a whole one-rank checkpoint (the importers), and rank 0's files after a training save.
+- ``load``: the full model's weights, whether a checkpoint can resume training, and a model ready for sampling;
+- ``writer``: a whole one-rank checkpoint (the importers), and rank 0's files after a training save;
+- ``s3``: uploading tags to S3-compatible storage in the background, downloading one for a resume.
 
 It builds on ``neoxcli.parallel`` for how tensors are sharded; nothing there
 imports it. Importing the package does not import torch: ``engine`` and
@@ -38,7 +40,12 @@ from neoxcli.checkpoint.io import (
     saved_partition,
     torch_load,
 )
-from neoxcli.checkpoint.load import load_for_inference, load_module_state
+from neoxcli.checkpoint.load import (
+    holds_training_state,
+    load_client_state,
+    load_for_inference,
+    load_module_state,
+)
 from neoxcli.checkpoint.portable import (
     LAYOUT_NAME,
     check_resume_layout,
@@ -118,7 +125,9 @@ __all__ = [
     "finalize_tag",
     "full_name",
     "gather_state",
+    "holds_training_state",
     "list_checkpoints",
+    "load_client_state",
     "load_for_inference",
     "load_module_state",
     "load_module_weights",

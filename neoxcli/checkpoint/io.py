@@ -139,7 +139,15 @@ def safe_engine_loads(engine: Any) -> Iterator[None]:
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     def load(self: Any, path: str, map_location: Any = None) -> Any:
-        return safe_load(path, map_location=map_location)
+        try:
+            return safe_load(path, map_location=map_location)
+        except RuntimeError as exc:
+            # DeepSpeed's map_location is a callable that keeps each storage where it was loaded
+            # (on the CPU), which torch cannot apply to tensor subclasses (torchao's 8-bit
+            # optimizer states): "cpu" is the same placement.
+            if not callable(map_location) or "Callable map_location" not in str(exc):
+                raise
+            return safe_load(path, map_location="cpu")
 
     ckpt_engine = getattr(engine, "checkpoint_engine", None)
     original = TorchCheckpointEngine.load

@@ -1,17 +1,31 @@
-"""Layout-free training state, so a run can resume under another parallel layout.
+"""Layout-free training state: the checkpoint format training writes, resumable under any parallel layout.
 
-DeepSpeed's own files partition fp32 weights and Adam moments by ZeRO stage
-and data-parallel rank, and its loader refuses any other data-parallel size.
-Next to them each checkpoint holds ``portable_pp{stage}_tp{rank}.pt`` (one per
-pipeline stage and tensor-parallel rank, written by data-parallel rank 0):
-for every parameter of that shard, the full fp32 value and Adam's
-``exp_avg``/``exp_avg_sq``, plus the step count, the LR scheduler and the
-run's client state. Loading it sets exactly those values under the new layout,
-so training continues as it would have (up to the summation order of the new
-gradient all-reduce). With the same tensor- and pipeline-parallel sizes each
-shard reads its own file (ZeRO stage or data-parallel size changed); when they
-change, ``neoxcli.checkpoint.reshard`` merges all files into the full model and
-cuts out the new shard, weights and moments alike.
+Each checkpoint holds ``portable_pp{stage}_tp{rank}.pt`` (one per pipeline
+stage and tensor-parallel rank, written by data-parallel rank 0): for every
+parameter of that shard, the full fp32 value and each optimizer state tensor
+(Adam's ``exp_avg``/``exp_avg_sq``, an 8-bit optimizer's own), plus the step
+count, the LR scheduler, the engine's counters (skipped steps, loss scaler)
+and the run's client state (iteration, samples, RNG states).
+
+These files are the checkpoint's single source of truth: DeepSpeed's own
+files (``mp_rank_*_model_states.pt``, ZeRO's ``*optim_states.pt``) are not
+written beside them, so each tensor is on disk once (about 1.0x the fp32
+weights plus optimizer state, where the two formats together were 2x).
+Every resume restores a freshly built engine from them, the same layout
+included: the values set are exactly those the engine held when it saved
+(fp32 masters, states in their own dtypes, ``step``, scheduler, RNG), and with
+the same layout the gradient all-reduce sums in the same order, so the
+resumed run is bit-identical to an uninterrupted one. With the same tensor- and pipeline-parallel
+sizes each shard reads its own file (ZeRO stage or data-parallel size may
+differ); when they change, ``neoxcli.checkpoint.reshard`` merges all files
+into the full model and cuts out the new shard, weights and states alike.
+
+``portable_checkpoint: false`` writes DeepSpeed's files instead (for its
+tools, such as ``zero_to_fp32.py``); they resume only under the layout they
+were saved with, through DeepSpeed's loader, as do checkpoints written before
+this format stood alone. ``save_optimizer: false`` writes the weights only
+and records ``"weights_only": true`` in ``layout.json``: such a checkpoint
+loads for generation, evaluation and finetuning and refuses an exact resume.
 """
 
 from __future__ import annotations
@@ -33,11 +47,44 @@ def portable_name(stage: int, tp_rank: int) -> str:
     return f"portable_pp{stage:02d}_tp{tp_rank:02d}.pt"
 
 
-def write_layout(tag_dir: Path, layout: Layout) -> None:
-    """Record the layout a checkpoint was saved under (read before any engine exists)."""
+def write_layout(tag_dir: Path, layout: Layout, weights_only: bool = False) -> None:
+    """Record the layout a checkpoint was saved under (read before any engine exists), and whether
+    it holds weights only."""
     from neoxcli.fileio import atomic_write_text
 
-    atomic_write_text(tag_dir / LAYOUT_NAME, json.dumps(layout.as_dict()) + "\n")
+    data: dict[str, Any] = layout.as_dict()
+    if weights_only:
+        data["weights_only"] = True
+    atomic_write_text(tag_dir / LAYOUT_NAME, json.dumps(data) + "\n")
+
+
+def is_weights_only(tag_dir: Path) -> bool:
+    """Whether ``tag_dir`` was saved without optimizer state (``save_optimizer: false``)."""
+    path = tag_dir / LAYOUT_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("weights_only") is True
+
+
+def require_optimizer_state(tag_dir: Path) -> None:
+    """Refuse an exact resume of a weights-only checkpoint, before any model is built."""
+    if is_weights_only(tag_dir):
+        raise weights_only_error(tag_dir)
+
+
+def weights_only_error(where: Path | str) -> NeoxError:
+    """The one line a resume of a weights-only checkpoint gets."""
+    return NeoxError(
+        f"{where} holds weights only (saved with save_optimizer: false), so a run cannot resume from it exactly",
+        hint="finetune from it (finetune: true), or use it for neox generate / neox eval",
+    )
+
+
+def has_engine_files(tag_dir: Path) -> bool:
+    """Whether ``tag_dir`` holds DeepSpeed's own files (``portable_checkpoint: false``, or an older save)."""
+    return any(tag_dir.glob("*model_states.pt"))
 
 
 def read_layout(tag_dir: Path) -> Layout | None:
@@ -85,8 +132,9 @@ def check_resume_layout(
 ) -> str | None:
     """How to resume a checkpoint saved under ``saved`` with ``layout``.
 
-    None: same layout, DeepSpeed's own files. ``"portable"``: ZeRO stage or
-    data-parallel size changed, each shard reads its layout-free file.
+    None: same layout, DeepSpeed's own files. ``"portable"``: each shard
+    reads its layout-free file (the ZeRO stage or data-parallel size changed,
+    or the checkpoint holds only the layout-free files).
     ``"reshard"``: tensor- or pipeline-parallel size (or the pipeline's
     partition method) changed, so every rank merges all shards' layout-free
     files and cuts out its own; refused here when they were not saved.
@@ -97,7 +145,7 @@ def check_resume_layout(
     if cuts:
         require_portable(where, saved, layout)
         return "reshard"
-    return "portable" if saved != layout else None
+    return "portable" if saved != layout or not has_engine_files(where) else None
 
 
 def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
@@ -111,16 +159,29 @@ def load_portable(tag_dir: Path, stage: int, tp_rank: int) -> dict[str, Any]:
 
 
 def load_module_weights(
-    module: Any, state: dict[str, Any], source: str = "the checkpoint's layout-free state"
+    module: Any,
+    state: dict[str, Any],
+    source: str = "the checkpoint's layout-free state",
+    *,
+    tag_dir: Path | None = None,
+    model_cfg: Any = None,
 ) -> None:
-    """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module."""
+    """Put the saved fp32 weights into the (not yet DeepSpeed-wrapped) module.
+
+    With ``tag_dir`` (and the run's ``model_cfg``) a mismatch names the
+    checkpoint and the model settings that differ from its config.yml.
+    """
     import torch
+
+    from neoxcli.checkpoint.io import _model_differences
 
     named = dict(module.named_parameters())
     weights = {name: entry["fp32"] for name, entry in state["params"].items()}
-    check_state_fits(
-        named, weights, source, hint="resume with the model settings the checkpoint was trained with"
-    )
+    hint = "resume with the model settings the checkpoint was trained with"
+    if tag_dir is not None:
+        source = f"checkpoint {tag_dir} does not fit this model"
+        hint = _model_differences(tag_dir, model_cfg) or hint
+    check_state_fits(named, weights, source, hint=hint)
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(weights[name].to(p.dtype))

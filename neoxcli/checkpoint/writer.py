@@ -1,4 +1,4 @@
-"""Writing checkpoints: a whole one-rank checkpoint, and the files training adds to DeepSpeed's own.
+"""Writing checkpoints: a whole one-rank checkpoint, and rank 0's files after a training save.
 
 Either way the tag directory gets ``layout.json``, ``config.yml`` and the
 tokenizer; then everything is flushed to disk, the completion marker is
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 MODULE_STATES_NAME = "mp_rank_00_model_states.pt"
 
 
-def _describe(tag_dir: Path, cfg: NeoXConfig, layout: Layout, header: str = "") -> None:
+def _describe(
+    tag_dir: Path, cfg: NeoXConfig, layout: Layout, header: str = "", weights_only: bool = False
+) -> None:
     """``layout.json`` and ``config.yml`` (``header`` + the resolved config) of a tag directory."""
     from neoxcli.config import dump_config
 
-    write_layout(tag_dir, layout)
+    write_layout(tag_dir, layout, weights_only)
     if cfg.checkpoint.overwrite:
         # A run resumed from this config must not delete the checkpoints it resumes from.
         cfg = cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"overwrite": False})})
@@ -76,17 +78,22 @@ def write_checkpoint(
 
 
 def finalize_tag(
-    save_dir: Path, tag: str, cfg: NeoXConfig, layout: Layout, keep_last: int | None = None
+    save_dir: Path,
+    tag: str,
+    cfg: NeoXConfig,
+    layout: Layout,
+    keep_last: int | None = None,
+    weights_only: bool = False,
 ) -> Path:
-    """Rank 0's files after DeepSpeed's own save of ``tag``; returns the tag dir.
+    """Rank 0's files after every rank saved its state files of ``tag``; returns the tag dir.
 
-    ``layout.json`` (the layout it was saved under), ``config.yml`` and a copy
+    ``layout.json`` (the layout it was saved under, and ``weights_only``), ``config.yml`` and a copy
     of an ``HFTokenizer``'s vocabulary file go into the tag directory; then
     every file is flushed, the completion marker written, ``latest`` names it,
     and all but the newest ``keep_last`` complete checkpoints are deleted.
     """
     tag_dir = save_dir / tag
-    _describe(tag_dir, cfg, layout)
+    _describe(tag_dir, cfg, layout, weights_only=weights_only)
     vocab = cfg.tokenizer.vocab_file
     if vocab and Path(vocab).is_file() and cfg.tokenizer.tokenizer_type == "HFTokenizer":
         shutil.copyfile(vocab, tag_dir / TOKENIZER_NAME)

@@ -12,7 +12,7 @@ HELP = """Convert checkpoints to or from Hugging Face Transformers format.
 
 --from neox reads a checkpoint saved by EleutherAI's GPT-NeoX (flat or pipeline files, tensor-parallel shards merged) with the run's YAML that GPT-NeoX copies into global_stepN/configs/ (or --config FILES), into a neox checkpoint loadable in one process.
 
---from hf reads GPTNeoXForCausalLM, GPTJForCausalLM, LlamaForCausalLM and GPT2LMHeadModel directories (with their tokenizer.json) into a neox checkpoint: OUT/latest -> global_step0/ with the model states, config.yml and tokenizer.json, which `neox generate` and `neox eval` load.
+--from hf reads GPTNeoXForCausalLM, GPTJForCausalLM, LlamaForCausalLM and GPT2LMHeadModel directories (with their tokenizer.json) into a neox checkpoint: OUT/latest -> global_step0/ with the model states, config.yml and tokenizer.json, which `neox generate` and `neox eval` load and `neox train` trains from (load: OUT, finetune: true).
 
 Output is written to a temporary directory and renamed into place when complete.
 

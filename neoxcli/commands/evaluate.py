@@ -17,9 +17,13 @@ Examples:
 
     neox eval -c runs/quickstart --text valid.txt --context-lengths 512,1024,2048
 
+    neox eval -c runs/alibi --text enwik8,text8 --context-lengths 1024,2048,4096
+
     neox eval --hf ./pythia-70m --tasks my_tasks/ --include-path my_tasks
 
     neox eval --list-tasks lambada
+
+    neox eval my-neox-model.yml                  # GPT-NeoX's eval.py: `load` and `eval_tasks` from the file
 """
 
 
@@ -52,10 +56,12 @@ def register(app: typer.Typer) -> None:
         include_path: list[Path] = typer.Option(
             [], "--include-path", help="A directory of task YAML files (repeatable)."
         ),
-        pattern: str | None = typer.Argument(
+        args: list[str] = typer.Argument(
             None,
-            metavar="[PATTERN]",
-            help="With --list-tasks: list only names containing PATTERN (or a glob).",
+            metavar="[CONFIG.yml...]",
+            show_default=False,
+            help="GPT-NeoX configs: `load` names the checkpoint, `eval_tasks` the tasks, "
+            "`eval_results_prefix` the results file. With --list-tasks: a PATTERN (substring or glob).",
         ),
         list_tasks: bool = typer.Option(
             False,
@@ -86,7 +92,8 @@ def register(app: typer.Typer) -> None:
         text: str | None = typer.Option(
             None,
             "--text",
-            help="Comma-separated text files (.txt, .jsonl with 'text', or a .bin/.idx prefix).",
+            help="Comma-separated text files (.txt, .jsonl with 'text', or a .bin/.idx prefix), or the "
+            "presets enwik8, text8, wikitext-103 (their test splits, downloaded once and cached).",
         ),
         context_length: int | None = typer.Option(
             None, "--context-length", help="Window for --text (default: the model's seq_length)."
@@ -111,11 +118,12 @@ def register(app: typer.Typer) -> None:
         fmt = fmt.lower()
         if fmt not in ("table", "json", "markdown", "csv"):
             raise NeoxError(f"unknown --format {fmt!r}", hint="use table, json, markdown or csv")
+        args = list(args or [])
         if list_tasks:
-            _print_task_list(pattern, include_path)
+            if len(args) > 1:
+                raise NeoxError("--list-tasks takes one PATTERN", hint=f"got {' '.join(args)}")
+            _print_task_list(args[0] if args else None, include_path)
             return
-        if pattern is not None:
-            raise NeoxError(f"unexpected argument {pattern!r}", hint="a PATTERN goes with --list-tasks")
         if context_length is not None and context_lengths:
             raise NeoxError("give --context-length or --context-lengths, not both")
         lengths = _ints(context_lengths, "--context-lengths") or ([context_length] if context_length else [])
@@ -143,6 +151,10 @@ def register(app: typer.Typer) -> None:
             dtype=dtype,
             max_gen_toks=max_gen_toks,
         )
+        if args:
+            from neoxcli.evaluation.run import options_from_configs
+
+            opts = options_from_configs(args, opts)
         from rich.console import Console
 
         err = Console(stderr=True)

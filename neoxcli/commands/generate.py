@@ -1,4 +1,4 @@
-"""`neox generate`: sample text from a checkpoint (options in, ``generation.session.run_session`` out)."""
+"""`neox generate`: sample text from a checkpoint (options in, ``generation.session.serve`` out)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ Examples:
     neox generate -c runs/quickstart -p "def " -n 3 --stop "\\n\\n" --temperature 0.8
 
     neox generate -c runs/quickstart --interactive
+
+    neox generate -c runs/big --tensor-parallel 2 -p "def "   # 2 local ranks, one shard each
 
     neox generate my-neox-model.yml text_generation.yml      # GPT-NeoX's generate.py files
 
@@ -81,12 +83,23 @@ def register(app: typer.Typer) -> None:
             False, "--recompute", help="No KV cache: rerun the sequence per token."
         ),
         greedy: bool = typer.Option(False, "--greedy", help="Always take the most likely token."),
+        compile_step: bool = typer.Option(
+            False,
+            "--compile",
+            help="torch.compile the decode step over a static KV cache (CUDA graphs on GPU); same tokens.",
+        ),
         seed: int = typer.Option(1234, "--seed", help="Sampling seed (same seed, same text)."),
         tag: str | None = typer.Option(None, "--tag", help="A global_stepN tag instead of 'latest'."),
+        tensor_parallel: int = typer.Option(
+            1,
+            "--tensor-parallel",
+            min=1,
+            help="Sample on this many local ranks, each holding its tensor-parallel shard; same text.",
+        ),
     ) -> None:
         from neoxcli.errors import NeoxError
         from neoxcli.generation.gen_config import GenerationConfig, read_generation_config
-        from neoxcli.generation.session import SamplingOptions, run_session
+        from neoxcli.generation.session import SamplingOptions, check_request, load_model, serve
 
         # Flags win over the GPT-NeoX files, which win over the defaults.
         gen = read_generation_config(list(configs)) if configs else GenerationConfig()
@@ -139,8 +152,9 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             recompute=recompute or gen.recompute,
             return_logits=gen.return_logits,
+            compile=compile_step,
         )
-        run_session(
+        request = check_request(
             checkpoint,
             options,
             tag=tag,
@@ -151,6 +165,14 @@ def register(app: typer.Typer) -> None:
             num_samples=_first(num_samples, gen.num_samples, 1),
             prompt_end=gen.prompt_end if configs else None,
         )
+        if tensor_parallel > 1:
+            from neoxcli.generation.tp_worker import launch
+
+            code = launch(request, tensor_parallel)
+            if code:
+                raise typer.Exit(code)
+            return
+        serve(request, *load_model(checkpoint, tag))
 
 
 def _first(*values: Any) -> Any:

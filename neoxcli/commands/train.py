@@ -13,6 +13,9 @@ GPT-NeoX config files load as they are. Examples:
     neox train templates/quickstart.yml
 
     neox train model.yml data.yml --set train_iters=2000 --set zero_optimization.stage=1
+
+Ctrl-C, SIGTERM or SIGUSR1 finish the current step, save a checkpoint and exit
+with code 75; the same command resumes. A second Ctrl-C stops at once.
 """
 
 

@@ -786,6 +786,7 @@ def _check(cfg: NeoXConfig, m: _Merged) -> None:
             f"parallel.zero_optimization.stage: expected 0, 1, 2 or 3, got {_describe(stage)}"
             + m.where(("parallel", "zero_optimization")),
         )
+    _check_recipes(cfg, m, stage)
     from neoxcli.config.derived import check_partition_method, mlp_width, split_weights
 
     width = mlp_width(cfg.model)
@@ -814,6 +815,46 @@ def _check(cfg: NeoXConfig, m: _Merged) -> None:
         raise ConfigError(
             f"data.split: {exc}" + m.where(("data", "split")), hint='use three weights such as "969,30,1"'
         ) from None
+
+
+def _check_recipes(cfg: NeoXConfig, m: _Merged, stage: int) -> None:
+    """Sequence-length curricula against ``seq_length``; optimizers against the ZeRO stage."""
+    from neoxcli.config.schema import ADAM_TYPES
+
+    t, seq = cfg.train, cfg.model.seq_length
+    curriculum = t.curriculum_learning if t.curriculum_learning and t.curriculum_learning.enabled else None
+    if t.seq_length_warmup is not None and curriculum is not None:
+        raise ConfigError(
+            "seq_length_warmup and curriculum_learning both set the sequence length"
+            + m.where(("train", "seq_length_warmup"), ("train", "curriculum_learning")),
+            hint="keep one of them",
+        )
+    longest = max(t.seq_length_warmup.stages) if t.seq_length_warmup is not None else None
+    if curriculum is not None:
+        longest = curriculum.max_difficulty
+        if curriculum.schedule_type == "fixed_discrete":
+            longest = max(curriculum.schedule_config["difficulty"])
+    if longest is not None and longest > seq:
+        key = "seq_length_warmup" if t.seq_length_warmup is not None else "curriculum_learning"
+        raise ConfigError(
+            f"train.{key}: a sequence length of {longest} is above seq_length ({seq})"
+            + m.where(("train", key), ("model", "seq_length")),
+            hint="samples are cut from seq_length-long ones: every stage must be at most seq_length",
+        )
+    kind = t.optimizer.type.lower()
+    if t.use_bnb_optimizer and kind not in (*ADAM_TYPES, "adamw8bit"):
+        raise ConfigError(
+            f"train.use_bnb_optimizer replaces Adam/AdamW, but optimizer.type is {t.optimizer.type}"
+            + m.where(("train", "use_bnb_optimizer"), ("train", "optimizer")),
+            hint="set optimizer.type: Adam, or drop use_bnb_optimizer",
+        )
+    # bitsandbytes' 8-bit AdamW is tested under ZeRO 0-3; torchao's under ZeRO 0 and 1 only.
+    if kind == "torchao_adamw8bit" and stage > 1:
+        raise ConfigError(
+            f"{t.optimizer.type} runs with ZeRO stage 0 or 1 only (zero_optimization.stage is {stage})"
+            + m.where(("parallel", "zero_optimization"), ("train", "optimizer")),
+            hint="use zero_optimization.stage 0 or 1 with it, or optimizer.type: adamw8bit (bitsandbytes)",
+        )
 
 
 # --------------------------------------------------------------------------- public API

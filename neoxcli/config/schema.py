@@ -1,7 +1,7 @@
 """The pydantic models that hold every neox setting.
 
 Settings live in sections (model, tokenizer, data, train, parallel, checkpoint,
-logging, launcher). Field names are GPT-NeoX's own spellings (with ``_``), and
+logging, launcher, eval). Field names are GPT-NeoX's own spellings (with ``_``), and
 every field name is unique across sections, so a flat GPT-NeoX YAML file maps
 onto the sections without a translation table; see ``neoxcli.config.loader``.
 """
@@ -129,6 +129,11 @@ class ModelConfig(Section):
     use_mup: bool = Field(False, description="maximal-update parametrisation (muP)")
     mup_width_scale: float = Field(1.0, gt=0, description="muP: hidden_size / base width")
     mup_embedding_mult: float = Field(1.0, gt=0, description="muP: scale on the embedding output")
+    kernels: Literal["auto", "torch", "liger", "triton"] = Field(
+        "auto",
+        description="neox: compute kernels; auto = fused kernels and flex attention on CUDA, "
+        "exact PyTorch on CPU; torch = PyTorch everywhere",
+    )
 
     @property
     def max_positions(self) -> int:
@@ -232,7 +237,10 @@ class DataConfig(Section):
 
 
 # optimizer.type values the trainer builds (lower-cased): DeepSpeed's Adam variants run as AdamW.
-OPTIMIZER_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam", "sgd")
+# The memory-saving ones (neox; ``lion`` is GPT-NeoX's too) are in neoxcli.training.optim.
+ADAM_TYPES = ("adam", "adamw", "cpu_adam", "cpu_torch_adam", "fused_adam")
+LOW_MEMORY_TYPES = ("adamw8bit", "torchao_adamw8bit", "lion", "adafactor")
+OPTIMIZER_TYPES = (*ADAM_TYPES, "sgd", *LOW_MEMORY_TYPES)
 
 
 DEFAULT_LR = 6e-4
@@ -262,7 +270,8 @@ class OptimizerConfig(Section):
         # otherwise pass `neox config validate` and stop the run with a traceback.
         if self.type.lower() not in OPTIMIZER_TYPES:
             raise ValueError(
-                f"optimizer.type {self.type!r} is not supported by neox (use Adam, AdamW or SGD)"
+                f"optimizer.type {self.type!r} is not supported by neox "
+                "(use Adam, AdamW, SGD, adamw8bit, torchao_adamw8bit, lion or adafactor)"
             )
         for name in ("lr", "eps", "momentum"):
             value = self.params.get(name, 0.0)
@@ -291,8 +300,102 @@ def _finite(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+class SeqLengthWarmup(Section):
+    """neox: train on shorter samples first, one stage after another, then at ``seq_length``.
+
+    ``steps`` is the whole warmup (split evenly over the stages) or one count per stage.
+    """
+
+    stages: list[int] = Field(min_length=1)
+    steps: int | list[int]
+
+    @model_validator(mode="after")
+    def _check(self) -> SeqLengthWarmup:
+        if any(s < 1 for s in self.stages):
+            raise ValueError(f"seq_length_warmup.stages must be lengths >= 1, got {self.stages}")
+        counts = self.steps if isinstance(self.steps, list) else [self.steps]
+        if isinstance(self.steps, list) and len(self.steps) != len(self.stages):
+            raise ValueError(
+                f"seq_length_warmup.steps lists {len(self.steps)} counts for {len(self.stages)} stages"
+            )
+        if any(c < 1 for c in counts) or (isinstance(self.steps, int) and self.steps < len(self.stages)):
+            raise ValueError(
+                f"seq_length_warmup.steps must give every stage at least one step, got {self.steps}"
+            )
+        return self
+
+
+# DeepSpeed's legacy curriculum schedules and the schedule_config keys each one reads.
+CURRICULUM_SCHEDULE_KEYS = {
+    "fixed_linear": ("total_curriculum_step", "difficulty_step"),
+    "fixed_root": ("total_curriculum_step", "difficulty_step", "root_degree"),
+    "fixed_discrete": ("difficulty", "max_step"),
+}
+
+
+class CurriculumLearning(Section):
+    """GPT-NeoX's ``curriculum_learning`` block (DeepSpeed's legacy sequence-length curriculum)."""
+
+    enabled: bool = False
+    curriculum_type: Literal["seqlen"] = "seqlen"
+    min_difficulty: int | None = Field(None, ge=1)
+    max_difficulty: int | None = Field(None, ge=1)
+    schedule_type: Literal["fixed_linear", "fixed_root", "fixed_discrete"] = "fixed_linear"
+    schedule_config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> CurriculumLearning:
+        if not self.enabled:
+            return self
+        if self.min_difficulty is None or self.max_difficulty is None:
+            raise ValueError("curriculum_learning needs min_difficulty and max_difficulty (sequence lengths)")
+        if self.min_difficulty > self.max_difficulty:
+            raise ValueError(
+                f"curriculum_learning.min_difficulty ({self.min_difficulty}) is above max_difficulty "
+                f"({self.max_difficulty})"
+            )
+        sc, want = self.schedule_config, CURRICULUM_SCHEDULE_KEYS[self.schedule_type]
+        missing = [k for k in want if k not in sc]
+        unknown = [k for k in sc if k not in want]
+        if missing or unknown:
+            what = f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(unknown)}"
+            raise ValueError(
+                f"curriculum_learning.schedule_config {what} (schedule_type {self.schedule_type} "
+                f"takes {', '.join(want)})"
+            )
+        if self.schedule_type == "fixed_discrete":
+            diff, steps = sc["difficulty"], sc["max_step"]
+            if not (_ints(diff) and _ints(steps) and steps and len(diff) == len(steps) + 1):
+                raise ValueError(
+                    "curriculum_learning.schedule_config: fixed_discrete needs lists of integers, "
+                    f"one more difficulty than max_step (got difficulty {diff!r}, max_step {steps!r})"
+                )
+            if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[0] < 1:
+                raise ValueError(
+                    f"curriculum_learning.schedule_config.max_step must rise from >= 1, got {steps}"
+                )
+            if any(d < 1 for d in diff):
+                raise ValueError(f"curriculum_learning.schedule_config.difficulty must be >= 1, got {diff}")
+        else:
+            for k in ("total_curriculum_step", "difficulty_step"):
+                if not _ints([sc[k]]) or sc[k] < 1:
+                    raise ValueError(f"curriculum_learning.schedule_config.{k} must be an integer >= 1")
+            if "root_degree" in sc and ((x := _finite(sc["root_degree"])) is None or x <= 0):
+                raise ValueError("curriculum_learning.schedule_config.root_degree must be a number > 0")
+        return self
+
+
+def _ints(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
 class TrainConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    use_bnb_optimizer: bool = Field(False, description="bitsandbytes' 8-bit AdamW for Adam/AdamW (GPT-NeoX)")
+    seq_length_warmup: SeqLengthWarmup | None = Field(
+        None, description="neox: staged sequence lengths, e.g. {stages: [128, 256, 512], steps: 3000}"
+    )
+    curriculum_learning: CurriculumLearning | None = None
     train_micro_batch_size_per_gpu: int | None = Field(None, ge=1)
     gradient_accumulation_steps: int | None = Field(None, ge=1)
     train_batch_size: int | None = Field(None, ge=1)
@@ -315,6 +418,15 @@ class TrainConfig(Section):
     eval_interval: int = Field(1000, ge=1)
     eval_iters: int = Field(100, ge=0)  # GPT-NeoX's default
     compile: bool = Field(False, description="neox: torch.compile the model")
+    checkpoint_activations: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping them"
+    )
+    checkpoint_num_layers: int = Field(1, ge=1, description="blocks recomputed together as one checkpoint")
+    recompute_granularity: Literal["full", "selective"] = Field(
+        "full",
+        description="with checkpoint_activations: full = whole blocks (checkpoint_num_layers at a time); "
+        "selective = only the attention core, the largest activation per FLOP (Megatron-LM's)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -344,14 +456,54 @@ class CheckpointConfig(Section):
         False,
         description="neox: start from scratch, deleting the checkpoints already in save (neox train --overwrite)",
     )
+    finetune: bool = Field(
+        False,
+        description="load only the weights of load (a checkpoint or a Hugging Face directory); start at "
+        "iteration 0 with a fresh optimizer, LR schedule and data position",
+    )
+    no_load_optim: bool = Field(
+        False, description="resume iteration, LR schedule and data position, with a fresh optimizer state"
+    )
+    no_load_rng: bool = Field(False, description="resume without restoring the random generators' states")
     checkpoint_factor: int | None = Field(None, ge=1, description="save every N iterations")
     keep_last_n_checkpoints: int | None = Field(None, ge=1)
     extra_save_iters: list[int] | None = None
     portable_checkpoint: bool = Field(
         True,
-        description="neox: also save each shard's full fp32 weights and Adam moments, so the run can resume "
-        "under another ZeRO stage or data-parallel size (one gather per save; ~3x the fp32 weights on disk)",
+        description="neox: save each shard's full fp32 weights and optimizer state in the layout-free files "
+        "only (each tensor once; resumes under any ZeRO stage, DP, TP or PP size); false: DeepSpeed's own "
+        "files only (they resume only under the layout they were saved with)",
     )
+    save_optimizer: bool = Field(
+        True,
+        description="neox: false saves the weights only (a release checkpoint for generation, evaluation "
+        "and finetuning; it cannot be resumed exactly)",
+    )
+    no_save_optim: bool = Field(False, description="GPT-NeoX's spelling of save_optimizer: false")
+    no_save_rng: bool = Field(
+        False, description="save no RNG states: a resume restarts the random streams from the seed"
+    )
+    s3_path: str | None = Field(
+        None,
+        description="s3://bucket/prefix: each checkpoint is uploaded there in the background after it is "
+        "saved ('latest' last)",
+    )
+    s3_chunk_size: int = Field(104_857_600, ge=5 * 1024 * 1024, description="bytes per part of an upload")
+    s3_endpoint_url: str | None = Field(
+        None, description="neox: an S3-compatible server's URL (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+
+    @field_validator("s3_path")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and value[5:].strip("/")):
+            raise ValueError(f"must be an s3://bucket/prefix URL, not {value!r}")
+        return value
+
+    @property
+    def keeps_optimizer(self) -> bool:
+        """Whether checkpoints hold the optimizer state (``save_optimizer`` and not ``no_save_optim``)."""
+        return self.save_optimizer and not self.no_save_optim
 
 
 class LoggingConfig(Section):
@@ -369,6 +521,25 @@ class LoggingConfig(Section):
         "on CPU the measured matmul rate)",
     )
     sample_at_end: bool = Field(True, description="neox: print a short generated sample after training")
+
+
+class EvalConfig(Section):
+    """lm-eval tasks for ``neox eval cfg.yml`` and for the final checkpoint of ``neox train`` (GPT-NeoX's keys)."""
+
+    eval_tasks: list[str] | None = Field(
+        None, description="lm-eval task names, globs or task YAML files; `neox train` evaluates its last save"
+    )
+    eval_results_prefix: str | None = Field(
+        None, description="results go to {prefix}_eval_results_<date>.json, as GPT-NeoX names them"
+    )
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _one_string(cls, value: Any) -> Any:
+        """``eval_tasks: lambada,piqa`` (one string) means the list of its comma-separated names."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
 class LauncherConfig(Section):
@@ -416,6 +587,7 @@ SECTIONS: dict[str, type[Section]] = {
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,
     "launcher": LauncherConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -430,6 +602,7 @@ class NeoXConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     # Filled by neoxcli.config.loader; private so they never look like settings.
     _ignored_keys: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -13,11 +13,10 @@ and its Hugging Face export score every request identically (fp32, CPU):
 * generation left-truncates the context to ``max_length - max_gen_toks``, stops at
   EOS, a stop string or ``max_gen_toks`` and cuts the stop string from the text.
 
-Generation runs through the model's KV cache. The model has no padding mask, so a
-generation batch holds contexts of one token length (sorted longest first, as the
-``hf`` backend does); that keeps every row exactly what it would be alone.
-Sampled rows draw from their own seeded generator, so a sample does not depend on
-the batch it ran in.
+Generation runs through the model's KV cache (``neoxcli.generation.decode``):
+contexts of mixed lengths share a batch, left-padded under a key mask, each row
+with its own positions, so a row decodes what it would alone. Sampled rows draw
+from their own seeded generator, so a sample does not depend on the batch it ran in.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.models.utils import postprocess_generated_text as cut_at_stop
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from neoxcli.generation.sampling import sample_next
+from neoxcli.generation.decode import generate_batch
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,8 @@ class NeoxLM(TemplateLM):
         self._prefix = bos if bos is not None else tokenizer.eod_id
         self._special = self._special_ids(backend)
         self._warned: set[str] = set()
-        self.forwards = 0  # model calls, for benchmarks
+        self.forwards = 0  # scoring forwards, for benchmarks and tests
+        self.generation_batches = 0
 
     # ------------------------------------------------------------------ lm-eval's properties
 
@@ -242,7 +242,8 @@ class NeoxLM(TemplateLM):
                 max_gen,
             )
             jobs.append((index, context, ids, until, settings))
-        jobs.sort(key=lambda j: (-len(j[2]), j[1]))
+        # Requests with the same settings together, longest first (as lm-eval's hf backend orders them).
+        jobs.sort(key=lambda j: (tuple(j[3]), j[4], -len(j[2]), j[1]))
         results: list[str] = [""] * len(requests)
         for batch in self._generation_batches(jobs):
             for (index, *_), text in zip(batch, self._generate_batch(batch), strict=True):
@@ -251,64 +252,40 @@ class NeoxLM(TemplateLM):
         return results
 
     def _generation_batches(self, jobs: list[Any]) -> Iterator[list[Any]]:
-        """Consecutive jobs with the same context length and settings, at most ``batch_size`` each."""
+        """Consecutive jobs (longest first) with the same stop strings and settings, ``batch_size`` at most.
+
+        Contexts of different lengths share a batch: they are left-padded and the
+        padding is masked, so each row decodes as it would alone.
+        """
         batch: list[Any] = []
         for job in jobs:
-            if batch and (
-                len(batch) == self._batch_size
-                or len(job[2]) != len(batch[0][2])
-                or job[4] != batch[0][4]
-                or job[3] != batch[0][3]
-            ):
+            if batch and (len(batch) == self._batch_size or job[3:] != batch[0][3:]):
                 yield batch
                 batch = []
             batch.append(job)
         if batch:
             yield batch
 
-    @torch.inference_mode()
     def _generate_batch(self, batch: list[Any]) -> list[str]:
-        """Decode one batch of equal-length contexts through the KV cache."""
+        """Decode one batch through the KV cache (``generate_batch``: left padding under a key mask)."""
         do_sample, temperature, top_k, top_p, max_gen = batch[0][4]
         until: list[str] = batch[0][3]
-        greedy = not do_sample or temperature <= 0
-        prompt = torch.tensor([job[2] for job in batch], dtype=torch.long, device=self._device)
-        n, length = prompt.shape
-        generators = []
-        if not greedy:
-            for index, *_ in batch:
-                g = torch.Generator(device=self._device)
-                g.manual_seed(self.seed * 1_000_003 + index)
-                generators.append(g)
-        cache = self.model.make_kv_cache(n, max_len=length + max_gen)
-        self.forwards += 1
-        logits = self.model(prompt, kv_cache=cache)[:, -1]
-        out: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        pos = length
-        for step in range(max_gen):
-            if greedy:
-                tokens = logits.argmax(dim=-1)
-            else:
-                tokens = torch.stack(
-                    [
-                        sample_next(logits[i : i + 1], temperature, top_k, top_p, generator=generators[i])[0]
-                        for i in range(n)
-                    ]
-                )
-            for i, token in enumerate(tokens.tolist()):
-                if done[i]:
-                    continue
-                if token == self.eot_token_id:
-                    done[i] = True
-                    continue
-                out[i].append(token)
-                text = self.tok_decode(out[i])
-                if any(s and s in text for s in until):
-                    done[i] = True
-            if all(done) or step == max_gen - 1:
-                break
-            self.forwards += 1
-            logits = self.model(tokens[:, None], kv_cache=cache, start_pos=pos)[:, -1]
-            pos += 1
-        return [cut_at_stop(self.tok_decode(ids), stop=until, think_end_token=None) for ids in out]
+
+        def stopped(row: int, tokens: list[int]) -> bool:
+            text = self.tok_decode(tokens)
+            return any(s and s in text for s in until)
+
+        self.generation_batches += 1
+        done = generate_batch(
+            self.model,
+            [job[2] for job in batch],
+            max_gen,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=not do_sample or temperature <= 0,
+            seeds=[self.seed * 1_000_003 + job[0] for job in batch],
+            eos_id=self.eot_token_id,
+            should_stop=stopped,
+        )
+        return [cut_at_stop(self.tok_decode(c.tokens), stop=until, think_end_token=None) for c in done]

@@ -46,6 +46,7 @@ class TextSource:
     path: Path
     kind: str  # "text", "jsonl" or "indexed"
     size: int
+    label: str | None = None  # what the results call it (a preset's name), else the path
 
 
 def open_source(name: str | Path) -> TextSource:
@@ -127,10 +128,14 @@ def _text_part(text: str, tokenizer: Any, first: bool, last: bool) -> Document:
     return Document(list(tokenizer.encode(text)), n_bytes, n_chars, n_words, n_bytes)
 
 
-def iter_documents(source: TextSource, tokenizer: Any) -> Iterator[list[Document]]:
-    """The documents of one input; each item is one document, possibly in several parts."""
+def iter_documents(source: TextSource, tokenizer: Any) -> Iterator[Iterable[Document]]:
+    """The documents of one input; each item is one document, possibly in several parts.
+
+    A plain text file is one document read part by part as it is scored (consume
+    each item before asking for the next), so its tokens are never all in memory.
+    """
     if source.kind == "text":
-        yield list(_plain_text_document(source.path, tokenizer))  # parts of one document
+        yield _plain_text_document(source.path, tokenizer)
         return
     if source.kind == "jsonl":
         with open(source.path, encoding="utf-8") as f:
@@ -257,11 +262,11 @@ class PerplexityRow:
 
 
 def _sequence(
-    docs: Iterable[list[Document]], eod: int, counts: dict[str, int], per_document: bool
+    docs: Iterable[Iterable[Document]], eod: int, counts: dict[str, int], per_document: bool
 ) -> Iterator[Iterator[tuple[int, bool]]]:
     """Scored sequences of (token, scored): one per document, or one stream."""
 
-    def one(parts: list[Document], lead: bool) -> Iterator[tuple[int, bool]]:
+    def one(parts: Iterable[Document], lead: bool) -> Iterator[tuple[int, bool]]:
         if lead:
             yield eod, False
         counts["documents"] += 1
@@ -315,7 +320,7 @@ def evaluate_text(
     n_windows = 0
     reported = 0
 
-    def all_docs() -> Iterator[list[Document]]:
+    def all_docs() -> Iterator[Iterable[Document]]:
         for s in sources:
             yield from iter_documents(s, tokenizer)
 
@@ -356,7 +361,7 @@ def evaluate_text(
         raise DataError("the text holds no tokens to score")
     ln2 = math.log(2)
     return PerplexityRow(
-        source=",".join(str(s.path) for s in sources),
+        source=",".join(s.label or str(s.path) for s in sources),
         context_length=context_length,
         stride=stride,
         mode="per_document" if per_document else "stream",

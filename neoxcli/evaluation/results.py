@@ -30,6 +30,12 @@ def default_output(base: Path) -> Path:
     return Path(base) / "eval" / f"results-{stamp}.json"
 
 
+def prefixed_output(prefix: str) -> Path:
+    """``{prefix}_eval_results_<local time %m-%d-%Y-%H-%M-%S>.json``: GPT-NeoX's name for ``eval_results_prefix``."""
+    stamp = time.strftime("%m-%d-%Y-%H-%M-%S", time.localtime())
+    return Path(f"{prefix}_eval_results_{stamp}.json")
+
+
 def samples_path(output: Path) -> Path:
     """Where the per-request samples of ``output`` go: ``results-X.json`` -> ``results-X.samples.jsonl``."""
     return output.with_name(output.stem + ".samples.jsonl")

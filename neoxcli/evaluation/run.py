@@ -115,10 +115,9 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
         built = T.build_tasks(plan)
 
     sources = []
+    presets: dict[str, Any] = {}
     if opts.texts:
-        from neoxcli.evaluation.perplexity import open_source
-
-        sources = [open_source(t) for t in opts.texts]
+        sources = [_text_source(t, hooks, presets) for t in opts.texts]
 
     device = models.pick_device(opts.device)
     if opts.checkpoint is not None:
@@ -168,10 +167,12 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
             "max_gen_toks": opts.max_gen_toks,
             "loglikelihood": "requests sorted longest first, right-padded batches, one forward per shared prefix",
             "rolling": "lm-eval disjoint windows of max_length, first conditioned on the prefix token",
-            "generation": "KV cache; greedy unless do_sample; batches of equal context length",
+            "generation": "KV cache; greedy unless do_sample; left-padded batches under a key mask",
         },
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
     }
+    if presets:
+        config["text_presets"] = presets
     writer = ResultsWriter(output, config, log_samples=opts.log_samples)
 
     if built:
@@ -224,7 +225,132 @@ def run_evaluation(opts: EvalOptions, hooks: Hooks | None = None) -> tuple[dict[
     return writer.doc, output
 
 
+def _text_source(spec: str, hooks: Hooks, presets: dict[str, Any]) -> Any:
+    """One ``--text`` entry: a file, or a preset name (its test split, downloaded and cached on first use)."""
+    from dataclasses import replace
+
+    from neoxcli.evaluation.perplexity import open_source
+    from neoxcli.evaluation.text_presets import fetch_text_preset, preset_name
+
+    name = preset_name(spec)
+    if name is None:
+        return open_source(spec)
+    advance: list[Callable[[int], None]] = []
+    seen = [0]
+
+    def progress(done: int, total: int | None) -> None:
+        if hooks.progress is None or not total:
+            return
+        if not advance:
+            advance.append(hooks.progress(f"downloading {name}", total))
+        advance[0](done - seen[0])
+        seen[0] = done
+
+    path, manifest = fetch_text_preset(name, progress=progress)
+    presets[name] = {**manifest, "path": str(path.resolve())}
+    return replace(open_source(path), label=name)
+
+
 def _neox_version() -> str:
     from neoxcli import __version__
 
     return __version__
+
+
+# --------------------------------------------------------------------------- GPT-NeoX configs
+
+
+def options_from_configs(paths: list[str], opts: EvalOptions) -> EvalOptions:
+    """``neox eval cfg.yml [more.yml]``, as GPT-NeoX's ``eval.py cfg.yml`` reads its files.
+
+    The merged files' ``load`` (and ``load_tag``) name the checkpoint, ``eval_tasks``
+    the tasks and ``eval_results_prefix`` the results file; what the command line
+    gives wins over the files. Keys that matter only to training are not reported.
+    """
+    from dataclasses import replace
+
+    from neoxcli.config import load_config
+    from neoxcli.evaluation.results import prefixed_output
+
+    cfg = load_config(paths, warn=lambda message: None)
+    changes: dict[str, Any] = {}
+    if opts.checkpoint is None and opts.hf_dir is None:
+        if not cfg.checkpoint.load:
+            raise NeoxError(
+                f"no checkpoint: {', '.join(map(str, paths))} name no `load`",
+                hint="add `load: DIR` to the config, or pass --checkpoint (-c) DIR",
+            )
+        changes["checkpoint"] = Path(cfg.checkpoint.load)
+        if opts.tag is None and cfg.checkpoint.load_tag:
+            changes["tag"] = cfg.checkpoint.load_tag
+    if not opts.tasks and cfg.eval.eval_tasks:
+        changes["tasks"] = list(cfg.eval.eval_tasks)
+    if opts.output_path is None and cfg.eval.eval_results_prefix:
+        changes["output_path"] = prefixed_output(cfg.eval.eval_results_prefix)
+    if not (opts.tasks or opts.texts or changes.get("tasks")):
+        raise NeoxError(
+            f"nothing to evaluate: {', '.join(map(str, paths))} set no eval_tasks",
+            hint="add `eval_tasks: [TASK, ...]` to the config, or pass --tasks / --text",
+        )
+    return replace(opts, **changes)
+
+
+def evaluate_after_training(
+    cfg: Any,
+    checkpoint: Path | None,
+    iteration: int,
+    log_row: Callable[[dict[str, Any]], None],
+    info: Callable[[str], None],
+) -> dict[str, float]:
+    """``neox train`` with ``eval_tasks``: score the run's final checkpoint and log ``eval/{task}/{metric}``.
+
+    The results document is written as ``neox eval`` writes it (under the save
+    directory, or as ``eval_results_prefix`` names it). Training is already done
+    and saved, so a mistake in the tasks is reported, not raised: ``neox eval
+    cfg.yml`` runs them again once fixed.
+    """
+    from neoxcli.evaluation.results import prefixed_output
+
+    tasks = list(cfg.eval.eval_tasks or [])
+    if not tasks:
+        return {}
+    if checkpoint is None:
+        info("eval_tasks: nothing evaluated, this run saved no checkpoint (set save:)")
+        return {}
+    prefix = cfg.eval.eval_results_prefix
+    opts = EvalOptions(
+        checkpoint=checkpoint.parent,
+        tag=checkpoint.name,
+        tasks=tasks,
+        batch_size=cfg.train.train_micro_batch_size_per_gpu or 1,
+        seed=cfg.train.seed,
+        # Mean metrics (acc) get their closed-form stderr whatever the count; few resamples for the others.
+        bootstrap_iters=100,
+        output_path=prefixed_output(prefix) if prefix else None,
+    )
+    info(f"evaluating {checkpoint.name} on {', '.join(tasks)}")
+    try:
+        doc, output = run_evaluation(opts, Hooks(warn=info, status=lambda message: None))
+    except NeoxError as exc:
+        info(f"eval_tasks not evaluated: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
+        return {}
+    scalars = eval_scalars(doc)
+    log_row({"iteration": iteration, **scalars})
+    for task, metrics in doc.get("metrics", {}).items():
+        shown = ", ".join(
+            f"{m} {v['value']:.4f}" for m, v in metrics.items() if isinstance(v.get("value"), (int, float))
+        )
+        info(f"eval {task}: {shown}")
+    info(f"eval results: {output}")
+    return scalars
+
+
+def eval_scalars(doc: dict[str, Any]) -> dict[str, float]:
+    """``eval/{task}/{metric}`` (and ``.../{metric}_stderr``) numbers of a results document; no "N/A" strings."""
+    out: dict[str, float] = {}
+    for task, metrics in doc.get("metrics", {}).items():
+        for metric, entry in metrics.items():
+            for suffix, value in (("", entry.get("value")), ("_stderr", entry.get("stderr"))):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"eval/{task}/{metric}{suffix}"] = float(value)
+    return out

@@ -34,6 +34,7 @@ class SamplingOptions:
     batch_size: int | None = None  # None: as many rows as the memory budget allows (at most 16)
     recompute: bool = False  # no KV cache (GPT-NeoX's recompute): same tokens, slower
     return_logits: bool = False  # each record carries the logit of every generated token
+    compile: bool = False  # decode through a torch.compile'd step over a static KV cache
 
     def record(self) -> dict[str, Any]:
         """The settings written next to every sample."""
@@ -56,13 +57,21 @@ def read_prompts(path: Path, prompt_end: str | None = None) -> list[str]:
 
 
 def complete(
-    model: Any, tokenizer: Any, text: str | None, options: SamplingOptions, seed: int, *, stream: bool
+    model: Any,
+    tokenizer: Any,
+    text: str | None,
+    options: SamplingOptions,
+    seed: int,
+    *,
+    stream: bool,
+    step: Any = None,
 ) -> str:
     """Continue ``text`` (or start from the end-of-document token) and return the new text.
 
     With ``stream`` the text is written to stdout as it decodes: each new token
     re-decodes everything so far and prints only what is new, so multi-byte
-    characters split across tokens come out whole.
+    characters split across tokens come out whole. ``step`` is a
+    ``CompiledStep`` reused across calls (``options.compile``).
     """
     from neoxcli.generation.decode import generate_batch
 
@@ -99,6 +108,8 @@ def complete(
         repetition_penalty=options.repetition_penalty,
         should_stop=stop_rule if (options.stop or stream) else None,
         recompute=options.recompute,
+        compile=options.compile,
+        step=step,
     )
     emitted.extend(done.tokens)
     return _cut_at_stop(tokenizer.decode(emitted), options.stop)[0]
@@ -128,6 +139,7 @@ def sample_prompts(
     samples_per_prompt: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
+    step: Any = None,
 ) -> list[dict[str, Any]]:
     """One record per (prompt, sample), in input order, as GPT-NeoX's generate.py writes them.
 
@@ -136,11 +148,15 @@ def sample_prompts(
     ``duration_seconds``, ``seed`` and the sampling settings. Request ``r``
     (prompt-major) uses seed ``seed + r``. Requests run in batches of similar
     prompt length; a single prompt to the terminal streams instead.
-    ``on_result`` sees each record as its batch finishes.
+    ``on_result`` sees each record as its batch finishes. With
+    ``options.compile`` every batch shares one compiled step (``step``, or a new one).
     """
     import time
 
-    from neoxcli.generation.decode import generate_batch
+    from neoxcli.generation.decode import CompiledStep, generate_batch
+
+    if options.compile and step is None and not options.recompute:
+        step = CompiledStep(model)
 
     requests: list[tuple[int, str | None, list[int]]] = []
     for p in prompts:
@@ -154,7 +170,7 @@ def sample_prompts(
         if p:
             sys.stdout.write(p)
         t0 = time.perf_counter()
-        text = complete(model, tokenizer, p, options, options.seed, stream=True)
+        text = complete(model, tokenizer, p, options, options.seed, stream=True, step=step)
         print()
         text, stopped = _cut_at_stop(text, options.stop)
         record = _record(p, text, len(tokenizer.encode(text)) if text else 0, stopped, options, 0, t0)
@@ -192,6 +208,8 @@ def sample_prompts(
                 should_stop=stop_rule if options.stop else None,
                 recompute=options.recompute,
                 return_logits=options.return_logits,
+                compile=options.compile,
+                step=step,
             )
             for (r, p, _ids), out in zip(chunk, done, strict=True):
                 cut_prompts += out.truncated_prompt > 0
@@ -259,7 +277,7 @@ def _progress(total: int) -> tuple[Any, Any]:
     return bar, bar.add_task("samples", total=total)
 
 
-def run_session(
+def check_request(
     checkpoint: Path,
     options: SamplingOptions,
     *,
@@ -270,20 +288,59 @@ def run_session(
     interactive: bool = False,
     num_samples: int = 1,
     prompt_end: str | None = None,
-) -> None:
-    """Sample from a checkpoint: interactively, the prompt, the file's prompts, or ``num_samples`` unconditionally.
+) -> SessionRequest:
+    """The request of one ``neox generate`` run, its files checked before any model loads.
 
-    Without ``output_file`` the samples stream to stdout; with it they are
-    written at the end, atomically, as JSON lines.
+    The prompt file is read (a mistake costs no loading time) and the output
+    file checked writable; ``serve`` then runs it on one process, or
+    ``neoxcli.generation.tp_worker.launch`` on tensor-parallel ranks.
     """
-    # The one place neox generate loads a model: a neox, Hugging Face or GPT-NeoX directory.
-    from neoxcli.convert.any_model import load_any_for_inference
     from neoxcli.fileio import check_writable
 
     file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
         check_writable(output_file)  # before the model loads and the samples are drawn
+    return SessionRequest(
+        str(checkpoint), options, tag, prompt, file_prompts, output_file, interactive, num_samples
+    )
+
+
+def run_session(checkpoint: Path, options: SamplingOptions, **request: Any) -> None:
+    """Sample from a checkpoint in this process: interactively, the prompt, the file's prompts, or unconditionally.
+
+    Without ``output_file`` the samples stream to stdout; with it they are
+    written as they finish, then atomically in input order, as JSON lines.
+    Keywords as ``check_request``.
+    """
+    checked = check_request(checkpoint, options, **request)
+    serve(checked, *load_model(checkpoint, checked.tag))
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What one ``neox generate`` run samples, checked already: every rank of a sharded run gets the same one."""
+
+    checkpoint: str
+    options: SamplingOptions
+    tag: str | None = None
+    prompt: str | None = None
+    file_prompts: list[str] | None = None
+    output_file: Path | None = None
+    interactive: bool = False
+    num_samples: int = 1
+
+
+def load_model(checkpoint: str | Path, tag: str | None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a neox, Hugging Face or GPT-NeoX directory: the one loader of neox generate."""
+    from neoxcli.convert.any_model import load_any_for_inference
+
     model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag)
+    return model, tokenizer
+
+
+def serve(request: SessionRequest, model: Any, tokenizer: Any) -> None:
+    """Run ``request`` on a loaded model (the whole model, or this rank's tensor-parallel shard)."""
+    options = request.options
     context = model.cfg.max_positions
     if options.max_new_tokens >= context:
         print(
@@ -292,23 +349,42 @@ def run_session(
             f"(at most {context - 1} new tokens after a one-token prompt)",
             file=sys.stderr,
         )
-    if interactive:
+    step = _compiled_step(model, options)
+    if request.interactive:
+        import functools
+
         from neoxcli.generation.interactive import interact
 
-        interact(model, tokenizer, options, complete)
+        interact(model, tokenizer, options, functools.partial(complete, step=step))
         return
     prompts: list[str | None]
-    if file_prompts is not None:
-        prompts = list(file_prompts)
-    elif prompt is not None:
-        prompts = [prompt]
+    if request.file_prompts is not None:
+        prompts = list(request.file_prompts)
+    elif request.prompt is not None:
+        prompts = [request.prompt]
     else:
         prompts = [None]
+    num_samples, output_file = request.num_samples, request.output_file
     if output_file is None:
-        sample_prompts(model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples)
+        sample_prompts(
+            model, tokenizer, prompts, options, stream=True, samples_per_prompt=num_samples, step=step
+        )
         return
-    results = _write_as_they_come(model, tokenizer, prompts, options, output_file, num_samples)
+    results = _write_as_they_come(model, tokenizer, prompts, options, output_file, num_samples, step)
     print(f"wrote {len(results)} samples to {output_file}", file=sys.stderr)
+
+
+def _compiled_step(model: Any, options: SamplingOptions) -> Any:
+    """The one compiled decode step of a ``--compile`` session (None without it), or why there is none."""
+    if not options.compile:
+        return None
+    from neoxcli.generation.decode import CompiledStep, static_supported
+
+    why = "--recompute reads no cache" if options.recompute else static_supported(model)
+    if why is not None:
+        print(f"note: --compile is not used: {why}; decoding eagerly", file=sys.stderr)
+        return None
+    return CompiledStep(model)
 
 
 def _write_as_they_come(
@@ -318,6 +394,7 @@ def _write_as_they_come(
     options: SamplingOptions,
     output_file: Path,
     num_samples: int,
+    step: Any = None,
 ) -> list[dict[str, Any]]:
     """Samples go to a temp file as each batch finishes, then the file is rewritten in input order.
 
@@ -349,6 +426,7 @@ def _write_as_they_come(
                 samples_per_prompt=num_samples,
                 on_result=keep,
                 progress=sys.stderr.isatty(),
+                step=step,
             )
         except KeyboardInterrupt:
             fh.close()

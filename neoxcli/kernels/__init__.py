@@ -1,46 +1,120 @@
 """Compute kernels behind one function each, so the model never picks a backend itself.
 
-Every function here is exact PyTorch. ``scaled_dot_product_attention`` already
-dispatches to flash / memory-efficient kernels on GPUs and to a flash kernel on
-CPU, which is 3-8x faster than writing attention out by hand.
+Every function takes the model's ``kernels`` setting (``backend``) and chooses
+with ``neoxcli.kernels.backend.resolve``: exact PyTorch under ``torch`` and
+everywhere on CPU under ``auto``, fused Triton kernels on CUDA. The PyTorch
+branch of each is the reference the kernels are tested against, and is what
+the model computed before kernels existed, bit for bit.
+
+| op | liger backend | triton backend |
+|---|---|---|
+| RMSNorm | liger (``casting_mode="llama"``: ours) | ours |
+| LayerNorm | liger when there is a bias, else ours | ours |
+| gated activation (SwiGLU, GEGLU) | ours (reads ``[gate; up]`` in place; liger's GEGLU is tanh-GELU) | ours |
+| rotary on the first ``dim`` channels | liger (rotate-half, partial ``rotary_dim``) | liger if installed |
+| head + cross-entropy | liger's fused linear cross-entropy | chunked PyTorch (``loss.py``) |
+| attention | SDPA / flex attention (``attn.py``) | same |
+
+Plain activations (GELU, ReLU, SiLU) stay PyTorch: the bias add already runs
+in the GEMM's epilogue and the activation is one kernel, so a fused bias+GELU
+kernel would save nothing.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "rms_norm"]
+from neoxcli.kernels.attn import attention, causal_attention, dense_causal_mask, flex_causal_attention
+from neoxcli.kernels.backend import has_module, resolve
+from neoxcli.kernels.loss import linear_cross_entropy
+
+__all__ = [
+    "attention",
+    "causal_attention",
+    "dense_causal_mask",
+    "flex_causal_attention",
+    "gated_activation",
+    "layer_norm",
+    "linear_cross_entropy",
+    "resolve",
+    "rms_norm",
+    "rotary",
+    "rotary_torch",
+]
+
+_GATED_TORCH = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-    dropout_p: float = 0.0,
-    scale: float | None = None,
-) -> Tensor:
-    """Softmax attention over ``[B, H, T, D]`` tensors.
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float, *, backend: str = "auto") -> Tensor:
+    """RMSNorm as Llama computes it: ``x / sqrt(mean(x^2) + eps)`` in fp32, rounded to ``x``'s dtype, ``* weight``."""
+    kind = resolve(backend, x.device)
+    if kind == "liger" and weight is not None:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 
-    ``k``/``v`` may have fewer heads than ``q`` (grouped-query attention); query
-    head ``h`` then reads key/value head ``h // (H_q // H_kv)``. ``mask`` is a
-    boolean "may attend" mask or an additive float bias, broadcast to
-    ``[B, H, T_q, T_k]``.
-    """
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        # Repeating is what the fused CPU kernel accepts everywhere; it costs one copy of K/V.
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None, scale=scale
-    )
+        return LigerRMSNormFunction.apply(x, weight, eps, 0.0, "llama", False)
+    if kind != "torch":
+        from neoxcli.kernels import triton_ops
 
-
-def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
-    """RMSNorm as Llama computes it: ``x / sqrt(mean(x^2) + eps) * weight``, in fp32 inside."""
+        return triton_ops.rms_norm(x, weight, eps)
     y = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
     return y * weight if weight is not None else y
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, *, backend: str = "auto"
+) -> Tensor:
+    """LayerNorm over the last dim (``nn.LayerNorm``'s arithmetic)."""
+    kind = resolve(backend, x.device)
+    if kind == "liger" and bias is not None:
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+
+        return LigerLayerNormFunction.apply(x, weight, bias, eps)
+    if kind != "torch":
+        from neoxcli.kernels import triton_ops
+
+        return triton_ops.layer_norm(x, weight, bias, eps)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def gated_activation(h: Tensor, act: str, *, backend: str = "auto") -> Tensor:
+    """``act(gate) * up`` for ``h = [gate; up]`` stacked on the last dim (SwiGLU: silu, GEGLU: gelu)."""
+    if resolve(backend, h.device) != "torch":
+        from neoxcli.kernels import triton_ops
+
+        return triton_ops.gated_activation(h, act)
+    gate, up = h.chunk(2, dim=-1)
+    return _GATED_TORCH[act](gate) * up
+
+
+def rotary(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dim: int, *, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Rotate-half rotary embedding (GPT-NeoX's and Hugging Face Llama's layout) on the first ``dim`` channels.
+
+    ``q`` ``[B, H, T, D]``, ``k`` ``[B, H_kv, T, D]``; ``cos``/``sin``
+    ``[B|1, 1, T, dim]`` fp32 (``RotaryEmbedding.cos_sin``). Channel ``i`` pairs
+    with ``i + dim/2``; channels from ``dim`` on pass through (``rotary_pct``).
+    """
+    if resolve(backend, q.device) != "torch" and has_module("liger_kernel"):
+        from liger_kernel.ops.rope import LigerRopeFunction
+
+        # Liger rotates in place in a [B, T, H, D] layout: hand it its own copies.
+        qc = q.transpose(1, 2).contiguous().transpose(1, 2)
+        kc = k.transpose(1, 2).contiguous().transpose(1, 2)
+        return LigerRopeFunction.apply(qc, kc, cos[:, 0], sin[:, 0])
+    return rotary_torch(q, cos, sin, dim), rotary_torch(k, cos, sin, dim)
+
+
+def rotary_torch(x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
+    """The PyTorch rotary reference, in ``x``'s dtype."""
+    rot, rest = x[..., :dim], x[..., dim:]
+    half = dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    rot = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot

@@ -33,8 +33,10 @@ from pathlib import Path
 
 from neoxcli.launchers.heartbeat import HANG_EXIT_CODE, Watch
 from neoxcli.launchers.rankio import Gate, RankLog, Relay, rank_log_path
+from neoxcli.launchers.signals import STOPPED_EXIT_CODE
 
 STOP_GRACE_S = 10.0
+_DONE_CODES = frozenset({0, STOPPED_EXIT_CODE})  # a rank's exit codes that are no failure
 _PR_SET_PDEATHSIG = 1
 
 
@@ -218,17 +220,24 @@ class ExitWatcher:
         threading.Thread(target=wait, daemon=True).start()
 
     def first_failure(self) -> tuple[int, int] | None:
-        """``(index, return code)`` of the earliest child that exited non-zero."""
+        """``(index, return code)`` of the earliest child that failed (a rank that saved and stopped did not)."""
         with self._lock:
-            failed = [(t, i, code) for i, (t, code) in self.exits.items() if code != 0]
+            failed = [(t, i, code) for i, (t, code) in self.exits.items() if code not in _DONE_CODES]
         if not failed:
             return None
         _, index, code = min(failed)
         return index, code
 
     def all_succeeded(self, count: int) -> bool:
+        """Every child exited: finished (0) or saved and stopped on a signal (``STOPPED_EXIT_CODE``)."""
         with self._lock:
-            return len(self.exits) == count and all(code == 0 for _, code in self.exits.values())
+            return len(self.exits) == count and all(code in _DONE_CODES for _, code in self.exits.values())
+
+    def exit_code(self) -> int:
+        """The job's code once ``all_succeeded``: ``STOPPED_EXIT_CODE`` if any rank stopped on a signal."""
+        with self._lock:
+            stopped = any(code == STOPPED_EXIT_CODE for _, code in self.exits.values())
+        return STOPPED_EXIT_CODE if stopped else 0
 
 
 def supervise_ranks(
@@ -253,6 +262,12 @@ def supervise_ranks(
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signum, f"received {signal.Signals(signum).name}")
 
+    def pass_on(signum: int, _frame: object) -> None:
+        # Slurm's warning before the time limit: each rank saves a checkpoint and stops by itself.
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
     def report(index: int, what: str) -> None:
         log = logs.get(index)
         suffix = f" (log: {log.path})" if log is not None else ""
@@ -260,6 +275,7 @@ def supervise_ranks(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGUSR1, pass_on)
     try:
         for index, env in enumerate(envs):
             log_path = rank_log_path(command, ranks[index])
@@ -307,7 +323,7 @@ def supervise_ranks(
                 stop_all(procs, grace_s)
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
-                return 0
+                return watcher.exit_code()
             if os.getppid() != parent:
                 raise _Stop(signal.SIGHUP, "the launcher went away")
             time.sleep(poll_s)

@@ -9,7 +9,11 @@ launcher's) beat into heartbeat files (``heartbeat``): one that stops beating
 (frozen) or reports its main thread stuck ends the job just the same. Their
 output goes to ``{run}/logs/rank-N.log`` (``rankio``); the console gets rank
 0's progress, each distinct error once, and one line about the first failure
-with the path to that rank's log. Ctrl-C (or SIGTERM) stops everything too.
+with the path to that rank's log. Ctrl-C (or SIGTERM) stops everything too,
+except for neox training ranks: to them the first Ctrl-C, SIGTERM or SIGUSR1
+is passed on as SIGUSR1 (which srun and mpirun forward to their tasks too), so
+each finishes its step, saves and exits with ``STOPPED_EXIT_CODE``; a second
+Ctrl-C or SIGTERM stops everything at once.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from neoxcli.launchers.node_agent import (
     stop_all,
 )
 from neoxcli.launchers.plan import LaunchCommand
-from neoxcli.launchers.rankio import Gate, RankLog, Relay, failure_hint, rank_log_path
+from neoxcli.launchers.rankio import WORKER_MODULE, Gate, RankLog, Relay, failure_hint, rank_log_path
+from neoxcli.launchers.signals import GRACEFUL_SIGNALS
 
 # Written by neoxcli.launchers.node_agent when a rank fails; found anywhere in a line, because
 # pdsh and srun prefix lines with the host or task.
@@ -115,7 +120,9 @@ def supervise(
 
     On the first failure the others are stopped and an ``error:`` line names
     the failed rank and host (from a node agent's report, else the command's
-    label). Ctrl-C or SIGTERM stops every command and returns 130 or 143.
+    label). Ctrl-C or SIGTERM stops every command and returns 130 or 143; for
+    training ranks the first one asks them to save and stop instead, and the
+    code is theirs (``STOPPED_EXIT_CODE`` when they did).
     """
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
@@ -132,9 +139,32 @@ def supervise(
     def interrupt(signum: int, _frame: object) -> None:
         raise _Interrupted(signum)
 
+    asked: list[int] = []  # the graceful stop passed on to the ranks, if any
+
+    def save_and_stop(signum: int, _frame: object) -> None:
+        if asked:
+            if signum == signal.SIGUSR1:
+                return
+            raise _Interrupted(signum)  # asked twice: stop now
+        asked.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        _say(
+            err,
+            f"neox: {signal.Signals(signum).name}: every rank finishes its step, saves a checkpoint "
+            f"and stops ({again} again stops at once)",
+        )
+
+    # Only neox's own training workers save on a signal; anything else is stopped as before.
+    graceful = any(WORKER_MODULE in command.argv for command in commands)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, interrupt)
+        if graceful:
+            for sig in GRACEFUL_SIGNALS:
+                previous[sig] = signal.signal(sig, save_and_stop)
     try:
         for index, command in enumerate(commands):
             env = {**os.environ, **command.env}
@@ -175,7 +205,7 @@ def supervise(
             signal.signal(sig, handler)  # type: ignore[arg-type]
     if failure is None:
         _finish(relays, logs, beats)
-        return 0
+        return watcher.exit_code()
     stop_all(procs, grace_s)
     _finish(relays, logs, beats)
     # A rank that already printed its own error line gets no second one: the summary is a hint.

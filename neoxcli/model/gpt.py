@@ -29,10 +29,13 @@ Conventions that matter for weight conversion:
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from neoxcli import kernels
@@ -49,6 +52,8 @@ __all__ = [
     "FinalNorm",
     "GPTModel",
     "Head",
+    "HeadInputs",
+    "LayerNorm",
     "MLP",
     "RMSNorm",
     "mlp_width",
@@ -62,22 +67,34 @@ __all__ = [
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): no centring, optional offset."""
 
-    def __init__(self, dim: int, eps: float, bias: bool = False) -> None:
+    def __init__(self, dim: int, eps: float, bias: bool = False, kernels: str = "auto") -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.kernels = kernels
 
     def forward(self, x: Tensor) -> Tensor:
-        y = kernels.rms_norm(x, self.weight, self.eps)
+        y = kernels.rms_norm(x, self.weight, self.eps, backend=self.kernels)
         return y + self.bias if self.bias is not None else y
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state dict) computed by ``kernels.layer_norm``."""
+
+    def __init__(self, dim: int, eps: float, bias: bool = True, kernels: str = "auto") -> None:
+        super().__init__(dim, eps=eps, bias=bias)
+        self.kernels = kernels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps, backend=self.kernels)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """The configured norm, with GPT-NeoX's per-kind epsilon."""
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.hidden_size, cfg.rms_norm_epsilon, bias=cfg.use_bias_in_norms)
-    return nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon, bias=cfg.use_bias_in_norms)
+        return RMSNorm(cfg.hidden_size, cfg.rms_norm_epsilon, bias=cfg.use_bias_in_norms, kernels=cfg.kernels)
+    return LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, bias=cfg.use_bias_in_norms, kernels=cfg.kernels)
 
 
 # --------------------------------------------------------------------------- attention
@@ -110,6 +127,9 @@ class Attention(nn.Module):
             self.alibi = None
         local = cfg.attention_types[layer_idx] == "local"
         self.window: int | None = cfg.sliding_window_width if local else None
+        self.kernels = cfg.kernels
+        # Selective activation checkpointing: recompute softmax(QK^T)V in the backward pass.
+        self.recompute_core = False
 
     def forward(
         self,
@@ -118,6 +138,7 @@ class Attention(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         key_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         qkv = self.query_key_value(x).view(B, T, self.kv_heads, self.q_per_kv + 2, self.head_dim)
@@ -127,52 +148,33 @@ class Attention(nn.Module):
 
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(position_ids)
-            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+            q, k = kernels.rotary(q, k, cos, sin, self.rotary.dim, backend=self.kernels)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, start_pos)
 
-        mask, causal = self._mask(T, k.shape[2], q.device, q.dtype, key_mask)
-        y = kernels.attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=causal,
+        core = functools.partial(
+            kernels.causal_attention,
+            alibi=self.alibi,
+            window=self.window,
+            key_mask=key_mask,
+            document_ids=document_ids,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=self.scale,
+            backend=self.kernels,
         )
+        if self.recompute_core and self.training and torch.is_grad_enabled():
+            y = torch.utils.checkpoint.checkpoint(core, q, k, v, use_reentrant=False)
+        else:
+            y = core(q, k, v)
         return self.dense(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _mask(
         self, t_q: int, t_k: int, device: torch.device, dtype: torch.dtype, key_mask: Tensor | None = None
     ) -> tuple[Tensor | None, bool]:
-        """(mask, is_causal) for queries that are the last ``t_q`` of ``t_k`` positions.
-
-        Plain causal attention uses the kernel's own causal path where it can;
-        ALiBi, a local band, a chunk appended to a cache, or ``key_mask``
-        (``[B, t_k]``, False for left padding in a batch) need an explicit mask.
-        A padding query still sees itself, so no row is all masked (which would
-        put NaN into the cache that later rows read).
-        """
-        offset = t_k - t_q
-        if self.alibi is None and self.window is None and key_mask is None:
-            if offset == 0:
-                return None, True
-            if t_q == 1:
-                return None, False
-        q_pos = torch.arange(offset, t_k, device=device)
-        distance = q_pos[:, None] - torch.arange(t_k, device=device)[None, :]  # i - j
-        allowed = distance >= 0
-        if self.window is not None:
-            allowed &= distance < self.window
-        if key_mask is not None:
-            allowed = allowed[None] & (key_mask[:, None, :] | (distance == 0)[None])  # [B, Tq, Tk]
-        if self.alibi is None:
-            return (allowed[:, None] if key_mask is not None else allowed), False
-        bias = -self.alibi.to(device)[:, None, None] * distance  # [H, Tq, Tk], -slope * (i - j)
-        if key_mask is not None:
-            return bias[None].masked_fill(~allowed[:, None], float("-inf")).to(dtype), False
-        return bias.masked_fill(~allowed, float("-inf")).to(dtype)[None], False
+        """The dense (mask, is_causal) this layer's attention applies (``kernels.dense_causal_mask``)."""
+        return kernels.dense_causal_mask(
+            t_q, t_k, device, dtype, alibi=self.alibi, window=self.window, key_mask=key_mask
+        )
 
 
 # --------------------------------------------------------------------------- MLP
@@ -194,6 +196,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp_activation in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.mlp_activation]
+        self.gate_act = {"swiglu": "silu", "geglu": "gelu"}.get(cfg.mlp_activation)
+        self.kernels = cfg.kernels
         width = mlp_width(cfg)
         self.dense_h_to_4h = nn.Linear(
             cfg.hidden_size, 2 * width if self.gated else width, bias=cfg.use_bias_in_mlp
@@ -202,9 +206,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.dense_h_to_4h(x)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
+        if self.gate_act is not None:
+            h = kernels.gated_activation(h, self.gate_act, backend=self.kernels)
         else:
             h = self.act(h)
         return self.dense_4h_to_h(h)
@@ -261,9 +264,10 @@ class Block(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         key_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         h = self.input_layernorm(x)
-        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask))
+        attn = self.dropout(self.attention(h, position_ids, kv_cache, start_pos, key_mask, document_ids))
         if self.parallel:
             h2 = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
             # attn + mlp first, then the residual: GPT-NeoX's and Hugging Face's order, so that
@@ -284,8 +288,23 @@ class FinalNorm(nn.Module):
         return self.norm(x)
 
 
+class HeadInputs(NamedTuple):
+    """What the head would multiply, handed to the loss instead of logits (see ``Head.defer_logits``)."""
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    group: Any = None  # the tensor-parallel group when ``weight`` is a vocabulary block
+
+
 class Head(nn.Module):
-    """Projection to vocabulary logits (fp32), by its own matrix or the tied embedding."""
+    """Projection to vocabulary logits (fp32), by its own matrix or the tied embedding.
+
+    With ``defer_logits`` set (training sets it when its loss understands it),
+    a training forward on fused kernels returns ``HeadInputs`` instead, and the
+    loss computes ``kernels.linear_cross_entropy`` without the full fp32 logits.
+    Evaluation, decoding and the PyTorch backend always get logits.
+    """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, tied_to: EmbeddingLayer | None = None) -> None:
         super().__init__()
@@ -297,14 +316,29 @@ class Head(nn.Module):
         object.__setattr__(self, "_tied_to", tied_to)
         # muP: logits shrink with width (1 / width multiplier) so the output layer learns at a width-free rate.
         self.logit_scale = 1.0 / cfg.mup_width_scale if cfg.use_mup else 1.0
+        self.kernels = cfg.kernels
+        self.defer_logits = False
 
     @property
     def tied(self) -> bool:
         return self._tied_to is not None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def deferring(self, x: Tensor) -> bool:
+        """Whether this forward returns ``HeadInputs`` (training, gradients on, fused kernels)."""
+        return (
+            self.defer_logits
+            and self.training
+            and torch.is_grad_enabled()
+            and kernels.resolve(self.kernels, x.device) != "torch"
+        )
+
+    def forward(self, x: Tensor) -> Tensor | HeadInputs:
         if self.logit_scale != 1.0:
             x = x * self.logit_scale
+        if self.deferring(x):
+            if self.final_linear is not None:
+                return HeadInputs(x, self.final_linear.weight, self.final_linear.bias)
+            return HeadInputs(x, self._tied_to.word_embeddings.weight, self.bias)
         if self.final_linear is not None:
             return self.final_linear(x).float()
         return F.linear(x, self._tied_to.word_embeddings.weight, self.bias).float()
@@ -330,6 +364,22 @@ class GPTModel(nn.Module):
         head = Head(cfg, vocab_size, tied_to=None if cfg.no_weight_tying else embedding)
         self.layers = nn.ModuleList([embedding, *blocks, FinalNorm(cfg), head])
         self.reset_parameters()
+        self.checkpoint_every = 0  # full activation checkpointing: blocks per checkpoint (0: off)
+
+    def set_activation_checkpointing(self, granularity: str | None, num_layers: int = 1) -> None:
+        """Trade compute for memory in training: recompute activations in the backward pass.
+
+        ``full`` keeps only each group of ``num_layers`` blocks' input and reruns
+        the group; ``selective`` keeps everything but the attention core
+        (Megatron-LM's choice: its activations grow with T^2 on the dense path
+        and are cheap to recompute); None turns both off. Dropout replays the
+        same random numbers, so gradients do not change.
+        """
+        if granularity not in (None, "full", "selective"):
+            raise ValueError(f"unknown activation checkpointing granularity {granularity!r}")
+        self.checkpoint_every = num_layers if granularity == "full" else 0
+        for block in self.blocks:
+            block.attention.recompute_core = granularity == "selective"
 
     # Named views into the flat sequence.
     @property
@@ -406,12 +456,14 @@ class GPTModel(nn.Module):
         start_pos: int = 0,
         key_mask: Tensor | None = None,
         last_only: bool = False,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """fp32 logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``last_only``: decoding needs no more).
 
         ``key_mask`` ``[B, start_pos + T]`` marks the real tokens of every position
         attended so far (False = left padding), so prompts of different lengths
         share one batch; ``position_ids`` ``[B, T]`` then give each row its own positions.
+        ``document_ids`` ``[B, start_pos + T]`` keeps attention within each packed document.
         """
         B, T = input_ids.shape
         if position_ids is None:
@@ -423,9 +475,31 @@ class GPTModel(nn.Module):
                 f"{int(position_ids.max()) + 1} positions exceed max_position_embeddings ({self.cfg.max_positions})"
             )
         x = self.embedding(input_ids, position_ids)
-        for block in self.blocks:
-            x = block(x, position_ids, kv_cache, start_pos, key_mask)
+        blocks = self.blocks
+        if self.checkpoint_every and self.training and torch.is_grad_enabled():
+            n = self.checkpoint_every
+            for i in range(0, len(blocks), n):
+                x = torch.utils.checkpoint.checkpoint(
+                    _run_blocks,
+                    blocks[i : i + n],
+                    x,
+                    position_ids,
+                    key_mask,
+                    document_ids,
+                    use_reentrant=False,
+                )
+        else:
+            for block in blocks:
+                x = block(x, position_ids, kv_cache, start_pos, key_mask, document_ids)
         return self.head(self.final_norm(x[:, -1:] if last_only else x))
+
+
+def _run_blocks(
+    blocks: list[Block], x: Tensor, position_ids: Tensor, key_mask: Tensor | None, document_ids: Tensor | None
+) -> Tensor:
+    for block in blocks:
+        x = block(x, position_ids, None, 0, key_mask, document_ids)
+    return x
 
 
 def _init(t: Tensor, fn: object) -> None:

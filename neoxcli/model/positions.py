@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from neoxcli.kernels import rotary_torch
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021) on the first ``dim`` channels of each head.
@@ -36,11 +38,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotate the first ``dim`` channels of ``x`` ``[B, H, T, D]``; the rest pass through."""
-        rot, rest = x[..., : self.dim], x[..., self.dim :]
-        half = self.dim // 2
-        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-        rot = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+        return rotary_torch(x, cos, sin, self.dim)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:

@@ -128,8 +128,14 @@ def build_pipeline(
     topology: Any,
     loss_fn: Any,
     partition_method: str = "type:transformer|mlp",
+    checkpoint_interval: int = 0,
 ) -> Any:
-    """A ``PipelineModule`` holding this rank's stage of ``model`` (already tensor-sharded if TP > 1)."""
+    """A ``PipelineModule`` holding this rank's stage of ``model`` (already tensor-sharded if TP > 1).
+
+    ``checkpoint_interval`` > 0 recomputes that many consecutive layers in the
+    backward pass (DeepSpeed's activation checkpointing, which replays the RNG
+    state); only runs made entirely of transformer blocks are checkpointed.
+    """
     from deepspeed.pipe import PipelineModule
 
     layers = pipeline_layers(model)
@@ -145,6 +151,8 @@ def build_pipeline(
             topology=topology,
             loss_fn=loss_fn,
             partition_method=check_partition_method(partition_method),
+            activation_checkpoint_interval=checkpoint_interval,
+            checkpointable_layers=[TransformerBlockPipe.__name__],
         )
 
 

@@ -4,11 +4,13 @@
 returns what this rank trains:
 
 1. tensor parallelism (``TP_PLAN`` in ``neoxcli.parallel.tensor``): layers
-   swapped for sharded ones, attention on local heads;
+   swapped for sharded ones, attention on local heads; then activation
+   checkpointing (``checkpoint_activations``), set on the model;
 2. regional compilation of each transformer block (``compile``): blocks are
    compiled one by one, so a pipeline stage holds whole compiled blocks and
    compile time does not grow with depth;
-3. pipeline parallelism: DeepSpeed's ``PipelineModule`` keeps this rank's stage.
+3. pipeline parallelism: DeepSpeed's ``PipelineModule`` keeps this rank's stage
+   (and checkpoints ``checkpoint_num_layers`` blocks at a time under full recompute).
 
 Then ``build_engine`` wraps the result in a DeepSpeed engine with the config
 ``deepspeed_config`` derives, and applies the two corrections neox needs on
@@ -31,10 +33,20 @@ if TYPE_CHECKING:
 
 
 def make_loss_fn(tp_group: Any = None) -> Callable[[Any, Any], Any]:
-    """Mean token cross-entropy of fp32 logits; vocab-parallel when the logits are split over ``tp_group``."""
+    """Mean token cross-entropy of fp32 logits; vocab-parallel when the logits are split over ``tp_group``.
+
+    Given ``HeadInputs`` (a head on fused kernels, see ``parallelize``) it runs
+    the head and the loss as one ``kernels.linear_cross_entropy``.
+    """
+    from neoxcli.kernels import linear_cross_entropy
+    from neoxcli.model.gpt import HeadInputs
     from neoxcli.parallel.tensor import vocab_parallel_cross_entropy
 
     def loss_fn(logits: Any, labels: Any) -> Any:
+        if isinstance(logits, HeadInputs):  # the head deferred its matmul to the fused kernel
+            return linear_cross_entropy(
+                logits.hidden, logits.weight, logits.bias, labels, group=logits.group, backend="auto"
+            )
         return vocab_parallel_cross_entropy(logits, labels, tp_group)
 
     return loss_fn
@@ -48,12 +60,26 @@ def parallelize(
         from neoxcli.parallel.tensor import apply_tensor_parallel
 
         apply_tensor_parallel(model, grid.tp_group, grid.tp_rank, layout.tp)
-    if cfg.train.compile:
+    # The loss from make_loss_fn takes the head's inputs; on fused kernels the logits are never built.
+    model.head.defer_logits = True
+    train = cfg.train
+    full = train.checkpoint_activations and train.recompute_granularity == "full"
+    if train.checkpoint_activations:
+        # Under a pipeline DeepSpeed checkpoints whole blocks itself (below); the model does the rest.
+        granularity = None if full and layout.pp > 1 else train.recompute_granularity
+        model.set_activation_checkpointing(granularity, train.checkpoint_num_layers)
+    if train.compile:
         compile_blocks(model)
     if layout.pp > 1:
         from neoxcli.parallel.pipeline import build_pipeline
 
-        return build_pipeline(model, grid.topology(), loss_fn, cfg.parallel.pipe_partition_method)
+        return build_pipeline(
+            model,
+            grid.topology(),
+            loss_fn,
+            cfg.parallel.pipe_partition_method,
+            checkpoint_interval=train.checkpoint_num_layers if full else 0,
+        )
     return model
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neoxcli.errors import NeoxError
-from neoxcli.model.gpt import GPTModel, Head, mlp_width
+from neoxcli.model.gpt import GPTModel, Head, HeadInputs, mlp_width
 from neoxcli.parallel.comm import copy_to_tp, gather_from_tp, reduce_from_tp
 
 HEAD = "<head>"
@@ -178,6 +178,7 @@ class VocabParallelHead(Head):
         self.group = group
         self.gather_output = False
         self.logit_scale = head.logit_scale
+        self.kernels, self.defer_logits = head.kernels, head.defer_logits
         object.__setattr__(self, "_tied_to", head._tied_to)
         self.final_linear = (
             ColumnParallelLinear(head.final_linear, group, rank, world)
@@ -187,9 +188,15 @@ class VocabParallelHead(Head):
         dim = STYLE_CUTS["vocab_head"]["bias"]
         self.bias = _shard_param(head.bias, dim, "block", rank, world) if head.bias is not None else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | HeadInputs:
         if self.logit_scale != 1.0:
             x = x * self.logit_scale
+        if self.deferring(x) and not self.gather_output:
+            # The vocab-parallel fused loss: replicated input (its gradient summed by copy_to_tp), local block.
+            linear = self.final_linear
+            weight = linear.weight if linear is not None else self._tied_to.word_embeddings.weight
+            bias = linear.bias if linear is not None else self.bias
+            return HeadInputs(copy_to_tp(x, self.group), weight, bias, self.group)
         if self.final_linear is not None:
             logits = self.final_linear(x).float()
         else:

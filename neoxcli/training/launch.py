@@ -97,8 +97,13 @@ def run_training(
         from neoxcli.training.trainer import train
 
         check_job(cfg, hosts)
+        from neoxcli.training.interrupt import Stopped
+
         reporter = reporter_factory(cfg.logging.log_interval) if reporter_factory else None
-        train(cfg, report=reporter, config_sources=sources)
+        try:
+            train(cfg, report=reporter, config_sources=sources)
+        except Stopped as stop:  # saved on a signal; the message said how to resume
+            return stop.exit_code
         return 0
     config_path = run_dir(cfg, local) / RUN_CONFIG_NAME
     plan = launcher.build(cfg, hosts, config_path, env)
@@ -107,6 +112,10 @@ def run_training(
         print(plan.render(), end="")
         return 0
     launcher.check_available(plan)
+    # The ranks read the config as written, every model key set: it must hold the model a finetune takes.
+    from neoxcli.training.run import source_model
+
+    cfg = source_model(cfg)[0]
     check_job(cfg, hosts)
     write_run_config(cfg, config_path)
     return launcher.run(plan)

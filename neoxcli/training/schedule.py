@@ -77,14 +77,18 @@ class AnnealingLR:
     def _apply(self) -> None:
         lr = self._lr()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            value = lr * group.get("lr_scale", 1.0)
+            if hasattr(group["lr"], "fill_"):
+                group["lr"].fill_(value)  # a tensor learning rate (torchao's optimizers) stays a tensor
+            else:
+                group["lr"] = value
 
     def step(self, increment: int = 1) -> None:
         self.num_iters += increment
         self._apply()
 
     def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
+        return [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def get_lr(self) -> float:
         return self._lr()

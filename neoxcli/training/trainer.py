@@ -17,6 +17,7 @@ from neoxcli.errors import NeoxError
 from neoxcli.launchers.heartbeat import progress
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.training.batches import BatchSampler, valid_start
+from neoxcli.training.interrupt import Stopped, StopRequest, stopped_message
 from neoxcli.training.report import NullReporter, Reporter, StartInfo, TrainResult
 from neoxcli.training.run import Run, build_run
 
@@ -26,13 +27,17 @@ def train_step(run: Run) -> float:
     engine, plan = run.engine, run.plan
     losses = []
     shapes: list[tuple[int, ...]] = []  # the label batches this rank trained on: the step's real tokens
+    run.seq_length = length = run.seq_length_at(run.iteration + 1)
     if run.layout.pp > 1:
         # The pipeline engine runs all micro steps and the optimizer step itself.
-        micro = (run.sampler.batch(run.consumed, m) for m in range(plan.gradient_accumulation_steps))
+        _shape_pipeline(run, length)
+        micro = (
+            _cut(run.sampler.batch(run.consumed, m), length) for m in range(plan.gradient_accumulation_steps)
+        )
         losses.append(float(engine.train_batch(_shapes_of(micro, shapes))))
     else:
         for m in range(plan.gradient_accumulation_steps):
-            x, y = run.sampler.batch(run.consumed, m)
+            x, y = _cut(run.sampler.batch(run.consumed, m), length)
             shapes.append(tuple(y.shape))
             loss = run.loss_fn(engine(x.to(run.device)), y.to(run.device))
             engine.backward(loss)
@@ -41,7 +46,7 @@ def train_step(run: Run) -> float:
     if shapes:
         run.count_step(sum(math.prod(s) for s in shapes) * plan.dp_size, shapes[-1][-1])
     else:  # a middle pipeline stage reads no batches: the planned count
-        run.count_step(run.tokens_per_iter, run.cfg.model.seq_length)
+        run.count_step(run.tokens_per_iter, run.seq_length or run.cfg.model.seq_length)
     run.consumed += plan.train_batch_size
     run.iteration += 1
     loss = run.all_mean(sum(losses) / len(losses))
@@ -59,6 +64,21 @@ def _shapes_of(batches: Any, shapes: list[tuple[int, ...]]) -> Any:
         yield x, y
 
 
+def _cut(batch: tuple[Any, Any], length: int) -> tuple[Any, Any]:
+    """Inputs and targets cut to the curriculum's ``length`` (the rest of each sample is dropped)."""
+    x, y = batch
+    if x.shape[1] <= length:
+        return x, y
+    return x[:, :length].contiguous(), y[:, :length].contiguous()
+
+
+def _shape_pipeline(run: Run, length: int) -> None:
+    """DeepSpeed's pipeline engine keeps its stage buffers' shapes: reset them when the length changes."""
+    if run.pipe_seq_length is not None and run.pipe_seq_length != length:
+        run.engine.reset_activation_shape()
+    run.pipe_seq_length = length
+
+
 def evaluate(run: Run) -> float | None:
     """Mean validation loss over ``eval_iters`` global batches, the window GPT-NeoX reads at this step."""
     import torch
@@ -74,6 +94,7 @@ def evaluate(run: Run) -> float | None:
         for it in range(cfg.train.eval_iters):
             start = first + it * plan.train_batch_size
             if run.layout.pp > 1:
+                _shape_pipeline(run, cfg.model.seq_length)
                 micro = (sampler.batch(start, m) for m in range(plan.gradient_accumulation_steps))
                 losses.append(float(engine.eval_batch(micro)))
                 continue
@@ -132,21 +153,30 @@ def _write_failure(exc: BaseException) -> str | None:
 
 
 def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
-    """The collective save of ``tag_dir``; rank 0 then marks it complete, points ``latest`` at it, prunes."""
+    """The collective save of ``tag_dir``; rank 0 then marks it complete, points ``latest`` at it, prunes.
+
+    The state goes to disk once: the layout-free files (``neoxcli.checkpoint.portable``),
+    or DeepSpeed's own files with ``portable_checkpoint: false``; ``save_optimizer: false``
+    writes the layout-free weights only.
+    """
     import torch
 
     from neoxcli.checkpoint import finalize_tag, prune_checkpoints, save_portable
     from neoxcli.checkpoint.savedir import end_save
+    from neoxcli.training.optim import LAYOUT_BOUND, optimizer_kind
     from neoxcli.training.rng import rng_state
 
     assert run.save_dir is not None
     dist, engine, cfg = run.dist, run.engine, run.cfg
+    ck = cfg.checkpoint
     tag = tag_dir.name
-    rng: list[Any] = [None] * dist.world_size
-    if dist.world_size > 1:
-        torch.distributed.all_gather_object(rng, rng_state())
-    else:
-        rng = [rng_state()]
+    rng: list[Any] | None = None
+    if not ck.no_save_rng:
+        rng = [None] * dist.world_size
+        if dist.world_size > 1:
+            torch.distributed.all_gather_object(rng, rng_state())
+        else:
+            rng = [rng_state()]
     client = {
         "iteration": run.iteration,
         "consumed_samples": run.consumed,
@@ -156,19 +186,52 @@ def _save(run: Run, tag_dir: Path, report: Reporter) -> None:
         "rng": rng,
         "neox_version": 1,
     }
-    engine.save_checkpoint(str(run.save_dir), tag=tag, client_state=client, save_latest=False)
-    if cfg.checkpoint.portable_checkpoint:
+    keep_optimizer = ck.keeps_optimizer
+    # Quantized or factored optimizer states (8-bit AdamW, Adafactor) are not one value per
+    # weight, so they cannot be cut per parameter: DeepSpeed's files hold them, once, and such a
+    # run resumes under its own layout only.
+    layout_free = ck.portable_checkpoint and optimizer_kind(cfg) not in LAYOUT_BOUND
+    if layout_free or not keep_optimizer:
         extra = {"client": client, "lr_scheduler": run.scheduler.state_dict(), "layout": run.layout.as_dict()}
-        save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, run.grid.dp_rank == 0, extra)
+        write = run.grid.dp_rank == 0
+        save_portable(engine, tag_dir, run.grid.stage, run.grid.tp_rank, write, extra, keep_optimizer)
+    else:
+        engine.save_checkpoint(str(run.save_dir), tag=tag, client_state=client, save_latest=False)
     if dist.world_size > 1:
         torch.distributed.barrier()
     if dist.is_main:
-        finalize_tag(run.save_dir, tag, cfg, run.layout)
+        finalize_tag(run.save_dir, tag, cfg, run.layout, weights_only=not keep_optimizer)
         end_save(run.save_dir)
-        prune_checkpoints(run.save_dir, cfg.checkpoint.keep_last_n_checkpoints)
+        if ck.s3_path:
+            _upload(run, tag_dir, report)
+        prune_checkpoints(run.save_dir, ck.keep_last_n_checkpoints)
         report.on_save(run.iteration, tag_dir)
     if dist.world_size > 1:
         torch.distributed.barrier()
+
+
+def _upload(run: Run, tag_dir: Path, report: Reporter) -> None:
+    """Queue ``tag_dir`` for the background upload to ``s3_path`` (rank 0), and report finished uploads."""
+    from neoxcli.checkpoint.s3 import Uploader
+
+    ck = run.cfg.checkpoint
+    assert ck.s3_path is not None
+    if run.uploader is None:
+        run.uploader = Uploader(ck.s3_path, ck.s3_chunk_size, ck.s3_endpoint_url)
+    for line in run.uploader.drain():
+        report.on_info(line)
+    run.uploader.submit(tag_dir)
+
+
+def _finish_uploads(run: Run, report: Reporter) -> None:
+    """Wait for the background uploads (the run's end); a failed one is reported, the local copy stays."""
+    if run.uploader is None:
+        return
+    report.on_info(f"waiting for the upload to {run.uploader.url} to finish")
+    for line in run.uploader.close():
+        report.on_info(line)
+    if run.uploader.failed:
+        report.on_info(f"the checkpoints in {run.save_dir} are complete; only their upload failed")
 
 
 def train(
@@ -211,6 +274,7 @@ def train(
     last_saved = -1
     start_time = time.perf_counter()
     run.engine.train()
+    stop = StopRequest(announce=dist.is_main).install()  # SIGTERM, SIGUSR1, Ctrl-C: save, then stop
     try:
         if run.iteration == 0 and 0 in extra and not run.resumed:
             # GPT-NeoX saves the initial weights as global_step0 when extra_save_iters lists 0
@@ -228,6 +292,7 @@ def train(
                 "tokens_seen": run.tokens_seen,
                 **meter.step(run.step_tokens, run.step_seq_length, dt),
                 "seconds": dt,
+                "seq_length": run.seq_length,
             }
             if run.iteration % t.eval_interval == 0 or run.iteration == t.train_iters:
                 result.valid_loss = evaluate(run)
@@ -238,12 +303,24 @@ def train(
             say.on_step(row)
             if (every and run.iteration % every == 0) or run.iteration in extra:
                 result.checkpoint, last_saved = save(run, say), run.iteration
+            if stop.agreed(dist.world_size, run.device):  # every rank, after the same step
+                if run.iteration != last_saved:
+                    result.checkpoint, last_saved = save(run, say), run.iteration
+                stopped = Stopped(stop.requested or "a signal", run.iteration, result.checkpoint)
+                say.on_info(stopped_message(stopped, config_sources))
+                raise stopped
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)
+        if cfg.eval.eval_tasks and dist.is_main:
+            from neoxcli.evaluation.run import evaluate_after_training
+
+            evaluate_after_training(cfg, result.checkpoint, run.iteration, metrics.log, say.on_info)
     finally:
+        stop.restore()
         progress("the end of the run", watched=False)
         metrics.close()
         run.sampler.close()
+        _finish_uploads(run, say)
     result.history = metrics.rows
     result.iterations, result.wall_s = run.iteration, time.perf_counter() - start_time
     result.steps, result.tokens = run.iteration - start_iter, run.tokens_seen - start_tokens

@@ -15,6 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from neoxcli.errors import NeoxError
+    from neoxcli.training.interrupt import Stopped
 
     parser = argparse.ArgumentParser(prog="python -m neoxcli.training.worker")
     parser.add_argument("--config", required=True, help="the resolved run config written by `neox train`")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat = beats.start(dist.rank, timeout_s)
         reporter = ConsoleReporter(cfg.logging.log_interval, live=False) if dist.is_main else None
         train(cfg, dist=dist, report=reporter, config_sources=[args.config])
+    except Stopped as stop:  # saved on a signal: the launcher's supervisor passes the code on
+        return stop.exit_code
     except NeoxError as exc:
         if os.environ.get("NEOX_DEBUG", "") not in ("", "0"):
             raise

@@ -99,10 +99,17 @@ def _config(root: Path, name: str, **over: object) -> Path:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two finished runs (ZeRO 0 and ZeRO 1: global_step2 and 4) started through the CLI, as a user would."""
+    """Two finished runs (global_step2 and 4) started through the CLI, as a user would.
+
+    z0: ZeRO 0, the layout-free files only (the default); z1: ZeRO 1, DeepSpeed's own files
+    (``portable_checkpoint: false``), so every kind of file training writes is here.
+    """
     root = tmp_path_factory.mktemp("ckpt")
     for name, stage in (("z0", 0), ("z1", 1)):
-        out = run_neox("train", str(_config(root, name, zero_optimization={"stage": stage})), cwd=root)
+        extra = {"portable_checkpoint": False} if stage else {}
+        out = run_neox(
+            "train", str(_config(root, name, zero_optimization={"stage": stage}, **extra)), cwd=root
+        )
         assert out.code == 0, out.err
         assert f"no checkpoint in {root / name} yet: starting from scratch" in out.out + out.err
     return root
@@ -131,14 +138,7 @@ def _poison(path: Path, marker: Path) -> None:
 def _as_layered(tag: Path) -> Path:
     """The tag as a pipeline checkpoint would look to a reader: layer files only."""
     (tag / "mp_rank_00_model_states.pt").rename(tag / "layer_00-model_00-model_states.pt")
-    for p in tag.glob("portable_*.pt"):
-        p.unlink()
     return tag / "layer_00-model_00-model_states.pt"
-
-
-def _no_module_file(tag: Path) -> Path:
-    (tag / "mp_rank_00_model_states.pt").unlink()
-    return tag / "portable_pp00_tp00.pt"
 
 
 def _as_two_stages(tag: Path) -> Path:
@@ -162,15 +162,15 @@ def _gpt_neox(tag: Path, layered: bool) -> Path:
 Prepare = Callable[[Path], Path]
 # name -> (source run, the file to poison given the tag dir, the command)
 PAYLOADS: dict[str, tuple[str, Prepare, list[str]]] = {
-    "generate-mp_rank": ("z0", lambda t: t / "mp_rank_00_model_states.pt", ["generate", "-c"]),
-    "generate-portable": ("z0", _no_module_file, ["generate", "-c"]),
-    "generate-layer": ("z0", _as_layered, ["generate", "-c"]),
-    "to-hf-mp_rank": ("z0", lambda t: t / "mp_rank_00_model_states.pt", ["convert", "--to"]),
-    "to-hf-portable": ("z0", _no_module_file, ["convert", "--to"]),
-    "to-hf-layer": ("z0", _as_layered, ["convert", "--to"]),
+    "generate-mp_rank": ("z1", lambda t: t / "mp_rank_00_model_states.pt", ["generate", "-c"]),
+    "generate-portable": ("z0", lambda t: t / "portable_pp00_tp00.pt", ["generate", "-c"]),
+    "generate-layer": ("z1", _as_layered, ["generate", "-c"]),
+    "to-hf-mp_rank": ("z1", lambda t: t / "mp_rank_00_model_states.pt", ["convert", "--to"]),
+    "to-hf-portable": ("z0", lambda t: t / "portable_pp00_tp00.pt", ["convert", "--to"]),
+    "to-hf-layer": ("z1", _as_layered, ["convert", "--to"]),
     "from-neox-mp_rank": ("z0", lambda t: _gpt_neox(t, False), ["convert", "--from"]),
     "from-neox-layer": ("z0", lambda t: _gpt_neox(t, True), ["convert", "--from"]),
-    "resume-mp_rank": ("z0", lambda t: t / "mp_rank_00_model_states.pt", ["train"]),
+    "resume-mp_rank": ("z1", lambda t: t / "mp_rank_00_model_states.pt", ["train"]),
     "resume-zero-optim": ("z1", lambda t: next(t.glob("*optim_states.pt")), ["train"]),
     "resume-portable": ("z0", lambda t: t / "portable_pp00_tp00.pt", ["train", "ZERO1"]),
     "resume-reshard": ("z0", _as_two_stages, ["train"]),
@@ -205,7 +205,7 @@ def test_no_code_runs_from_a_checkpoint(base: Path, case: str) -> None:
 
 
 def test_every_kind_of_checkpoint_file_loads(base: Path) -> None:
-    """The allow-list is enough for what training writes (ZeRO 0 and 1 here; the parallel tier covers the rest)."""
+    """The allow-list is enough for what training writes (both formats here; the parallel tier covers the rest)."""
     from neoxcli.checkpoint import safe_load
 
     files = sorted(base.glob("z*/global_step*/*.pt"))

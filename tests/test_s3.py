@@ -1,0 +1,199 @@
+"""Checkpoints in object storage, against a real S3-compatible server (moto's) on 127.0.0.1.
+
+The server runs in its own process with a small minimum part size, so a file of a few hundred
+KiB is a multipart upload of several parts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
+
+from neoxcli.checkpoint.s3 import client, download_checkpoint, upload_file, upload_tag  # noqa: E402
+from neoxcli.errors import NeoxError  # noqa: E402
+
+SECRET = "s3cr3t-never-printed"
+PART = 64 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    env = {**os.environ, "S3_UPLOAD_PART_MIN_SIZE": str(PART)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto's server did not start: {log.read_text()}")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return client()
+
+
+def _bucket(s3: object, name: str) -> str:
+    s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    return name
+
+
+class _Cut(Exception):
+    """The network gone after a number of parts."""
+
+
+def test_an_interrupted_upload_resumes_without_sending_parts_again(s3, tmp_path: Path) -> None:
+    bucket = _bucket(s3, "resume")
+    path = tmp_path / "portable_pp00_tp00.pt"
+    data = os.urandom(5 * PART + 123)
+    path.write_bytes(data)
+
+    def cut_after_two(key: str, done: int, size: int) -> None:
+        if done >= 2 * PART:
+            raise _Cut
+
+    with pytest.raises(_Cut):
+        upload_file(s3, path, bucket, "run/global_step3/x.pt", PART, cut_after_two)
+    uploads = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [u["Key"] for u in uploads] == ["run/global_step3/x.pt"]
+    parts = s3.list_parts(Bucket=bucket, Key="run/global_step3/x.pt", UploadId=uploads[0]["UploadId"])
+    assert [p["PartNumber"] for p in parts["Parts"]] == [1, 2]
+
+    sent = upload_file(s3, path, bucket, "run/global_step3/x.pt", PART)
+    assert sent == len(data) - 2 * PART, "only the four missing parts are sent"
+    body = s3.get_object(Bucket=bucket, Key="run/global_step3/x.pt")["Body"].read()
+    assert body == data
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert upload_file(s3, path, bucket, "run/global_step3/x.pt", PART) == 0, (
+        "a finished file is not sent again"
+    )
+
+
+def test_a_tag_goes_up_marker_last_then_latest_and_comes_back(s3, tmp_path: Path) -> None:
+    bucket = _bucket(s3, "tags")
+    tag = tmp_path / "save" / "global_step7"
+    tag.mkdir(parents=True)
+    (tag / "portable_pp00_tp00.pt").write_bytes(os.urandom(3 * PART))
+    (tag / "config.yml").write_text("seed: 1\n")
+    (tag / "complete").write_text("")
+    order: list[str] = []
+    upload_tag(s3, tag, f"s3://{bucket}/runs/a", PART, lambda key, done, size: order.append(key))
+    assert order[-1] == "runs/a/global_step7/complete"
+    got = s3.get_object(Bucket=bucket, Key="runs/a/latest")["Body"].read()
+    assert got == b"global_step7"
+
+    cache = download_checkpoint(f"s3://{bucket}/runs/a", tmp_path / "cache")
+    assert (cache / "latest").read_text() == "global_step7"
+    for name in ("portable_pp00_tp00.pt", "config.yml", "complete"):
+        assert (cache / "global_step7" / name).read_bytes() == (tag / name).read_bytes()
+
+
+def test_a_missing_checkpoint_is_one_line_and_credentials_are_never_printed(s3, tmp_path: Path) -> None:
+    bucket = _bucket(s3, "empty")
+    with pytest.raises(NeoxError, match=r"s3://empty/none holds no checkpoint \(no 'latest' there\)"):
+        download_checkpoint(f"s3://{bucket}/none", tmp_path / "cache")
+    with pytest.raises(
+        NeoxError, match="cannot download checkpoint s3://no-such-bucket/x: NoSuchBucket"
+    ) as err:
+        download_checkpoint("s3://no-such-bucket/x", tmp_path / "cache", tag="global_step1")
+    assert SECRET not in str(err.value) + str(err.value.hint)
+
+
+def test_training_uploads_each_checkpoint_and_resumes_from_s3(s3, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("deepspeed")
+    from conftest import tiny_train_config
+
+    from neoxcli.cli import main
+    from neoxcli.config import load_config
+    from neoxcli.training.trainer import train
+
+    bucket = _bucket(s3, "train")
+    short = {"train-iters": 6, "checkpoint-factor": 3, "eval-interval": 3, "sample_at_end": False}
+    url = f"s3://{bucket}/tiny"
+    first = train(load_config([tiny_train_config(tmp_path, **short, s3_path=url)]))
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {"tiny/latest", "tiny/global_step3/complete", "tiny/global_step6/portable_pp00_tp00.pt"} <= keys
+    assert s3.get_object(Bucket=bucket, Key="tiny/latest")["Body"].read() == b"global_step6"
+
+    # Another machine: nothing local, resume from step 3 of the bucket into a new save directory.
+    shutil.rmtree(tmp_path / "run")
+    again = tmp_path / "again"
+    cfg = tiny_train_config(tmp_path, **short, save=str(again), load=url, load_tag="global_step3")
+    capsys.readouterr()
+    assert main(["train", str(cfg)]) == 0
+    out = capsys.readouterr()
+    text = "".join((out.out + out.err).splitlines())  # the console wraps long paths
+    assert f"resumed from {again / 's3-cache' / bucket / 'tiny' / 'global_step3'} at iteration 3" in text
+    assert SECRET not in text
+    resumed = [row["loss"] for row in _metrics(again)]
+    assert resumed == [row["loss"] for row in first.history][3:]
+
+
+def _metrics(run: Path) -> list[dict[str, float]]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_failed_upload_is_reported_and_the_local_checkpoints_stay(s3, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")
+    from conftest import tiny_train_config
+
+    from neoxcli.config import load_config
+    from neoxcli.training.report import NullReporter
+    from neoxcli.training.trainer import train
+
+    class Lines(NullReporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def on_info(self, message: str) -> None:
+            self.lines.append(message)
+
+    short = {"train-iters": 3, "checkpoint-factor": 3, "eval-interval": 3, "sample_at_end": False}
+    report = Lines()
+    train(load_config([tiny_train_config(tmp_path, **short, s3_path="s3://no-such-bucket/x")]), report=report)
+    assert (tmp_path / "run" / "global_step3" / "complete").is_file()
+    failed = [line for line in report.lines if line.startswith("upload of")]
+    assert failed[0].startswith(
+        "upload of global_step3 to s3://no-such-bucket/x/global_step3 failed: NoSuchBucket"
+    )
+    assert f"the checkpoints in {tmp_path / 'run'} are complete; only their upload failed" in report.lines
+    assert not any(SECRET in line for line in report.lines)

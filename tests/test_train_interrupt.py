@@ -1,0 +1,106 @@
+"""SIGTERM, SIGUSR1 and Ctrl-C: the run finishes its step, saves, says how to resume and exits 75."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_train_config
+
+from neoxcli.cli import main
+from neoxcli.launchers.signals import STOPPED_EXIT_CODE
+from neoxcli.training.interrupt import StopRequest
+
+
+def _rows(save: Path) -> list[dict]:
+    path = save / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _start(cfg: Path, *extra: str) -> subprocess.Popen[str]:
+    # The same thread count as this process, whose in-process runs are compared with it bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen(
+        [sys.executable, "-m", "neoxcli", "train", str(cfg), *extra],
+        cwd=cfg.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _signal_after_rows(proc: subprocess.Popen[str], save: Path, sig: int, rows: int = 2) -> None:
+    deadline = time.monotonic() + 240
+    while len(_rows(save)) < rows:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_then_the_run_resumes_exactly(tmp_path: Path) -> None:
+    """One process: stopped by SIGTERM at some step k, then resumed, the losses are the uninterrupted run's."""
+    over = {"train-iters": 60, "checkpoint-factor": 1000, "eval-interval": 20}
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "cut").mkdir()
+    ref_cfg = tiny_train_config(tmp_path / "ref", **over)
+    cfg = tiny_train_config(tmp_path / "cut", **over)
+    save = tmp_path / "cut" / "run"
+
+    proc = _start(cfg)
+    _signal_after_rows(proc, save, signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == STOPPED_EXIT_CODE, err
+    tag = (save / "latest").read_text().strip()
+    stopped_at = int(tag.removeprefix("global_step"))
+    assert 2 <= stopped_at < 60
+    assert "SIGTERM: finishing this step" in err
+    said = " ".join(out.split())  # the console wraps long lines
+    assert f"stopped by SIGTERM after iteration {stopped_at}" in said and "resume with" in said
+
+    assert main(["train", str(cfg)]) == 0  # resume from `latest`
+    assert main(["train", str(ref_cfg)]) == 0  # never interrupted
+    resumed = [(r["iteration"], r["loss"], r.get("valid_loss")) for r in _rows(save)]
+    reference = [(r["iteration"], r["loss"], r.get("valid_loss")) for r in _rows(tmp_path / "ref" / "run")]
+    assert [r[0] for r in resumed] == list(range(1, 61))
+    assert resumed == reference
+
+
+@pytest.mark.slow
+def test_sigusr1_through_the_local_launcher_saves_on_both_ranks(tmp_path: Path) -> None:
+    """Two ranks: the supervisor passes the signal on, both ranks stop after the same step, exit 75."""
+    cfg = tiny_train_config(tmp_path, **{"train-iters": 200, "checkpoint-factor": 1000, "eval-interval": 100})
+    save = tmp_path / "run"
+    proc = _start(cfg, "--num-gpus", "2")
+    _signal_after_rows(proc, save, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == STOPPED_EXIT_CODE, err
+    assert "SIGUSR1: every rank finishes its step, saves a checkpoint" in err
+    tag = save / (save / "latest").read_text().strip()
+    stopped_at = int(tag.name.removeprefix("global_step"))
+    assert 2 <= stopped_at < 200 and "stopped by SIGUSR1" in " ".join(out.split())
+    assert (tag / "config.yml").is_file(), sorted(p.name for p in tag.iterdir())  # finalized: complete
+
+
+def test_a_second_ctrl_c_stops_at_once() -> None:
+    stop = StopRequest(announce=False).install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == "SIGINT" and stop.agreed(1, "cpu")
+        os.kill(os.getpid(), signal.SIGUSR1)  # a repeated warning changes nothing
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
