@@ -6,8 +6,16 @@ Plain functions rather than fixtures, so a test can ask for a variant with keywo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
+
+# Triton decides at decoration time whether a kernel runs in its CPU interpreter, so the switch
+# must be set before any test imports Triton (inductor and liger-kernel import it too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog. "
