@@ -157,7 +157,6 @@ def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
 def test_anything_but_gpt2_keeps_the_library(tmp_path: Path, edit) -> None:  # type: ignore[no-untyped-def]
     tok = _variant(tmp_path, edit)
     assert tok.fast_encoder() is None
-    assert tok.encode_batch(["hello world"]) == [tok.backend.encode("hello world").ids]
 
 
 @pytest.mark.skipif(not NEOX20B.is_file(), reason=f"GPT-NeoX-20B tokenizer JSON not found at {NEOX20B}")
@@ -180,6 +179,19 @@ def test_without_tiktoken_the_library_encodes(monkeypatch: pytest.MonkeyPatch) -
     tok = HFTokenizer(str(GPT2))
     assert tok.fast_encoder() is None
     assert tok.encode_batch(["it's a test"]) == [tok.backend.encode("it's a test").ids]
+
+
+@needs_gpt2
+def test_neox_tiktoken_0_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEOX_TIKTOKEN", "0")
+    assert HFTokenizer(str(GPT2)).fast_encoder() is None
+
+
+@needs_gpt2
+def test_small_batches_do_not_build_the_fast_encoder() -> None:
+    tok = HFTokenizer(str(GPT2))
+    assert tok.encode_batch(["a short prompt"]) == [tok.backend.encode("a short prompt").ids]
+    assert not hasattr(tok, "_fast")
 
 
 def test_byte_map_is_gpt2s_bijection() -> None:

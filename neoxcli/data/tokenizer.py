@@ -123,7 +123,9 @@ class HFTokenizer(Tokenizer):
         return self._tok.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        fast = self.fast_encoder()
+        # The fast encoder costs a few hundred ms to build: worth it from the first bulk batch on.
+        bulk = hasattr(self, "_fast") or sum(map(len, texts)) >= FAST_ENCODER_MIN_CHARS
+        fast = self.fast_encoder() if bulk else None
         if fast is not None:
             return fast.encode_batch(texts, int(os.environ.get("RAYON_NUM_THREADS", "1") or 1))
         batch = getattr(self._tok, "encode_batch_fast", None)
@@ -148,16 +150,22 @@ class HFTokenizer(Tokenizer):
 
 # sha256 of GPT-2's BPE vocabulary and merges (``_bpe_fingerprint``): the one BPE whose
 # tiktoken encoding is proven id-for-id identical to the tokenizers library's (tests/test_prepare.py).
-GPT2_BPE_FINGERPRINT = "0fe5cf15f4554236dcaf74ee007f079a6a48b179f1c8c1ceaa18fb04c422264e"
+GPT2_BPE_FINGERPRINT = "01ac3c384ce81548dfafd8a85db58790cfd911a4a9bb2f1a108f980bdd23ac9d"
+FAST_ENCODER_MIN_CHARS = 1 << 18
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def _bpe_fingerprint(model: dict[str, Any]) -> str:
+    """sha256 over the vocabulary in id order and the merges in rank order (any change shows)."""
     import hashlib
 
+    vocab = sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1])
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    blob = json.dumps([sorted(model.get("vocab", {}).items()), merges], ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    h = hashlib.sha256()
+    h.update("\n".join(f"{i} {t}" for t, i in vocab).encode("utf-8", "surrogatepass"))
+    h.update(b"\0")
+    h.update("\n".join(merges).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def _byte_to_unicode() -> dict[int, str]:
@@ -183,6 +191,9 @@ class TiktokenGPT2:
 
     @classmethod
     def for_backend(cls, backend: Any) -> TiktokenGPT2 | None:
+        """The fast encoder for ``backend`` (a ``tokenizers.Tokenizer``), or None; ``NEOX_TIKTOKEN=0`` opts out."""
+        if os.environ.get("NEOX_TIKTOKEN", "1").strip() == "0":
+            return None
         try:
             import tiktoken
         except ImportError:
