@@ -102,6 +102,17 @@ def _train_banner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[s
     return banner, [row["loss"] for row in result.history], next(result.model.parameters()).dtype
 
 
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="training runs on the GPU on this machine")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_bf16_gpu_gets_bf16_and_is_named() -> None:
+    verdict = P.bf16_verdict("cuda")
+    assert verdict.fast == torch.cuda.is_bf16_supported()
+    assert torch.cuda.get_device_name(0) in verdict.reason or not verdict.fast
+
+
+@cpu_only
 def test_auto_trains_bf16_on_an_amx_cpu_and_says_why(
     amx_cpu: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -110,6 +121,7 @@ def test_auto_trains_bf16_on_an_amx_cpu_and_says_why(
     assert dtype == torch.bfloat16 and len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
+@cpu_only
 def test_auto_trains_fp32_on_a_cpu_without_amx_and_says_why(
     plain_cpu: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,6 +130,7 @@ def test_auto_trains_fp32_on_a_cpu_without_amx_and_says_why(
     assert dtype == torch.float32 and len(losses) == 2
 
 
+@cpu_only
 def test_a_named_precision_prints_no_reason(
     plain_cpu: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
