@@ -5,9 +5,11 @@ Contenders, built once and timed in interleaved rounds so machine noise hits all
 * ``neox``: ``build_run`` + ``train_step`` exactly as ``neox train`` runs them (DeepSpeed
   engine, our GPTModel, fused AdamW, LR schedule, data from a real ``.bin/.idx`` file);
 * ``hf``: Transformers' ``GPTNeoXForCausalLM`` with fused AdamW in a plain PyTorch loop
-  (``loss.backward(); opt.step(); opt.zero_grad()``) on the same shape and batch;
+  (``loss.backward()``, clipping at 1 as neox does, ``opt.step()``) on the same shape and batch;
 * ``ours-plain``: our GPTModel in that same plain loop, which separates the engine's cost
-  from the model's.
+  from the model's;
+* ``neox+reduce`` (``--allreduce``): the neox step with DeepSpeed's one-replica gradient
+  all-reduce left on, to show what skipping it saves.
 
 For each precision (fp32, and bf16: DeepSpeed's bf16 with fp32 master weights for neox,
 autocast for the plain loops) it prints tokens/s, the ratio to Hugging Face, and achieved
@@ -121,7 +123,7 @@ def neox_config(args: argparse.Namespace, tok: Path, prefix: Path, precision: st
 
 
 def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable[[], float]:
-    """One step of the plain PyTorch loop (autocast under bf16, parameters and optimizer in fp32)."""
+    """One step of the plain PyTorch loop (autocast under bf16, parameters and optimizer in fp32, clipping at 1)."""
     import torch
     import torch.nn.functional as F
 
@@ -135,6 +137,7 @@ def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable
                 logits = model(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as neox's gradient_clipping: 1.0
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -157,6 +160,11 @@ def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dic
     run = build_run(cfg, DistEnv(), NullReporter())
     vocab = run.plan.padded_vocab_size
     contenders: dict[str, Callable[[], float]] = {"neox": lambda: train_step(run)}
+    if args.allreduce:
+        # the same step with DeepSpeed's one-replica gradient all-reduce left on: what skipping it saves
+        slow = build_run(cfg, DistEnv(), NullReporter())
+        slow.engine.enable_backward_allreduce = True
+        contenders["neox+reduce"] = lambda: train_step(slow)
 
     torch.manual_seed(0)
     ids = torch.randint(1, args.vocab, (args.batch, args.seq + 1))
@@ -215,11 +223,14 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per contender per round")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--no-plain-ours", dest="plain_ours", action="store_false")
+    ap.add_argument(
+        "--allreduce", action="store_true", help="also time neox with the lone all-reduce left on"
+    )
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
