@@ -196,23 +196,32 @@ def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dic
     return contenders
 
 
-def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, float]:
-    """Seconds per step (median over rounds) of each contender under ``precision``."""
+def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds per step, medians over rounds, of each contender under ``precision``.
+
+    CPU seconds (this process, all threads) are printed too: on a machine shared with other
+    work they move far less than wall time, so their ratios are the steadier comparison.
+    """
     contenders = build_contenders(args, precision, tmp)
     for step in contenders.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     losses: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, step in contenders.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 losses[name] = step()
-            times[name].append((time.perf_counter() - t) / args.steps)
+            times[name].append(
+                ((time.perf_counter() - t) / args.steps, (time.process_time() - c) / args.steps)
+            )
     for name in contenders:
         print(f"  {precision} {name:11s} last loss {losses[name]:.4f}", flush=True)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {
+        name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
+        for name, ts in times.items()
+    }
 
 
 def main() -> None:
@@ -250,13 +259,14 @@ def main() -> None:
             step_s = bench_precision(args, precision, tmp)
             peak = max(peak_before, matmul_gflops(dtype))
             print(f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run)")
-            hf_tps = tokens / step_s["hf"]
-            for name, s in step_s.items():
-                tps = tokens / s
+            hf_wall, hf_cpu = step_s["hf"]
+            for name, (wall, cpu) in step_s.items():
+                tps = tokens / wall
                 gflops = tps * flops_tok / 1e9
                 print(
-                    f"  {name:11s} {s * 1e3:8.0f} ms/step {tps:8.0f} tok/s  x{tps / hf_tps:.3f} HF  "
-                    f"{gflops:6.1f} GFLOP/s = {gflops / peak:.0%} of matmul"
+                    f"  {name:11s} {wall * 1e3:8.0f} ms/step {tps:8.0f} tok/s  x{hf_wall / wall:.3f} HF  "
+                    f"{gflops:6.1f} GFLOP/s = {gflops / peak:.0%} of matmul  "
+                    f"| CPU {cpu * 1e3:8.0f} ms/step x{hf_cpu / cpu:.3f} HF"
                 )
 
 
