@@ -1,12 +1,13 @@
 """Which floating-point format a device runs fastest: what ``precision: auto`` (and ``--dtype auto``) picks.
 
 GPUs: bf16 wherever CUDA says the device supports it. CPUs differ far more: on
-Intel Xeons with AMX tiles a bf16 train step runs 2-4x faster than fp32, while
-on CPUs without AMX bf16 ranges from a little slower (AVX512-BF16) to 50x slower
-(AVX2 only). So a CPU gets bf16 only when it has AMX *and* a short timed matmul
-(fp32 against bf16, once per process) confirms bf16 is faster here; everything
-else stays fp32. ``NEOX_CPU_BF16=1`` / ``=0`` overrides the CPU answer for people
-(and tests) who know better than the probe.
+Intel Xeons with AMX tiles a bf16 train step runs 2-4x faster than fp32; on AMD
+Zen 4 (AVX512-BF16, no AMX) a d=512 step took ~1.5x less CPU time in bf16 but a
+quickstart-sized one gained nothing; on AVX2-only CPUs bf16 is 50x slower. So a
+CPU gets bf16 only when it has AMX *and* a short timed matmul (fp32 against
+bf16, once per process) confirms bf16 is faster here; everything else stays
+fp32. ``NEOX_CPU_BF16=1`` / ``=0`` overrides the CPU answer for people (and
+tests) who know better than the probe.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def cpu_bf16(env: dict[str, str] | None = None) -> Bf16Verdict:
     if forced in ("0", "1"):
         return Bf16Verdict(forced == "1", f"{ENV_OVERRIDE}={forced}")
     if not cpu_has_amx():
-        return Bf16Verdict(False, "this CPU has no AMX, where bf16 is no faster than fp32")
+        return Bf16Verdict(False, f"no AMX on this CPU ({ENV_OVERRIDE}=1 forces bf16)")
     speedup = probe_cpu_bf16_speedup()
     if speedup < _MIN_SPEEDUP:
         return Bf16Verdict(False, f"AMX present but bf16 matmul only {speedup:.1f}x fp32 here")
