@@ -16,6 +16,9 @@ import torch
 # must be set before any test imports Triton (inductor and liger-kernel import it too).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests compare CPU runs bit for bit (with Hugging Face, across layouts): precision: auto stays
+# fp32 even on CPUs with fast bf16 (AMX), except where a test asks for the detection itself.
+os.environ.setdefault("NEOX_CPU_BF16", "0")
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog. "
