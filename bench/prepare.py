@@ -4,7 +4,13 @@ Each measurement runs in a fresh process because the tokenizers thread pool
 reads ``RAYON_NUM_THREADS`` once per process. Prints tokens/s and the ratio
 ours / raw at 1 and 2 workers, then samples/s of 2049-token training samples.
 
+``--cli-mb 28`` first times the whole ``neox prepare`` command (start-up included)
+on a JSON-lines file of Shakespeare paragraphs, GPT-2 tokenizer, ``--append-eod``,
+2 workers: the tokenizers path (``NEOX_TIKTOKEN=0``) against the default, alternated,
+with wall and CPU seconds, and checks the two outputs are byte-identical.
+
     python bench/prepare.py [--text FILE] [--tokenizer FILE] [--zst-mb 200] [--skip-zst]
+    python bench/prepare.py --cli-mb 28 --cli-only
 """
 
 from __future__ import annotations
@@ -101,6 +107,61 @@ def make_zst(path: Path, text_file: Path, mb: int) -> None:
             written += len(row)
 
 
+def make_paragraph_jsonl(path: Path, text_file: Path, mb: int) -> None:
+    """``mb`` MB of JSON lines, one paragraph of ``text_file`` each, repeated in order."""
+    paragraphs = [p for p in text_file.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    written, i = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < mb * 1_000_000:
+            row = json.dumps({"text": paragraphs[i % len(paragraphs)]}) + "\n"
+            f.write(row)
+            written += len(row)
+            i += 1
+
+
+def time_cli(src: Path, tokenizer: str, out: Path, workers: int, fast: bool) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, threads included) of one ``neox prepare`` process."""
+    import resource
+
+    env = dict(os.environ, NEOX_TIKTOKEN="1" if fast else "0")
+    cmd = [sys.executable, "-m", "neoxcli", "prepare", str(src), "-o", str(out), "--tokenizer-type"]
+    cmd += ["HFTokenizer", "--vocab-file", tokenizer, "--append-eod", "--workers", str(workers)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run([*cmd, "--overwrite", "-q"], env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cli_bench(text: Path, tokenizer: str, mb: int, workers: int = 2, rounds: int = 2) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "paragraphs.jsonl"
+        make_paragraph_jsonl(src, text, mb)
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(rounds):
+            for fast in (False, True):
+                runs[fast].append(time_cli(src, tokenizer, Path(tmp) / f"o{int(fast)}", workers, fast))
+        for fast, name in ((False, "tokenizers path"), (True, "tiktoken path")):
+            wall = min(w for w, _ in runs[fast])
+            cpu = min(c for _, c in runs[fast])
+            print(
+                f"neox prepare {src.stat().st_size / 1e6:.0f} MB, {workers} workers, {name:15s}: "
+                f"{wall:6.2f} s wall, {cpu:6.2f} s CPU"
+            )
+        slow, quick = runs[False], runs[True]
+        print(
+            f"speed-up: wall x{min(w for w, _ in slow) / min(w for w, _ in quick):.2f}, "
+            f"CPU x{min(c for _, c in slow) / min(c for _, c in quick):.2f}"
+        )
+        same = all(
+            (Path(tmp) / f"o0_text_document{e}").read_bytes()
+            == (Path(tmp) / f"o1_text_document{e}").read_bytes()
+            for e in (".bin", ".idx")
+        )
+        print(f"outputs byte-identical: {same}")
+
+
 def random_access(prefix: str, n: int = 100_000) -> float:
     import numpy as np
 
@@ -127,6 +188,8 @@ def main() -> None:
     ap.add_argument("--child", choices=["raw", "ours"])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--extra", default="")
+    ap.add_argument("--cli-mb", type=int, default=0, help="time the whole command on this many MB first")
+    ap.add_argument("--cli-only", action="store_true")
     args = ap.parse_args()
     if args.child == "raw":
         print(json.dumps(child_raw(args.text, args.tokenizer, args.workers)))
@@ -137,6 +200,10 @@ def main() -> None:
     for p in (args.text, args.tokenizer):
         if not Path(p).exists():
             sys.exit(f"missing {p}")
+    if args.cli_mb:
+        cli_bench(Path(args.text), args.tokenizer, args.cli_mb)
+        if args.cli_only:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         inputs = [("tinyshakespeare.txt", args.text)]
         if not args.skip_zst:

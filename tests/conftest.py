@@ -6,8 +6,19 @@ Plain functions rather than fixtures, so a test can ask for a variant with keywo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
+
+# Triton decides at decoration time whether a kernel runs in its CPU interpreter, so the switch
+# must be set before any test imports Triton (inductor and liger-kernel import it too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests compare CPU runs bit for bit (with Hugging Face, across layouts): precision: auto stays
+# fp32 even on CPUs with fast bf16 (AMX), except where a test asks for the detection itself.
+os.environ.setdefault("NEOX_CPU_BF16", "0")
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog. "

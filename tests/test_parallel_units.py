@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -46,7 +48,7 @@ def test_shard_specs_cover_the_sharded_weights() -> None:
     assert specs["layers.1.input_layernorm.weight"] is None
 
 
-def test_refusals_are_clear() -> None:
+def test_refusals_are_clear(tmp_path: Path) -> None:
     cfg = ModelConfig(num_layers=1, hidden_size=24, num_attention_heads=3, seq_length=8)
     with pytest.raises(NeoxError, match="num_attention_heads"):
         check_divisible(GPTModel(cfg, 64), 2)
@@ -62,7 +64,12 @@ def test_refusals_are_clear() -> None:
     assert (
         check_resume_layout(Layout(dp=2, zero_stage=1), Layout(dp=1, zero_stage=3), Path("x")) == "portable"
     )
-    assert check_resume_layout(Layout(tp=2), Layout(tp=2), Path("x")) is None
+    # The same layout resumes through DeepSpeed's own files where the tag has them, else the layout-free ones.
+    assert check_resume_layout(Layout(tp=2), Layout(tp=2), Path("x")) == "portable"
+    engine_files = tmp_path / "global_step1"
+    engine_files.mkdir()
+    (engine_files / "mp_rank_00_model_states.pt").touch()
+    assert check_resume_layout(Layout(tp=2), Layout(tp=2), engine_files) is None
     with pytest.raises(NeoxError, match="pipe_parallel_size 2"):
         check_resume_layout(Layout(pp=2), Layout(), Path("x"))  # no layout-free files to re-split
 

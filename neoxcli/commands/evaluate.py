@@ -110,7 +110,9 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(
             None, "--device", help="cpu or cuda (default: cuda when available)."
         ),
-        dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+        dtype: str = typer.Option(
+            "fp32", "--dtype", help="fp32, bf16, fp16, or auto (bf16 where the device runs it fast)."
+        ),
         max_gen_toks: int = typer.Option(256, "--max-gen-toks", min=1, help="Default generation length."),
     ) -> None:
         from neoxcli.errors import NeoxError

@@ -183,11 +183,19 @@ def lr_schedule_iters(train: TrainConfig) -> tuple[int, float]:
     return decay, train.warmup * decay
 
 
-def resolve_precision(train: TrainConfig, bf16_supported: bool) -> Precision:
-    """The dtype a run trains in; ``auto`` picks bf16 where the GPU has it, else fp32.
+def precision_from_hardware(train: TrainConfig) -> bool:
+    """Whether the device decides the precision: ``auto`` with no GPT-NeoX fp16/bf16 block enabled."""
+    fp16, bf16 = train.fp16 or {}, train.bf16 or {}
+    named = fp16.get("type") == "bfloat16" or bf16.get("enabled", False) or fp16.get("enabled", False)
+    return train.precision == "auto" and not named
 
-    ``load_config`` folds GPT-NeoX's ``fp16``/``bf16`` blocks into ``precision``;
-    they are read here too for configs built in code.
+
+def resolve_precision(train: TrainConfig, bf16_supported: bool) -> Precision:
+    """The dtype a run trains in; ``auto`` picks bf16 where the device runs it fast, else fp32.
+
+    ``bf16_supported`` is the device's verdict (``neoxcli.model.precision``: GPUs
+    with bf16, CPUs with AMX). ``load_config`` folds GPT-NeoX's ``fp16``/``bf16``
+    blocks into ``precision``; they are read here too for configs built in code.
     """
     if train.precision == "auto":
         fp16, bf16 = train.fp16 or {}, train.bf16 or {}

@@ -43,7 +43,9 @@ def derive(cfg: NeoXConfig, world_size: int | None, vocab_size: int | None) -> t
             )
     derived = resolve(cfg, world_size=world_size, vocab_size=vocab_size, bf16_supported=False)
     if cfg.train.precision == "auto":
-        notes.append("precision auto: bf16 on GPUs that support it, else fp32 (shown: fp32)")
+        notes.append(
+            "precision auto: bf16 on GPUs that support it and on CPUs with AMX, else fp32 (shown: fp32)"
+        )
     return derived, notes
 
 

@@ -410,7 +410,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     gradient_clipping: float = Field(1.0, ge=0)
     precision: Literal["auto", "fp32", "fp16", "bfloat16", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU"
+        "auto", description="auto: bf16 on GPUs that support it and on CPUs with AMX, else fp32"
     )
     fp16: dict[str, Any] | None = None
     bf16: dict[str, Any] | None = None
@@ -439,6 +439,13 @@ class ParallelConfig(Section):
     model_parallel_size: int = Field(1, ge=1)
     pipe_parallel_size: int = Field(0, ge=0)
     zero_optimization: dict[str, Any] = Field(default_factory=lambda: {"stage": 0})
+    prescale_gradients: bool = Field(False, description="DeepSpeed: divide gradients before the all-reduce")
+    gradient_predivide_factor: float = Field(
+        1.0, gt=0, description="DeepSpeed: divide by this before reducing"
+    )
+    communication_data_type: Literal["fp32", "fp16", "bf16"] | None = Field(
+        None, description="DeepSpeed: the dtype gradients are reduced in (default: the training dtype)"
+    )
     pipe_partition_method: str = Field(
         "type:transformer|mlp",
         description="how pipeline stages split the layers: parameters, uniform, or type:REGEX over layer "

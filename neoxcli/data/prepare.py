@@ -139,32 +139,25 @@ def encode_texts(
         joined = sep.join(encoded) + sep if sep else b"".join(encoded)
         return np.frombuffer(joined, dtype=np.uint8).astype(np.int64), sizes
     owners: list[int] = []
-    pieces: list[str] = []
-    safe = tok.split_points_safe()
-    for i, t in enumerate(texts):
-        parts = split_text(t, chunk_chars) if safe and len(t) > chunk_chars else [t]
-        pieces.extend(parts)
-        owners.extend([i] * len(parts))
+    pieces: list[str] = list(texts)
+    if texts and tok.split_points_safe() and max(map(len, texts)) > chunk_chars:
+        pieces = []
+        for i, t in enumerate(texts):
+            parts = split_text(t, chunk_chars) if len(t) > chunk_chars else [t]
+            pieces.extend(parts)
+            owners.extend([i] * len(parts))
     ids = tok.encode_batch(pieces)
-    sizes = np.zeros(len(texts), dtype=np.int64)
-    np.add.at(
-        sizes, np.asarray(owners, dtype=np.int64), np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    )
+    piece_sizes = np.fromiter(map(len, ids), np.int64, len(ids))
+    if len(pieces) == len(texts):
+        sizes = piece_sizes
+    else:
+        sizes = np.zeros(len(texts), dtype=np.int64)
+        np.add.at(sizes, np.asarray(owners, dtype=np.int64), piece_sizes)
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(piece_sizes.sum()))
     if append_eod:
-        sizes += 1
-        # put an [eod] after the last piece of every text
-        last = [j for j in range(len(owners)) if j + 1 == len(owners) or owners[j + 1] != owners[j]]
-        eod_list = [eod]
-        seq: list[list[int]] = []
-        k = 0
-        for j, x in enumerate(ids):
-            seq.append(x)
-            if k < len(last) and last[k] == j:
-                seq.append(eod_list)
-                k += 1
-        ids = seq
-    total = int(sizes.sum())
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+        # one [eod] after the last token of every text, inserted in one vectorised pass
+        flat = np.insert(flat, np.cumsum(sizes), eod)
+        sizes = sizes + 1
     return flat, sizes
 
 

@@ -24,9 +24,13 @@ class LoadedModel:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_dtype(name: str) -> Any:
+def _torch_dtype(name: str, device: str = "cpu") -> Any:
     import torch
 
+    if name.lower() == "auto":  # what ``precision: auto`` picks for training on this device
+        from neoxcli.model.precision import auto_dtype
+
+        return auto_dtype(device)[0]
     table = {
         "fp32": torch.float32,
         "float32": torch.float32,
@@ -35,7 +39,7 @@ def _torch_dtype(name: str) -> Any:
     }
     table |= {"fp16": torch.float16, "float16": torch.float16}
     if name.lower() not in table:
-        raise NeoxError(f"unknown --dtype {name!r}", hint="use fp32, bf16 or fp16")
+        raise NeoxError(f"unknown --dtype {name!r}", hint="use auto, fp32, bf16 or fp16")
     return table[name.lower()]
 
 
@@ -61,7 +65,7 @@ def load_checkpoint(path: Path, tag: str | None, device: str, dtype: str) -> Loa
         raise
     except Exception as exc:  # a damaged file surfaces as torch's or pickle's own error
         raise DataError(f"cannot load the checkpoint {tag_dir}: {type(exc).__name__}: {exc}") from None
-    model.to(device=device, dtype=_torch_dtype(dtype))
+    model.to(device=device, dtype=_torch_dtype(dtype, device))
     return LoadedModel(
         model, tokenizer, cfg.model, {"checkpoint": str(Path(path).resolve()), "tag": tag_dir.name}
     )
@@ -75,5 +79,5 @@ def load_hf(path: Path, device: str, dtype: str) -> LoadedModel:
     if not path.is_dir():
         raise DataError(f"--hf {path}: no such directory")
     model, tokenizer, cfg = load_hf_for_inference(path, device)
-    model.to(dtype=_torch_dtype(dtype))
+    model.to(dtype=_torch_dtype(dtype, device))
     return LoadedModel(model, tokenizer, cfg.model, {"hf_dir": str(path.resolve())})

@@ -90,8 +90,15 @@ def compile_blocks(model: GPTModel) -> None:
 
 
 def deepspeed_config(cfg: NeoXConfig, plan: Derived) -> dict[str, Any]:
-    """The DeepSpeed config dict; everything else about the run stays in neox's own config."""
-    zero = dict(cfg.parallel.zero_optimization or {"stage": 0})
+    """The DeepSpeed config dict; everything else about the run stays in neox's own config.
+
+    The ``zero_optimization`` block goes to DeepSpeed whole, as GPT-NeoX passes it
+    (``overlap_comm``, ``contiguous_gradients``, ``reduce_bucket_size``,
+    ``allgather_bucket_size``, ``reduce_scatter``, ``allgather_partitions``, the
+    stage-3 keys, offload), and so do GPT-NeoX's gradient-reduction keys when set.
+    """
+    par = cfg.parallel
+    zero = dict(par.zero_optimization or {"stage": 0})
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
@@ -102,6 +109,12 @@ def deepspeed_config(cfg: NeoXConfig, plan: Derived) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if par.prescale_gradients:
+        ds["prescale_gradients"] = True
+    if par.gradient_predivide_factor != 1.0:
+        ds["gradient_predivide_factor"] = par.gradient_predivide_factor
+    if par.communication_data_type is not None:
+        ds["communication_data_type"] = par.communication_data_type
     if plan.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif plan.precision == "fp16":
@@ -130,12 +143,14 @@ def build_engine(
     import deepspeed
     from deepspeed.utils import groups as ds_groups
 
+    ds_config = deepspeed_config(cfg, plan)
+    check_zero_block(ds_config["zero_optimization"])
     ds_groups.mpu = None
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, plan),
+        config=ds_config,
         # TP without PP: DeepSpeed learns the groups from ``mpu`` (a pipeline brings its own grid).
         mpu=grid if layout.tp > 1 and layout.pp == 1 else None,
         dist_init_required=False,
@@ -151,4 +166,42 @@ def build_engine(
         engine.clip_fp32_gradients = lambda: replica_clip_grad_norm(
             engine, cfg.train.gradient_clipping, grid.replica_group, grid.tp_rank
         )
+    if lone_replica(layout, ds_config):
+        # With one data-parallel replica DeepSpeed's gradient "all-reduce" still copies every
+        # gradient into a flat buffer and back each step (tens of ms on CPU) to sum over nobody.
+        engine.enable_backward_allreduce = False
     return engine
+
+
+def lone_replica(layout: Layout, ds_config: dict[str, Any]) -> bool:
+    """Whether the gradient reduction has nothing to do: one replica, no ZeRO, no pipeline, no rescaling.
+
+    ZeRO stages 1-3 move gradients into their partitions inside that same call and the
+    pipeline engine reduces tied weights there, so both keep it; so does a run that asks
+    for pre- or post-division or a lower-precision communication type, which change values.
+    """
+    zero_stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+    rescales = (
+        ds_config.get("prescale_gradients", False)
+        or ds_config.get("gradient_predivide_factor", 1.0) != 1.0
+        or ds_config.get("communication_data_type") is not None
+    )
+    return layout.dp == 1 and layout.pp == 1 and zero_stage == 0 and not rescales
+
+
+def check_zero_block(zero: dict[str, Any]) -> None:
+    """Refuse a ``zero_optimization`` key DeepSpeed does not know, naming it, before DeepSpeed starts."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    from neoxcli.errors import ConfigError
+
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err.get("loc", ())) or "?"
+        raise ConfigError(
+            f"parallel.zero_optimization.{key}: {err.get('msg', 'invalid')} (value {zero.get(key)!r})",
+            hint="see DeepSpeed's zero_optimization settings (stage, overlap_comm, reduce_bucket_size, ...)",
+        ) from None

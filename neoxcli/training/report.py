@@ -28,6 +28,7 @@ class StartInfo:
     device: str
     world_size: int
     train_samples: int
+    precision_note: str = ""  # why ``auto`` chose the precision, printed next to it
 
 
 @dataclass
@@ -103,7 +104,7 @@ class ConsoleReporter(NullReporter):
         plan = info.plan
         self.console.print(
             f"[bold cyan]neox[/]: {info.params / 1e6:.2f}M parameters on {info.device} "
-            f"x{info.world_size}, {plan.precision}, batch {plan.train_batch_size} "
+            f"x{info.world_size}, {plan.precision}{f' ({info.precision_note})' if info.precision_note else ''}, batch {plan.train_batch_size} "
             f"(micro {plan.micro_batch} x accum {plan.gradient_accumulation_steps} x dp {plan.dp_size}), "
             f"{info.iterations} iterations"
         )

@@ -57,6 +57,7 @@ class Run:
     curriculum: SeqLengthSchedule | None = None
     seq_length: int = 0  # what the last (or, before it, the next) step trains on; 0: seq_length
     pipe_seq_length: int | None = None  # the sample length the pipeline engine's buffers are shaped for
+    precision_note: str = ""  # why ``precision: auto`` chose what it did; empty when the config named it
 
     def seq_length_at(self, step: int) -> int:
         """The sample length optimizer step ``step`` (from 1) trains on."""
@@ -465,8 +466,10 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
 
     from neoxcli.checkpoint import load_module_weights, reading_checkpoint
     from neoxcli.config import resolve
+    from neoxcli.config.derived import precision_from_hardware
     from neoxcli.data.tokenizer import build_tokenizer
     from neoxcli.model import GPTModel
+    from neoxcli.model.precision import bf16_verdict
     from neoxcli.parallel.distributed import collective_timeout_s, init_distributed
     from neoxcli.parallel.plan import build_engine, make_loss_fn, parallelize
     from neoxcli.training.data import build_datasets, ensure_data
@@ -481,8 +484,11 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file
     )
     device = torch.device(f"cuda:{dist.local_rank}") if backend == "nccl" else torch.device("cpu")
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    plan = resolve(cfg, world_size=dist.world_size, vocab_size=tokenizer.vocab_size, bf16_supported=bf16_ok)
+    verdict = bf16_verdict(device)
+    plan = resolve(
+        cfg, world_size=dist.world_size, vocab_size=tokenizer.vocab_size, bf16_supported=verdict.fast
+    )
+    precision_note = f"auto: {verdict.reason}" if precision_from_hardware(cfg.train) else ""
     if device.type == "cpu" and plan.precision == "fp16":
         raise NeoxError(
             "fp16 is not supported on CPU", hint="set precision: fp32 (or bf16, which is slow on most CPUs)"
@@ -567,6 +573,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         ),
         save_dir=save_dir,
         n_params=n_params,
+        precision_note=precision_note,
     )
     if resume is not None:
         _restore(run, resume, report)

@@ -261,7 +261,14 @@ def train(
     train_samples = len(run.train_ds) if run.train_ds is not None else 0
     say.on_start(
         StartInfo(
-            t.train_iters, start_iter, run.n_params, run.plan, str(run.device), dist.world_size, train_samples
+            t.train_iters,
+            start_iter,
+            run.n_params,
+            run.plan,
+            str(run.device),
+            dist.world_size,
+            train_samples,
+            run.precision_note,
         )
     )
     peak, peak_note = job_peak(cfg, run.device, run.plan.precision) if dist.is_main else (None, "")

@@ -1,0 +1,274 @@
+"""CPU training throughput: ``neox train``'s real step against a plain Hugging Face loop.
+
+Contenders, built once and timed in interleaved rounds so machine noise hits all alike:
+
+* ``neox``: ``build_run`` + ``train_step`` exactly as ``neox train`` runs them (DeepSpeed
+  engine, our GPTModel, fused AdamW, LR schedule, data from a real ``.bin/.idx`` file);
+* ``hf``: Transformers' ``GPTNeoXForCausalLM`` with fused AdamW in a plain PyTorch loop
+  (``loss.backward()``, clipping at 1 as neox does, ``opt.step()``) on the same shape and batch;
+* ``ours-plain``: our GPTModel in that same plain loop, which separates the engine's cost
+  from the model's;
+* ``neox+reduce`` (``--allreduce``): the neox step with DeepSpeed's one-replica gradient
+  all-reduce left on, to show what skipping it saves.
+
+For each precision (fp32, and bf16: DeepSpeed's bf16 with fp32 master weights for neox,
+autocast for the plain loops) it prints tokens/s, the ratio to Hugging Face, and achieved
+GFLOP/s against this CPU's matmul rate measured in the same run.
+
+    python bench/train_cpu.py                         # d=512, 6 layers, seq 512, batch 4
+    python bench/train_cpu.py --precisions fp32 --steps 2 --rounds 1
+    python bench/train_cpu.py --layers 2 --hidden 128 --seq 128 --steps 2   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, mlp: int) -> float:
+    """Model FLOPs of one training token (forward + backward = 3x forward), PaLM's accounting.
+
+    Each weight matrix costs 2 FLOPs per parameter per token forward; attention's two
+    [T, T] products cost 2 * 2 * T * d per layer forward, counted in full as PaLM and
+    Megatron do (a causal kernel skips about half, so MFU here is slightly conservative).
+    Embedding lookups are free; the output head is a matmul and counts.
+    """
+    per_layer = 4 * hidden * hidden + 2 * hidden * mlp  # qkv + out, up + down
+    matmul_params = layers * per_layer + hidden * vocab
+    return 3 * (2 * matmul_params + layers * 4 * seq * hidden)
+
+
+def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> float:
+    """This CPU's dense matmul rate at ``n`` x ``n`` (best of ``reps``): the peak MFU is measured against."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def write_inputs(tmp: Path, vocab: int, tokens: int) -> tuple[Path, Path]:
+    """A word-level tokenizer JSON of ``vocab`` entries and a ``.bin/.idx`` corpus of random ids."""
+    import numpy as np
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from neoxcli.data.indexed import IndexedDatasetWriter
+
+    words = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, vocab)}}
+    tok = Tokenizer(WordLevel(words, unk_token="w1"))
+    tok_path = tmp / "tokenizer.json"
+    tok.save(str(tok_path))
+    prefix = tmp / "data" / "bench_text_document"
+    prefix.parent.mkdir()
+    rng = np.random.default_rng(0)
+    with IndexedDatasetWriter(prefix, np.uint16) as w:
+        for _ in range(max(1, tokens // 4096)):
+            w.add_document(rng.integers(1, vocab, 4095).tolist() + [0])
+    return tok_path, prefix
+
+
+def neox_config(args: argparse.Namespace, tok: Path, prefix: Path, precision: str) -> Any:
+    from neoxcli.config import load_config
+
+    cfg = {
+        "num-layers": args.layers,
+        "hidden-size": args.hidden,
+        "num-attention-heads": args.heads,
+        "seq-length": args.seq,
+        "max-position-embeddings": args.seq,
+        "pos-emb": "rotary",
+        "rotary-pct": 0.25,
+        "gpt-j-residual": True,
+        "norm": "layernorm",
+        "activation": "gelu",
+        "no-weight-tying": True,
+        "make-vocab-size-divisible-by": 128,
+        "tokenizer-type": "HFTokenizer",
+        "vocab-file": str(tok),
+        "data-path": str(prefix),
+        "split": "100,0,0",
+        "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8}},
+        "weight-decay": 0.0,
+        "train_micro_batch_size_per_gpu": args.batch,
+        "train-iters": args.warmup + args.rounds * args.steps + 2,  # keeps the sample index small
+        "lr-decay-style": "constant",
+        "eval-iters": 0,
+        "eval-interval": 10**6,
+        "precision": precision,
+        "sample_at_end": False,
+        "seed": 1234,
+        "num_workers": 0,
+    }
+    import yaml
+
+    path = prefix.parent.parent / f"bench-{precision}.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return load_config([path], warn=lambda _m: None)
+
+
+def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable[[], float]:
+    """One step of the plain PyTorch loop (autocast under bf16, parameters and optimizer in fp32, clipping at 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+
+    def step() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if hf:
+                logits = model(input_ids=x).logits
+            else:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as neox's gradient_clipping: 1.0
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, Callable[[], float]]:
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from neoxcli.model import GPTModel
+    from neoxcli.parallel.distributed import DistEnv
+    from neoxcli.training.report import NullReporter
+    from neoxcli.training.run import build_run
+    from neoxcli.training.trainer import train_step
+
+    tok, prefix = args.inputs
+    cfg = neox_config(args, tok, prefix, precision)
+    run = build_run(cfg, DistEnv(), NullReporter())
+    vocab = run.plan.padded_vocab_size
+    contenders: dict[str, Callable[[], float]] = {"neox": lambda: train_step(run)}
+    if args.allreduce:
+        # the same step with DeepSpeed's one-replica gradient all-reduce left on: what skipping it saves
+        slow = build_run(cfg, DistEnv(), NullReporter())
+        slow.engine.enable_backward_allreduce = True
+        contenders["neox+reduce"] = lambda: train_step(slow)
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, args.vocab, (args.batch, args.seq + 1))
+    bf16 = precision == "bf16"
+    hf_cfg = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.seq,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_act="gelu",
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    hf = GPTNeoXForCausalLM(hf_cfg).train()
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    contenders["hf"] = plain_step(hf, hf_opt, ids, bf16, hf=True)
+    if args.plain_ours:
+        ours = GPTModel(cfg.model, vocab).train()
+        ours_opt = torch.optim.AdamW(
+            ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True
+        )
+        contenders["ours-plain"] = plain_step(ours, ours_opt, ids, bf16, hf=False)
+    return contenders
+
+
+def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds per step, medians over rounds, of each contender under ``precision``.
+
+    CPU seconds (this process, all threads) are printed too: on a machine shared with other
+    work they move far less than wall time, so their ratios are the steadier comparison.
+    """
+    contenders = build_contenders(args, precision, tmp)
+    for step in contenders.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    losses: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, step in contenders.items():
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                losses[name] = step()
+            times[name].append(
+                ((time.perf_counter() - t) / args.steps, (time.process_time() - c) / args.steps)
+            )
+    for name in contenders:
+        print(f"  {precision} {name:11s} last loss {losses[name]:.4f}", flush=True)
+    return {
+        name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
+        for name, ts in times.items()
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--no-plain-ours", dest="plain_ours", action="store_false")
+    ap.add_argument(
+        "--allreduce", action="store_true", help="also time neox with the lone all-reduce left on"
+    )
+    args = ap.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    import torch
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    )
+    flops_tok = train_flops_per_token(args.layers, args.hidden, args.seq, args.vocab, 4 * args.hidden)
+    tokens = args.batch * args.seq
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        args.inputs = write_inputs(tmp, args.vocab, tokens * 64)
+        for precision in args.precisions.split(","):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            peak_before = matmul_gflops(dtype)
+            step_s = bench_precision(args, precision, tmp)
+            peak = max(peak_before, matmul_gflops(dtype))
+            print(f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run)")
+            hf_wall, hf_cpu = step_s["hf"]
+            for name, (wall, cpu) in step_s.items():
+                tps = tokens / wall
+                gflops = tps * flops_tok / 1e9
+                print(
+                    f"  {name:11s} {wall * 1e3:8.0f} ms/step {tps:8.0f} tok/s  x{hf_wall / wall:.3f} HF  "
+                    f"{gflops:6.1f} GFLOP/s = {gflops / peak:.0%} of matmul  "
+                    f"| CPU {cpu * 1e3:8.0f} ms/step x{hf_cpu / cpu:.3f} HF"
+                )
+
+
+if __name__ == "__main__":
+    main()

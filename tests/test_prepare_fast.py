@@ -1,0 +1,223 @@
+"""The tiktoken fast path of ``neox prepare``: ids identical for every tokenizer it accepts, refused otherwise.
+
+The fast path accepts exactly GPT-2's BPE, reached three ways (a tokenizers JSON, GPT-2's
+``vocab.json`` + ``merges.txt``, and GPT-NeoX's HFGPT2Tokenizer with its extra padding token);
+each is checked id for id against the tokenizers library on Shakespeare, the head of enwik8
+(markup, Unicode) and hand-picked and random edge cases, and the written datasets are compared
+byte for byte with the library path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from neoxcli.data.prepare import CHUNK_CHARS, prepare
+from neoxcli.data.tokenizer import (
+    GPT2BPETokenizer,
+    HFGPT2Tokenizer,
+    HFTokenizer,
+    TiktokenGPT2,
+    _byte_to_unicode,
+    build_tokenizer,
+)
+
+pytest.importorskip("tiktoken")
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+GPT2 = DATA / "gpt2-tokenizer.json"
+NEOX20B = DATA / "neox-20b-tokenizer.json"
+needs_gpt2 = pytest.mark.skipif(not GPT2.is_file(), reason=f"GPT-2 tokenizer JSON not found at {GPT2}")
+
+EDGE = [
+    "",
+    " ",
+    "\n",
+    "  \n\n \t x  ",
+    "a  b   c    d",
+    "it's they'll I'VE we'd you're I'm",
+    "héllo wörld, naïve café",
+    "日本語のテキスト 中文 한국어",
+    "emoji 🤖🎉👩‍👩‍👧 and flags 🇩🇪",
+    "numbers 1234567890 3.14159 1e-10 0x1F",
+    "<|endoftext|>",
+    "a<|endoftext|>b <|endoftext|> <|endoftext|><|endoftext|>",
+    "<|endoftext",
+    "<|padding|> pad<|padding|>",
+    "tabs\tand\r\nwindows\rlines",
+    "control \x00\x01\x7f chars",
+    "combining e\u0301 and Hangul \u1100\u1161",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "ZWJ\u200dzero\u200bwidth",
+    "!!!???...,,,;;;",
+    "     leading and trailing     ",
+]
+
+
+def _fuzz(n: int, seed: int = 0) -> list[str]:
+    """Random strings over a pool that mixes every character class GPT-2's regex treats apart."""
+    rng = random.Random(seed)
+    pool = list("abcXYZ019 '\n\t\r.,!?-_") + [
+        "é",
+        "ß",
+        "中",
+        "🤖",
+        "\u0301",
+        "\u00a0",
+        "<|endoftext|>",
+        "'s",
+        "  ",
+    ]
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 80))) for _ in range(n)]
+
+
+def _corpus() -> list[str]:
+    texts = list(EDGE) + _fuzz(3000)
+    shakes = DATA / "tinyshakespeare.txt"
+    if shakes.is_file():
+        texts += [p for p in shakes.read_text(encoding="utf-8").split("\n\n") if p][:3000]
+    enwik = DATA / "enwik8_first100.txt"
+    if enwik.is_file():
+        texts += enwik.read_text(encoding="utf-8", errors="replace").split("\n\n")
+    return texts
+
+
+def _assert_same_ids(tok: HFTokenizer, texts: list[str]) -> None:
+    fast = tok.fast_encoder()
+    assert fast is not None
+    reference = [e.ids for e in tok.backend.encode_batch(texts)]
+    assert fast.encode_batch(texts) == reference
+    assert fast.encode_batch(texts, threads=2) == reference
+    assert tok.encode_batch(texts) == reference
+    assert [fast.encode(t) for t in texts[:50]] == reference[:50]
+
+
+def _gpt2_vocab_merges(tmp: Path) -> tuple[Path, Path]:
+    """GPT-2's vocab.json and merges.txt, written back out of its tokenizers JSON."""
+    data = json.loads(GPT2.read_text(encoding="utf-8"))
+    vocab, merges = tmp / "vocab.json", tmp / "merges.txt"
+    vocab.write_text(json.dumps(data["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
+    lines = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    merges.write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return vocab, merges
+
+
+@needs_gpt2
+def test_gpt2_json_fast_path_gives_the_libraries_ids() -> None:
+    _assert_same_ids(HFTokenizer(str(GPT2)), _corpus())
+
+
+@needs_gpt2
+def test_gpt2_vocab_and_merges_files_take_the_fast_path_with_the_same_ids(tmp_path: Path) -> None:
+    vocab, merges = _gpt2_vocab_merges(tmp_path)
+    _assert_same_ids(GPT2BPETokenizer(str(vocab), str(merges)), _corpus())
+
+
+@needs_gpt2
+def test_hf_gpt2_with_a_padding_token_splits_both_specials_as_the_library(tmp_path: Path) -> None:
+    tok = HFGPT2Tokenizer(str(GPT2))
+    assert tok.pad_id == 50257
+    _assert_same_ids(tok, EDGE + _fuzz(500, seed=1))
+
+
+def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
+    data = json.loads(GPT2.read_text(encoding="utf-8"))
+    edit(data)
+    path = tmp / "variant.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return HFTokenizer(str(path))
+
+
+@needs_gpt2
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.__setitem__("normalizer", {"type": "Lowercase"}),
+        lambda d: d["pre_tokenizer"].__setitem__("add_prefix_space", True),
+        lambda d: d["pre_tokenizer"].__setitem__("use_regex", False),
+        lambda d: d["model"].__setitem__("dropout", 0.1),
+        lambda d: d["model"].__setitem__("merges", d["model"]["merges"][:-1]),
+        lambda d: d["added_tokens"][0].__setitem__("lstrip", True),
+        lambda d: d["added_tokens"][0].__setitem__("special", False),
+    ],
+    ids=[
+        "normalizer",
+        "prefix-space",
+        "no-regex",
+        "dropout",
+        "other-merges",
+        "lstrip-special",
+        "non-special",
+    ],
+)
+def test_anything_but_gpt2_keeps_the_library(tmp_path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    tok = _variant(tmp_path, edit)
+    assert tok.fast_encoder() is None
+
+
+@pytest.mark.skipif(not NEOX20B.is_file(), reason=f"GPT-NeoX-20B tokenizer JSON not found at {NEOX20B}")
+def test_the_neox_20b_tokenizer_keeps_the_library() -> None:
+    assert HFTokenizer(str(NEOX20B)).fast_encoder() is None
+
+
+def test_a_trained_byte_level_bpe_keeps_the_library(tmp_path: Path) -> None:
+    from neoxcli.data.tokenizer import train_bpe_tokenizer
+
+    out = tmp_path / "tok.json"
+    tok = train_bpe_tokenizer(["the quick brown fox jumps over the lazy dog " * 20] * 10, 300, out)
+    assert tok.fast_encoder() is None
+    assert build_tokenizer("HFTokenizer", out).fast_encoder() is None
+
+
+@needs_gpt2
+def test_without_tiktoken_the_library_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    tok = HFTokenizer(str(GPT2))
+    assert tok.fast_encoder() is None
+    assert tok.encode_batch(["it's a test"]) == [tok.backend.encode("it's a test").ids]
+
+
+@needs_gpt2
+def test_neox_tiktoken_0_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEOX_TIKTOKEN", "0")
+    assert HFTokenizer(str(GPT2)).fast_encoder() is None
+
+
+@needs_gpt2
+def test_small_batches_do_not_build_the_fast_encoder() -> None:
+    tok = HFTokenizer(str(GPT2))
+    assert tok.encode_batch(["a short prompt"]) == [tok.backend.encode("a short prompt").ids]
+    assert not hasattr(tok, "_fast")
+
+
+def test_byte_map_is_gpt2s_bijection() -> None:
+    table = _byte_to_unicode()
+    assert len(set(table.values())) == 256
+    assert table[ord("A")] == "A" and table[ord(" ")] == "\u0120" and table[ord("\n")] == "\u010a"
+
+
+@needs_gpt2
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepared_files_are_byte_identical_to_the_library_path(tmp_path: Path, workers: int) -> None:
+    texts = _corpus()
+    texts.append("long line\n" * (CHUNK_CHARS // 5))  # cut into pieces and encoded in parallel
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"
+    )
+    outs = []
+    for name in ("fast", "library"):
+        tok = HFTokenizer(str(GPT2))
+        if name == "library":
+            tok._fast = None
+        else:
+            assert isinstance(tok.fast_encoder(), TiktokenGPT2)
+        prepare([src], tmp_path / name, tok, append_eod=True, workers=workers)
+        prefix = tmp_path / f"{name}_text_document"
+        outs.append((prefix.with_suffix(".bin").read_bytes(), prefix.with_suffix(".idx").read_bytes()))
+    assert outs[0] == outs[1]
+    assert len(outs[0][0]) > 100_000
