@@ -27,6 +27,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+# _common also puts this checkout first on sys.path.
+from _common import add_shape_args
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,13 +96,40 @@ def write_tasks(root: Path, docs: int, gen: bool) -> list[str]:
     return paths
 
 
+def write_random_run(root: Path, args: argparse.Namespace, tok: Any, **model: Any) -> None:
+    """``root/run``: a seeded random checkpoint of the model the arguments describe, with ``root/tok.json``.
+
+    Both benches score this one model shape (rotary on a quarter of each head, parallel residual),
+    so they measure the same thing; ``model`` sets further ModelConfig fields.
+    """
+    import torch
+
+    from neoxcli.checkpoint import write_checkpoint
+    from neoxcli.config import padded_vocab_size
+    from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig
+    from neoxcli.model import GPTModel
+
+    cfg = ModelConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_attention_heads=args.heads,
+        seq_length=args.seq,
+        pos_emb="rotary",
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+        **model,
+    )
+    torch.manual_seed(0)
+    net = GPTModel(cfg, padded_vocab_size(tok.vocab_size, cfg.make_vocab_size_divisible_by, 1))
+    neox_cfg = NeoXConfig(
+        model=cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(root / "tok.json"))
+    )
+    write_checkpoint(root / "run", neox_cfg, net.state_dict(), tokenizer=tok.backend)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
+    add_shape_args(ap, layers=4, hidden=256, heads=4, seq=256, batch=8)
     ap.add_argument("--docs", type=int, default=64)
     ap.add_argument("--gen", action="store_true", help="also a generate_until task")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -116,37 +147,18 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from neoxcli.checkpoint import load_for_inference, write_checkpoint
-    from neoxcli.config import padded_vocab_size
-    from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig
+    from neoxcli.checkpoint import load_for_inference
     from neoxcli.convert.cli_ops import export_hf
     from neoxcli.data.tokenizer import train_bpe_tokenizer
     from neoxcli.evaluation.adapter import NeoxLM
     from neoxcli.evaluation.tasks import _env_info_once
-    from neoxcli.model import GPTModel
 
     root = Path(tempfile.mkdtemp(prefix="neox-bench-eval-"))
     tok = train_bpe_tokenizer([sentence(i, 50) for i in range(200)], 512, root / "tok.json", min_frequency=1)
-    cfg = ModelConfig(
-        num_layers=args.layers,
-        hidden_size=args.hidden,
-        num_attention_heads=args.heads,
-        seq_length=args.seq,
-        pos_emb="rotary",
-        rotary_pct=0.25,
-        gpt_j_residual=True,
-        no_weight_tying=True,
-    )
-    torch.manual_seed(0)
-    model = GPTModel(cfg, padded_vocab_size(tok.vocab_size, cfg.make_vocab_size_divisible_by, 1))
-    neox_cfg = NeoXConfig(
-        model=cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(root / "tok.json"))
-    )
-    write_checkpoint(root / "run", neox_cfg, model.state_dict(), tokenizer=tok.backend)
+    write_random_run(root, args, tok, no_weight_tying=True)
     export_hf(root / "run", root / "hf")
     tasks = write_tasks(root, args.docs, args.gen)
 
@@ -200,35 +212,14 @@ def bench_text(mb: float) -> str:
 def ppl_bench(args: argparse.Namespace) -> None:
     import subprocess
 
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from neoxcli.checkpoint import write_checkpoint
-    from neoxcli.config import padded_vocab_size
-    from neoxcli.config.schema import ModelConfig, NeoXConfig, TokenizerConfig
     from neoxcli.data.tokenizer import train_bpe_tokenizer
-    from neoxcli.model import GPTModel
 
     root = Path(tempfile.mkdtemp(prefix="neox-bench-ppl-"))
     small, big = root / "small.txt", root / "big.txt"
     small.write_text(bench_text(1.0), encoding="utf-8")
     big.write_text(bench_text(args.ppl), encoding="utf-8")
     tok = train_bpe_tokenizer([bench_text(0.5)], 4096, root / "tok.json")
-    cfg = ModelConfig(
-        num_layers=args.layers,
-        hidden_size=args.hidden,
-        num_attention_heads=args.heads,
-        seq_length=args.seq,
-        pos_emb="rotary",
-        rotary_pct=0.25,
-        gpt_j_residual=True,
-    )
-    torch.manual_seed(0)
-    model = GPTModel(cfg, padded_vocab_size(tok.vocab_size, cfg.make_vocab_size_divisible_by, 1))
-    neox_cfg = NeoXConfig(
-        model=cfg, tokenizer=TokenizerConfig(tokenizer_type="HFTokenizer", vocab_file=str(root / "tok.json"))
-    )
-    write_checkpoint(root / "run", neox_cfg, model.state_dict(), tokenizer=tok.backend)
+    write_random_run(root, args, tok)
     rows = {}
     for name, text in (("load only", ""), ("1 MB", str(small)), (f"{args.ppl:g} MB", str(big))):
         cmd = [sys.executable, __file__, "--ppl-child", str(root / "run"), text or "-"]
@@ -260,7 +251,6 @@ def ppl_child(run: Path, text: str, args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from neoxcli.evaluation.models import load_checkpoint
     from neoxcli.evaluation.perplexity import evaluate_text, open_source
 

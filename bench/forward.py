@@ -16,15 +16,13 @@ import time
 
 import torch
 
+# _common also puts this checkout first on sys.path.
+from _common import add_shape_args, hf_gptneox_config
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=4)
+    add_shape_args(ap, layers=6, hidden=512, heads=8, vocab=8192, seq=512, batch=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rotary-pct", type=float, default=0.25)
@@ -33,23 +31,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     from neoxcli.config.schema import ModelConfig
     from neoxcli.convert import hf_gptneox_to_neox
     from neoxcli.model import GPTModel
 
     torch.manual_seed(0)
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden,
-        max_position_embeddings=args.seq,
+    hf_cfg = hf_gptneox_config(
+        vocab=args.vocab,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        seq=args.seq,
         rotary_pct=args.rotary_pct,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
     )
     hf = GPTNeoXForCausalLM(hf_cfg).train()
     kwargs, sd = hf_gptneox_to_neox(hf.state_dict(), hf_cfg)

@@ -31,6 +31,9 @@ from typing import Any
 
 import torch
 
+# _common also puts this checkout first on sys.path.
+from _common import hf_gptneox_config
+
 # layers, hidden, heads, vocab
 SHAPES = {
     "4x256": (4, 256, 8, 8192),
@@ -41,19 +44,7 @@ SHAPES = {
 
 
 def hf_config(layers: int, hidden: int, heads: int, vocab: int, ctx: int) -> Any:
-    from transformers import GPTNeoXConfig
-
-    return GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        max_position_embeddings=ctx,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-    )
+    return hf_gptneox_config(vocab=vocab, hidden=hidden, layers=layers, heads=heads, seq=ctx, rotary_pct=0.25)
 
 
 def build(layers: int, hidden: int, heads: int, vocab: int, ctx: int) -> tuple[Any, Any]:

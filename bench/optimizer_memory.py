@@ -19,14 +19,15 @@ import time
 
 import torch
 
+# _common also puts this checkout first on sys.path.
+from _common import add_shape_args, timed_rounds
+
 CHOICES = ("adamw", "adamw8bit", "torchao_adamw8bit", "lion", "adafactor", "sgd")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=8192)
+    add_shape_args(ap, layers=4, hidden=256, vocab=8192)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
@@ -75,15 +76,13 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             opt.step()
-        built.append((kind, opt, time.perf_counter() - t0, []))
+        built.append((kind, opt, time.perf_counter() - t0))
     # Rounds take turns, so load from other processes hits every optimizer alike; the median is kept.
-    for _ in range(args.rounds):
-        for _kind, opt, _first, times in built:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                opt.step()
-            times.append((time.perf_counter() - t0) / args.steps)
-    rows = [(kind, state_bytes(opt) / n, 1.0 / statistics.median(t), first) for kind, opt, first, t in built]
+    times, _ = timed_rounds({kind: opt.step for kind, opt, _first in built}, args.rounds, args.steps)
+    rows = [
+        (kind, state_bytes(opt) / n, 1.0 / statistics.median(w for w, _ in times[kind]), first)
+        for kind, opt, first in built
+    ]
 
     base = next((r for r in rows if r[0] == "adamw"), None)
     print(

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# _common also puts this checkout first on sys.path.
+from _common import add_shape_args, hf_training_baseline, timed_rounds
 
 
 def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, mlp: int) -> float:
@@ -50,16 +49,9 @@ def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, mlp: i
 
 def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> float:
     """This CPU's dense matmul rate at ``n`` x ``n`` (best of ``reps``): the peak MFU is measured against."""
-    import torch
+    from neoxcli.model.precision import matmul_seconds
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / matmul_seconds(dtype, n, reps) / 1e9
 
 
 def write_inputs(tmp: Path, vocab: int, tokens: int) -> tuple[Path, Path]:
@@ -147,7 +139,7 @@ def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable
 
 def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, Callable[[], float]]:
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     from neoxcli.model import GPTModel
     from neoxcli.parallel.distributed import DistEnv
@@ -169,21 +161,14 @@ def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dic
     torch.manual_seed(0)
     ids = torch.randint(1, args.vocab, (args.batch, args.seq + 1))
     bf16 = precision == "bf16"
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden,
-        max_position_embeddings=args.seq,
+    hf_cfg = hf_training_baseline(
+        vocab=vocab,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        seq=args.seq,
         rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_act="gelu",
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
     )
-    hf_cfg._attn_implementation = "sdpa"
     hf = GPTNeoXForCausalLM(hf_cfg).train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     contenders["hf"] = plain_step(hf, hf_opt, ids, bf16, hf=True)
@@ -206,16 +191,7 @@ def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict
     for step in contenders.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    losses: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for name, step in contenders.items():
-            t, c = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                losses[name] = step()
-            times[name].append(
-                ((time.perf_counter() - t) / args.steps, (time.process_time() - c) / args.steps)
-            )
+    times, losses = timed_rounds(contenders, args.rounds, args.steps)
     for name in contenders:
         print(f"  {precision} {name:11s} last loss {losses[name]:.4f}", flush=True)
     return {
@@ -226,12 +202,7 @@ def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=4)
+    add_shape_args(ap, layers=6, hidden=512, heads=8, vocab=8192, seq=512, batch=4)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)

@@ -249,24 +249,18 @@ def run_neox(
 def run_hf(args: argparse.Namespace, size: str, variant: str, micro: int, vocab: int, mcfg: Any) -> Result:
     import torch
     import torch.nn.functional as F
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from _common import hf_training_baseline
+    from transformers import GPTNeoXForCausalLM
 
     device = torch.device(args.device)
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=mcfg.hidden_size,
-        num_hidden_layers=mcfg.num_layers,
-        num_attention_heads=mcfg.num_attention_heads,
-        intermediate_size=4 * mcfg.hidden_size,
-        max_position_embeddings=mcfg.max_position_embeddings,
+    hf_cfg = hf_training_baseline(
+        vocab=vocab,
+        hidden=mcfg.hidden_size,
+        layers=mcfg.num_layers,
+        heads=mcfg.num_attention_heads,
+        seq=mcfg.max_position_embeddings,
         rotary_pct=mcfg.rotary_pct,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_act="gelu",
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
     )
-    hf_cfg._attn_implementation = "sdpa"
     model = GPTNeoXForCausalLM(hf_cfg).to(device).train()
     if variant == "ckpt":
         model.gradient_checkpointing_enable()

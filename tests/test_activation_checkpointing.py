@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_model_config, write_char_corpus
+from procs import run_ranks
 
 from neoxcli.model import GPTModel
 
-REPO = Path(__file__).resolve().parents[1]
 V = 96
 
 
@@ -167,8 +166,6 @@ def _worker(out: Path, configs: list[str]) -> None:
 def test_pipeline_losses_identical_with_checkpointing(tmp_path: Path) -> None:
     """PP=2 over 2 processes: DeepSpeed's interval checkpointing and selective recompute change no loss bit."""
     pytest.importorskip("deepspeed")
-    from neoxcli.parallel.distributed import free_port
-
     (tmp_path / "data").mkdir()
     write_char_corpus(tmp_path / "data" / "tiny_text_document")
     configs = [
@@ -177,33 +174,7 @@ def test_pipeline_losses_identical_with_checkpointing(tmp_path: Path) -> None:
         _config(tmp_path, "selective", checkpoint_activations=True, recompute_granularity="selective"),
     ]
     out = tmp_path / "out.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")])),
-    )
-    argv = [sys.executable, __file__, str(out), *map(str, configs)]
-    procs = []
-    for rank in range(2):
-        log = open(tmp_path / f"rank{rank}.log", "w")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                argv, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)), stdout=log, stderr=log
-            )
-        )
-    try:
-        codes = [p.wait(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    if any(codes):
-        pytest.fail(f"exit codes {codes}\n{(tmp_path / 'rank0.log').read_text()[-3000:]}")
+    run_ranks([__file__, str(out), *map(str, configs)], tmp_path)
     runs = json.loads(out.read_text())
     print({name: round(run["seconds"], 1) for name, run in runs.items()})
     plain = runs["plain"]["losses"]

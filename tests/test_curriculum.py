@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ from typing import Any
 import pytest
 import yaml
 from conftest import tiny_train_config
+from procs import run_ranks
 
 from neoxcli.config import load_config
 from neoxcli.config.schema import CurriculumLearning, SeqLengthWarmup
 from neoxcli.errors import ConfigError
 from neoxcli.training.curriculum import DeepSpeedCurriculum, Stage, StagedWarmup, describe
 from neoxcli.training.report import NullReporter
-
-REPO = Path(__file__).resolve().parents[1]
 
 DEEPSPEED_CASES = {
     "linear": dict(
@@ -244,8 +242,6 @@ def _worker(out: Path, config: Path) -> None:
 def test_pipeline_parallel_follows_the_curriculum(tmp_path: Path) -> None:
     """Two pipeline stages reshape their buffers at each stage change and match one process."""
     pytest.importorskip("deepspeed")
-    from neoxcli.parallel.distributed import free_port
-
     over = {"sample_at_end": False, "checkpoint-factor": None, "eval-interval": 3, "load": None}
     one = _run(tmp_path, "one", **over)
     path = tiny_train_config(tmp_path, **{"pipe_parallel_size": 2, "save": str(tmp_path / "pp2")})
@@ -261,28 +257,7 @@ def test_pipeline_parallel_follows_the_curriculum(tmp_path: Path) -> None:
     )
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "pp2.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")])),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out), str(path)],
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
+    run_ranks([__file__, str(out), str(path)], tmp_path)
     got = json.loads(out.read_text())
     want = {str(r["iteration"]): r for r in one.history}
     assert [got[k][1] for k in sorted(got, key=int)] == [8, 8, 16, 16, 32, 32]

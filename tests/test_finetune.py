@@ -15,18 +15,14 @@ ZeRO-3 job, a ``save_optimizer: false`` save, a checkpoint in object storage
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from procs import moto_server, run_ranks
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
@@ -38,7 +34,6 @@ from neoxcli.training.report import NullReporter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     "the quick brown fox jumps over the lazy dog. ",
     "pack my box with five dozen liquor jugs. ",
@@ -90,31 +85,12 @@ def _write_config(root: Path, name: str, **over: Any) -> Path:
 
 def _launch(config: Path, ranks: int) -> None:
     """Train ``config`` as a ``ranks``-process job on this machine (gloo, one worker per rank)."""
-    from neoxcli.parallel.distributed import free_port
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE=str(ranks),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    run_ranks(
+        ["-m", "neoxcli.training.worker", "--config", str(config)],
+        config.parent,
+        ranks=ranks,
+        label=f"{config.stem}-",
     )
-    argv = [sys.executable, "-m", "neoxcli.training.worker", "--config", str(config)]
-    procs = [
-        subprocess.Popen(
-            argv,
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(ranks)
-    ]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * ranks, outputs[0][-3000:]
 
 
 def _windows(root: Path, n: int = 16, length: int = 32) -> torch.Tensor:
@@ -533,39 +509,18 @@ def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[An
     pytest.importorskip("boto3")
     pytest.importorskip("moto.server")
     from neoxcli.checkpoint.s3 import client
-    from neoxcli.parallel.distributed import free_port
 
-    port = free_port()
-    log = (tmp_path / "moto.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto's server did not start: {(tmp_path / 'moto.log').read_text()}")
-                time.sleep(0.2)
+    with moto_server(tmp_path / "moto.log") as url:
         for key, value in {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ENDPOINT_URL": url,
         }.items():
             monkeypatch.setenv(key, value)
         s3 = client()
         s3.create_bucket(Bucket="runs")
         yield s3, "runs"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_finetune_from_a_checkpoint_in_object_storage(

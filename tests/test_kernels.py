@@ -311,33 +311,11 @@ def _vocab_parallel_worker(out: str) -> None:
 def test_vocab_parallel_linear_cross_entropy(tmp_path: Path) -> None:
     """Two gloo processes, each holding half the vocabulary: loss and gradients match one process (fp32)."""
     import json
-    import subprocess
-    import sys
 
-    from neoxcli.parallel.distributed import free_port
+    from procs import run_ranks
 
     out = tmp_path / "diffs.json"
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(
-        os.environ,
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env=dict(env, RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=120)[0].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:]
+    run_ranks([__file__, str(out)], tmp_path, timeout=120)
     for rank_diffs in json.loads(out.read_text()):
         assert max(rank_diffs.values()) < 1e-5, rank_diffs
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import tiny_train_config
+from procs import run_ranks
 
 torch = pytest.importorskip("torch")
-REPO = Path(__file__).resolve().parents[1]
 
 from neoxcli.cli import main  # noqa: E402
 from neoxcli.config import load_config  # noqa: E402
@@ -245,31 +244,8 @@ def _worker(out: Path, configs: list[str]) -> None:
 
 
 def _launch(tmp: Path, configs: list[Path], label: str) -> dict[str, Any]:
-    from neoxcli.parallel.distributed import free_port
-
     out = tmp / f"{label}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")])),
-    )
-    argv = [sys.executable, __file__, str(out), *map(str, configs)]
-    procs = [
-        subprocess.Popen(
-            argv,
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
+    run_ranks([__file__, str(out), *map(str, configs)], tmp, label=f"{label}-", timeout=300)
     return json.loads(out.read_text())
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,13 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from procs import run_ranks
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 TEXT = (
     "the quick brown fox jumps over the lazy dog. "
     "pack my box with five dozen liquor jugs. "
@@ -140,37 +139,8 @@ def _resume_config(root: Path, source: str, name: str, **over: Any) -> Path:
 
 def _launch(root: Path, configs: list[Path], label: str, nproc: int = 2) -> dict[str, Any]:
     """Start ``nproc`` worker processes with torch-style variables; each trains ``configs`` in turn."""
-    from neoxcli.parallel.distributed import free_port
-
     out = root / f"{label}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "JSM_"))}
-    env.update(
-        WORLD_SIZE=str(nproc),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        GLOO_SOCKET_IFNAME="lo",
-        DS_ACCELERATOR="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-    )
-    argv = [sys.executable, __file__, str(out), *map(str, configs)]
-    procs, logs = [], []
-    for rank in range(nproc):
-        log = open(root / f"{label}-rank{rank}.log", "w")  # noqa: SIM115
-        logs.append(log)
-        rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen(argv, env=rank_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
-    try:
-        codes = [p.wait(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for log in logs:
-            log.close()
-    if any(codes):
-        tail = (root / f"{label}-rank0.log").read_text()[-3000:]
-        pytest.fail(f"{label}: worker exit codes {codes}\n{tail}")
+    run_ranks([__file__, str(out), *map(str, configs)], root, ranks=nproc, label=f"{label}-")
     return json.loads(out.read_text())
 
 

@@ -31,6 +31,28 @@ def _warps(block: int) -> int:
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
+def _row_meta(cols: int) -> dict[str, int]:
+    """The launch settings of a one-program-per-row norm kernel: the whole row in one block."""
+    block = _block(cols)
+    return {"BLOCK": block, "num_warps": _warps(block)}
+
+
+def _as_rows(x: Tensor) -> Tensor:
+    """``x`` as a contiguous ``[rows, last dim]`` matrix, the layout the row kernels index."""
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _grad_stripes(x2: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """``dy`` as rows, an empty ``dx``, and how the rows split over the weight-gradient programs.
+
+    Each of the ``progs`` programs sums ``per`` rows into its own fp32 row of the weight gradient;
+    the caller adds those partial rows up, so no atomics are needed.
+    """
+    rows, cols = x2.shape
+    progs = min(_GRAD_PROGRAMS, rows)
+    return dy.reshape(rows, cols).contiguous(), torch.empty_like(x2), progs, triton.cdiv(rows, progs)
+
+
 # --------------------------------------------------------------------------- RMSNorm
 
 
@@ -74,7 +96,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).contiguous()
+        x2 = _as_rows(x)
         rows, cols = x2.shape
         out_dtype = x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
         y = torch.empty((rows, cols), dtype=out_dtype, device=x.device)
@@ -88,8 +110,7 @@ class _RMSNorm(torch.autograd.Function):
             cols,
             eps,
             HAS_W=weight is not None,
-            BLOCK=_block(cols),
-            num_warps=_warps(_block(cols)),
+            **_row_meta(cols),
         )
         ctx.save_for_backward(x2, weight, rstd)
         ctx.shape = shape
@@ -99,10 +120,7 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x2, weight, rstd = ctx.saved_tensors
         rows, cols = x2.shape
-        dy2 = dy.reshape(rows, cols).contiguous()
-        dx = torch.empty_like(x2)
-        progs = min(_GRAD_PROGRAMS, rows)
-        per = triton.cdiv(rows, progs)
+        dy2, dx, progs, per = _grad_stripes(x2, dy)
         dw = torch.empty((progs, cols), dtype=torch.float32, device=x2.device)
         w = weight if weight is not None else x2
         _rms_bwd[(progs,)](
@@ -116,8 +134,7 @@ class _RMSNorm(torch.autograd.Function):
             cols,
             per,
             HAS_W=weight is not None,
-            BLOCK=_block(cols),
-            num_warps=_warps(_block(cols)),
+            **_row_meta(cols),
         )
         gw = dw.sum(0).to(weight.dtype) if weight is not None else None
         return dx.view(ctx.shape), gw, None
@@ -177,7 +194,7 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).contiguous()
+        x2 = _as_rows(x)
         rows, cols = x2.shape
         y = torch.empty_like(x2)
         mean = torch.empty(rows, dtype=torch.float32, device=x.device)
@@ -193,8 +210,7 @@ class _LayerNorm(torch.autograd.Function):
             cols,
             eps,
             HAS_B=bias is not None,
-            BLOCK=_block(cols),
-            num_warps=_warps(_block(cols)),
+            **_row_meta(cols),
         )
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.has_bias = bias is not None
@@ -205,10 +221,7 @@ class _LayerNorm(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x2, weight, mean, rstd = ctx.saved_tensors
         rows, cols = x2.shape
-        dy2 = dy.reshape(rows, cols).contiguous()
-        dx = torch.empty_like(x2)
-        progs = min(_GRAD_PROGRAMS, rows)
-        per = triton.cdiv(rows, progs)
+        dy2, dx, progs, per = _grad_stripes(x2, dy)
         dw = torch.empty((progs, cols), dtype=torch.float32, device=x2.device)
         db = torch.empty_like(dw)
         _ln_bwd[(progs,)](
@@ -223,8 +236,7 @@ class _LayerNorm(torch.autograd.Function):
             rows,
             cols,
             per,
-            BLOCK=_block(cols),
-            num_warps=_warps(_block(cols)),
+            **_row_meta(cols),
         )
         gb = db.sum(0).to(weight.dtype) if ctx.has_bias else None
         return dx.view(ctx.shape), dw.sum(0).to(weight.dtype), gb, None
@@ -288,7 +300,7 @@ class _GatedActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: Tensor, act: str) -> Tensor:
         shape = h.shape
-        h2 = h.reshape(-1, shape[-1]).contiguous()
+        h2 = _as_rows(h)
         rows, width = h2.shape[0], h2.shape[1] // 2
         out = torch.empty((rows, width), dtype=h.dtype, device=h.device)
         block = min(1024, _block(width))

@@ -32,7 +32,8 @@ class Bf16Verdict:
     reason: str
 
 
-def _matmul_seconds(dtype: Any, n: int, reps: int) -> float:
+def matmul_seconds(dtype: Any, n: int, reps: int) -> float:
+    """The best of ``reps`` timings of one ``n``-square matmul in ``dtype`` on the CPU, after a warm-up."""
     import torch
 
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -51,7 +52,7 @@ def probe_cpu_bf16_speedup(n: int = 512, reps: int = 5) -> float:
     """How many times faster an ``n``-square bf16 matmul is than fp32 on this CPU (measured once, ~10 ms)."""
     import torch
 
-    return _matmul_seconds(torch.float32, n, reps) / _matmul_seconds(torch.bfloat16, n, reps)
+    return matmul_seconds(torch.float32, n, reps) / matmul_seconds(torch.bfloat16, n, reps)
 
 
 def cpu_has_amx() -> bool:
