@@ -34,17 +34,14 @@ from typing import Any
 from _common import add_shape_args, hf_training_baseline, timed_rounds
 
 
-def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, mlp: int) -> float:
-    """Model FLOPs of one training token (forward + backward = 3x forward), PaLM's accounting.
+def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads: int) -> float:
+    """Model FLOPs of one training token for a plain GPT-NeoX shape: ``neoxcli.model.flops``, the count
+    every neox log line and metrics row uses (Megatron's, with the attention term and the head)."""
+    from neoxcli.config.schema import ModelConfig
+    from neoxcli.model.flops import flops_per_token
 
-    Each weight matrix costs 2 FLOPs per parameter per token forward; attention's two
-    [T, T] products cost 2 * 2 * T * d per layer forward, counted in full as PaLM and
-    Megatron do (a causal kernel skips about half, so MFU here is slightly conservative).
-    Embedding lookups are free; the output head is a matmul and counts.
-    """
-    per_layer = 4 * hidden * hidden + 2 * hidden * mlp  # qkv + out, up + down
-    matmul_params = layers * per_layer + hidden * vocab
-    return 3 * (2 * matmul_params + layers * 4 * seq * hidden)
+    model = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
+    return float(flops_per_token(model, vocab, seq))
 
 
 def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> float:
@@ -219,7 +216,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     )
-    flops_tok = train_flops_per_token(args.layers, args.hidden, args.seq, args.vocab, 4 * args.hidden)
+    flops_tok = train_flops_per_token(args.layers, args.hidden, args.seq, args.vocab, args.heads)
     tokens = args.batch * args.seq
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

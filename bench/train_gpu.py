@@ -35,12 +35,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_cpu import train_flops_per_token, write_inputs  # noqa: E402
+from train_cpu import write_inputs  # noqa: E402
+
+from neoxcli.model.flops import flops_per_token  # noqa: E402
 
 SIZES = {"160m": "pythia-160m", "410m": "pythia-410m", "1.4b": "pythia-1.4b"}
 VARIANTS = ("plain", "compile", "ckpt")
 # Dense bf16 peaks (no sparsity), TFLOP/s, by a substring of the device name.
-PEAKS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0}
 PYTHIA_VOCAB = 50277  # the 20B tokenizer's size; padded to 50304 as in Pythia
 TINY = {
     "num_layers": 2,
@@ -123,10 +124,13 @@ def run_order(sizes: list[str], variants: list[str], hf: bool) -> list[tuple[str
 
 
 def peak_tflops(device_name: str, override: float = 0.0) -> float | None:
-    """The dense bf16 peak of the device by name; None when unknown (MFU is then not printed)."""
+    """The dense bf16 peak of the device by name (neox's table); None when unknown (MFU is then not printed)."""
+    from neoxcli.model.flops import table_peak
+
     if override > 0:
         return override
-    return next((p for key, p in PEAKS.items() if key in device_name), None)
+    peak = table_peak(device_name, "bf16")
+    return peak / 1e12 if peak is not None else None
 
 
 def guess_micro_batch(
@@ -327,9 +331,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 continue
             mcfg = neox_config(args, size, "plain", 1, inputs).model
             vocab = 50304 if not args.tiny else 512
-            flops_tok = train_flops_per_token(
-                mcfg.num_layers, mcfg.hidden_size, args.seq, vocab, 4 * mcfg.hidden_size
-            )
+            flops_tok = float(flops_per_token(mcfg, vocab, args.seq))
             if impl == "hf":
                 micro = chosen.get((size, variant), 0)
                 if not micro:

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 train_gpu = pytest.importorskip("train_gpu")
+train_cpu = pytest.importorskip("train_cpu")
 
 
 def test_arguments_are_checked() -> None:
@@ -50,8 +51,8 @@ def test_flops_count_every_weight_matrix_three_times_two_plus_attention() -> Non
         p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in name
     )
     attention = 3 * cfg.num_layers * 4 * cfg.seq_length * cfg.hidden_size
-    got = train_gpu.train_flops_per_token(
-        cfg.num_layers, cfg.hidden_size, cfg.seq_length, vocab, 4 * cfg.hidden_size
+    got = train_cpu.train_flops_per_token(
+        cfg.num_layers, cfg.hidden_size, cfg.seq_length, vocab, cfg.num_attention_heads
     )
     assert got == 6 * matrices + attention
 
@@ -64,7 +65,7 @@ def test_micro_batch_estimate_grows_with_memory_and_checkpointing() -> None:
     assert 4 <= plain < ckpt
     assert plain & (plain - 1) == 0  # a power of two
     assert train_gpu.guess_micro_batch(n, layers, hidden, seq, vocab, 20e9, ckpt=False) == 1
-    assert train_gpu.peak_tflops("NVIDIA H200") == 989.4 and train_gpu.peak_tflops("Some GPU") is None
+    assert train_gpu.peak_tflops("NVIDIA H200") == 989.0 and train_gpu.peak_tflops("Some GPU") is None
 
 
 def test_tiny_run_on_cpu_times_neox_and_hugging_face(tmp_path: Path) -> None:
