@@ -238,6 +238,43 @@ def test_pdsh_argv_and_remote_command(monkeypatch: pytest.MonkeyPatch, tmp_path:
     ]
 
 
+@pytest.mark.skipif(shutil.which("grep") is None, reason="grep is not installed")
+def test_pdsh_stop_command_reaches_only_this_jobs_agents(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ssh forwards no signal: the plan carries a pdsh command that sends SIGUSR1 to this job's agents."""
+    monkeypatch.chdir(tmp_path)
+    run_config = tmp_path / "exp (v1.5)+[a]^$ 50%" / "run-config.yml"  # regex and pdsh specials
+    hosts = nodes(("node01", 1), ("node02", 1))
+    plan = PdshLauncher(PY).build(make_cfg(launcher_args=["-u", "600"]), hosts, run_config, BASE_ENV)
+    (command,) = plan.commands
+    stop = command.stop_argv
+    assert stop is not None and stop[:8] == ["pdsh", "-S", "-f", "1024", "-w", "node01,node02", "-u", "600"]
+    kill, signal_flag, full, pattern = shlex.split(pdsh_substitute(stop[-1], "node02", 1))
+    assert (kill, signal_flag, full) == ("pkill", "-USR1", "-f")
+
+    def cmdline(remote: str) -> str:  # what /proc shows for the process the remote command execs
+        words = shlex.split(pdsh_substitute(remote, "node02", 1))
+        return " ".join(words[words.index(PY) :])
+
+    agent = cmdline(command.argv[-1])
+    other_job = cmdline(
+        PdshLauncher(PY).build(make_cfg(), hosts, tmp_path / "run-config.yml", BASE_ENV).commands[0].argv[-1]
+    )
+    worker = " ".join([PY, "-m", WORKER_MODULE, "--config", str(run_config)])
+    carriers = [  # mention the agent's words too; SIGUSR1 would end them
+        "ssh -oBatchMode=yes node02 " + pdsh_substitute(command.argv[-1], "node02", 1),
+        " ".join(command.argv),
+        " ".join(stop),
+    ]
+    lines = [agent, other_job, worker, *carriers]
+    found = subprocess.run(
+        ["grep", "-E", "-n", "--", pattern], input="\n".join(lines) + "\n", capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr
+    assert [line.split(":", 1)[0] for line in found.stdout.splitlines()] == ["1"]  # the agent alone
+
+
 def test_pdsh_exclude_and_hostfile(tmp_path: Path) -> None:
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node01 slots=2\nnode02 slots=2\nnode03 slots=2\n")

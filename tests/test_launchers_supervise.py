@@ -141,6 +141,50 @@ def test_ctrl_c_and_sigterm_stop_every_rank(tmp_path: Path, sig: int, code: int)
     assert not any(alive(pid) for pid in pids(tmp_path).values())
 
 
+# A launcher that passes no signal on (pdsh): SIGUSR1 would end it, so the supervisor must not send
+# it one; it ends with 75, as saved ranks do, once the stop command has left word in $OUT/stop.
+FORWARDS_NOTHING = """
+import os, sys, time
+out = sys.argv[1]
+open(os.path.join(out, "started"), "w").close()
+while not os.path.exists(os.path.join(out, "stop")):
+    time.sleep(0.05)
+sys.exit(75)
+"""
+STOP_SCRIPT = "import sys; open(sys.argv[1] + '/stop', 'w').write('asked')"
+SUPERVISE_STOP = """
+import sys
+from neoxcli.launchers.base import LaunchCommand
+from neoxcli.launchers.supervisor import supervise
+job, stop, out = sys.argv[1:4]
+stop_argv = [sys.executable, "-c", stop, out] if stop else [sys.executable, "-c", "pass"]
+sys.exit(supervise([LaunchCommand([sys.executable, "-c", job, out], stop_argv=stop_argv)], grace_s=5))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signals", "code"), [((signal.SIGTERM,), 75), ((signal.SIGINT, signal.SIGINT), 130)]
+)
+def test_stop_command_carries_the_graceful_stop(tmp_path: Path, signals: tuple[int, ...], code: int) -> None:
+    """The first signal runs the command's stop command instead of signalling it; a second stops it at once."""
+    stop = STOP_SCRIPT if len(signals) == 1 else ""  # twice: the job never hears of the first
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISE_STOP, FORWARDS_NOTHING, stop, str(tmp_path)],
+        stderr=subprocess.PIPE,
+    )
+    assert wait_for(lambda: (tmp_path / "started").exists())
+    for sig in signals:
+        launcher.send_signal(sig)
+        time.sleep(0.3)
+    _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == code, err
+    assert b"every rank finishes its step, saves a checkpoint and stops" in err
+    if code == 75:
+        assert (tmp_path / "stop").read_text() == "asked"
+    else:
+        assert b"interrupted (SIGINT): stopped all ranks" in err
+
+
 # --- the node agent ----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ ends (the run directory is already shared: ranks read their config there).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,11 @@ from neoxcli.launchers.base import (
 )
 
 ENV_FILE_NAME = "rank-secrets.env"
+
+
+def ere_escape(text: str) -> str:
+    """``text`` as a POSIX extended regular expression matching itself literally (for ``pkill -f``)."""
+    return re.sub(r"([.\[\]()*+?{}|^$\\])", r"\\\1", text)
 
 
 def pdsh_escape(text: str) -> str:
@@ -64,6 +70,32 @@ class PdshLauncher(Launcher):
         after = shlex.join(self.worker_argv(run_config_path))
         return f"{pdsh_escape(before)} --host %h -- {pdsh_escape(after)}"
 
+    def stop_argv(self, hosts: Sequence[Node], run_config_path: Path, pdsh_args: Sequence[str]) -> list[str]:
+        """A pdsh command sending SIGUSR1 to this job's node agents, which pass it on to their ranks.
+
+        ssh forwards no signal, so the graceful stop has to travel as a command
+        of its own. The pattern is anchored at the agent's interpreter: the ssh
+        and pdsh processes carrying the launch command mention the same words
+        further in and must not be hit (SIGUSR1 would end them). The run
+        config's path tells this job's agents from any other job's; ``/proc``
+        joins the words with plain spaces, so they are joined so here.
+        """
+        pattern = (
+            f"^{ere_escape(self.python)} -m {ere_escape(AGENT_MODULE)} .* -- "
+            f"{ere_escape(' '.join(self.worker_argv(run_config_path)))}$"
+        )
+        remote = shlex.join(["pkill", "-USR1", "-f", pattern])
+        return [
+            "pdsh",
+            "-S",
+            "-f",
+            "1024",
+            "-w",
+            ",".join(node.name for node in hosts),
+            *pdsh_args,
+            pdsh_escape(remote),
+        ]
+
     def build(
         self, config: NeoXConfig, hosts: Sequence[Node], run_config_path: Path, env: Mapping[str, str]
     ) -> LaunchPlan:
@@ -93,7 +125,14 @@ class PdshLauncher(Launcher):
             private[env_file] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
         return LaunchPlan(
             self.name,
-            [LaunchCommand(argv, pdsh_env, label=f"pdsh to {len(hosts)} host(s)")],
+            [
+                LaunchCommand(
+                    argv,
+                    pdsh_env,
+                    label=f"pdsh to {len(hosts)} host(s)",
+                    stop_argv=self.stop_argv(hosts, run_config_path, lc.launcher_args),
+                )
+            ],
             private_files=private,
             world_size=world,
             notes=[

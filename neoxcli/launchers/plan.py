@@ -38,6 +38,9 @@ class LaunchCommand:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    # For launchers that pass no signal on (pdsh, ssh): a command, run with the same variables, that
+    # asks this command's ranks to save and stop, as SIGUSR1 does through srun and mpirun.
+    stop_argv: list[str] | None = None
 
     def shell(self) -> str:
         """The command as one shell line (``env K=V ... argv``), every word quoted, credentials masked.

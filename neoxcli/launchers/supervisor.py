@@ -11,7 +11,8 @@ output goes to ``{run}/logs/rank-N.log`` (``rankio``); the console gets rank
 0's progress, each distinct error once, and one line about the first failure
 with the path to that rank's log. Ctrl-C (or SIGTERM) stops everything too,
 except for neox training ranks: to them the first Ctrl-C, SIGTERM or SIGUSR1
-is passed on as SIGUSR1 (which srun and mpirun forward to their tasks too), so
+is passed on as SIGUSR1 (which srun and mpirun forward to their tasks too; for
+pdsh, which forwards nothing, a second pdsh command sends it to the node agents), so
 each finishes its step, saves and exits with ``STOPPED_EXIT_CODE``; a second
 Ctrl-C or SIGTERM stops everything at once.
 """
@@ -147,8 +148,12 @@ def supervise(
                 return
             raise _Interrupted(signum)  # asked twice: stop now
         asked.append(signum)
-        for proc in procs:
-            if proc.poll() is None:
+        for command, proc in zip(commands, procs, strict=False):  # procs: those started so far
+            if proc.poll() is not None:
+                continue
+            if command.stop_argv is not None:  # pdsh: ssh passes no signal on, so send it there
+                pass_stop(command, err)
+            else:
                 proc.send_signal(signal.SIGUSR1)
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         _say(
@@ -158,7 +163,7 @@ def supervise(
         )
 
     # Only neox's own training workers save on a signal; anything else is stopped as before.
-    graceful = any(WORKER_MODULE in command.argv for command in commands)
+    graceful = any(WORKER_MODULE in command.argv or command.stop_argv is not None for command in commands)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, interrupt)
@@ -253,6 +258,44 @@ def _watch(
         if watcher.all_succeeded(len(procs)):
             return None
         time.sleep(poll_s)
+
+
+STOP_COMMAND_TIMEOUT_S = 60.0
+
+
+def pass_stop(command: LaunchCommand, err: IO[bytes]) -> threading.Thread:
+    """Run ``command.stop_argv`` in the background (the signal handler must not block) and say if it failed.
+
+    Its own session keeps a Ctrl-C in the terminal from ending it halfway.
+    """
+    assert command.stop_argv is not None
+    argv = command.stop_argv
+
+    def run() -> None:
+        try:
+            done = subprocess.run(
+                argv,
+                env={**os.environ, **command.env},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                start_new_session=True,
+                timeout=STOP_COMMAND_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _say(err, f"warning: could not pass the stop on to the ranks ({shlexname(argv)}: {exc})")
+            return
+        # pkill finds nothing on a host whose ranks already ended (exit 1): no news.
+        if done.returncode not in (0, 1):
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            _say(
+                err,
+                f"warning: passing the stop on to the ranks failed ({shlexname(argv)} exited with "
+                f"{done.returncode}{': ' + tail[0] if tail else ''})",
+            )
+
+    thread = threading.Thread(target=run, name="neox-pass-stop", daemon=True)
+    thread.start()
+    return thread
 
 
 def shlexname(argv: Sequence[str]) -> str:
