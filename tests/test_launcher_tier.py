@@ -8,7 +8,8 @@ the launcher had to carry. Few launches, several checks each:
 
 * pdsh: trains; a hostile launcher_env value arrives intact and injects nothing.
 * pdsh: a rank dying on node02 ends the job within 60 s, named, nothing left running;
-  Ctrl-C on the launcher ends the ranks on both hosts.
+  SIGTERM to the launcher makes both hosts' ranks save and stop (exit 75), a second
+  Ctrl-C ends the ranks on both hosts at once.
 * mpi (Open MPI): trains.
 * slurm inside a real allocation (salloc): `neox hostfile --slurm` agrees with
   `scontrol show hostnames`, then srun trains.
@@ -22,6 +23,7 @@ Skipped, with the reason, where the machine lacks root or the packages
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -32,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from neoxcli.launchers.signals import STOPPED_EXIT_CODE
 
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 from cluster import IFACE, Cluster, missing_requirements  # noqa: E402
@@ -135,8 +139,43 @@ def test_pdsh_failed_rank_on_other_host_ends_the_job(cluster: Cluster, hooks: Pa
     assert wait_gone(str(save / "run-config.yml")) == []
 
 
-def test_pdsh_ctrl_c_stops_ranks_on_both_hosts(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:
-    """Stopping pdsh drops the ssh sessions; each host's agent sees that and ends its ranks."""
+def test_pdsh_sigterm_saves_and_stops_on_both_hosts(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:
+    """ssh forwards no signal; the stop still reaches both hosts: same last step, one checkpoint, exit 75."""
+    cfg, save, where, hostfile = setup_run(tmp_path, train_iters=2000, checkpoint_factor=1000)
+    stops = tmp_path / "stops"
+    stops.mkdir()
+    proc = cluster.popen(
+        "node01",
+        [*NEOX, "train", str(cfg), "--launcher", "pdsh", "--hostfile", str(hostfile)],
+        env=run_env(hooks, where, NEOX_TEST_STOPS=str(stops)),
+    )
+    metrics = save / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        out, err, took = finish_timed(proc, 120)
+    assert proc.returncode == STOPPED_EXIT_CODE, out[-2000:] + err[-3000:]
+    assert "SIGTERM: every rank finishes its step, saves a checkpoint and stops" in err
+    tag = save / (save / "latest").read_text().strip()
+    stopped_at = int(tag.name.removeprefix("global_step"))
+    assert 2 <= stopped_at < 2000 and (tag / "config.yml").is_file()  # finalized: complete
+    assert f"stopped by SIGUSR1 after iteration {stopped_at}" in " ".join(out.split()).replace(" node01:", "")
+    # Each rank, as it exited: the signal reached node02's too, and both stopped after the same step.
+    ranks = {p.stem: json.loads(p.read_text()) for p in stops.glob("rank-*.json")}
+    assert sorted(ranks) == ["rank-0", "rank-1"], ranks
+    assert (ranks["rank-0"]["host"], ranks["rank-1"]["host"]) == ("node01", "node02")
+    assert ranks["rank-0"]["signal"] == "SIGUSR1"  # what node01's agent passed on from the pdsh stop
+    for record in ranks.values():
+        assert record["iteration"] == stopped_at and record["exit"] == STOPPED_EXIT_CODE, ranks
+    assert wait_gone(str(save / "run-config.yml")) == []
+
+
+def test_pdsh_second_ctrl_c_stops_ranks_on_both_hosts(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:
+    """The second Ctrl-C stops pdsh, dropping the ssh sessions; each host's agent sees that and ends its ranks."""
     cfg, save, where, hostfile = setup_run(tmp_path, train_iters=2000, checkpoint_factor=2)
     proc = cluster.popen(
         "node01",
@@ -148,7 +187,9 @@ def test_pdsh_ctrl_c_stops_ranks_on_both_hosts(cluster: Cluster, hooks: Path, tm
         wait_for_path(save / "global_step2", proc)
         assert sorted(read_where(where)) == ["0", "1"]
         assert len(processes_mentioning(marker)) >= 4  # two agents and two workers
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal delivers
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal delivers: the first saves and stops
+        time.sleep(0.1)  # handled, and long before the ranks could have saved
+        proc.send_signal(signal.SIGINT)  # the second stops at once
     finally:
         out, err, _ = finish_timed(proc, 60)
     assert proc.returncode == 130, err[-3000:]

@@ -16,6 +16,7 @@ NEOX = [sys.executable, "-c", "import sys; from neoxcli.cli import main; sys.exi
 # Loaded by every Python process that has its directory on PYTHONPATH (launchers forward it to ranks).
 # In a worker process it records where the rank runs and what it was given (NEOX_TEST_WHERE), and
 # makes the rank named by NEOX_TEST_FAIL_RANK die with code 3 once NEOX_TEST_FAIL_AFTER exists.
+# With NEOX_TEST_STOPS it records, per rank, the iteration a graceful stop came after and the exit code.
 SITECUSTOMIZE = r"""
 import json, os, socket, threading, time
 
@@ -39,6 +40,27 @@ if _is_worker():
             json.dump({"host": socket.gethostname(), "rank": _rank,
                        "env": {k: os.environ[k] for k in _keep}}, _f)
         os.replace(_name + ".tmp", _name + ".json")
+    _stops = os.environ.get("NEOX_TEST_STOPS")
+    if _stops:
+        import sys
+        from neoxcli.training import interrupt as _interrupt
+
+        _record = {"rank": _rank, "host": socket.gethostname()}
+        _init = _interrupt.Stopped.__init__
+
+        def _stopped(self, signal_name, iteration, *args, **kwargs):
+            _record.update(signal=signal_name, iteration=iteration)
+            _init(self, signal_name, iteration, *args, **kwargs)
+
+        _interrupt.Stopped.__init__ = _stopped
+        _exit = sys.exit
+
+        def _exit_recorded(code=None):
+            with open(os.path.join(_stops, f"rank-{_rank}.json"), "w") as _f:
+                json.dump({**_record, "exit": code}, _f)
+            _exit(code)
+
+        sys.exit = _exit_recorded
     _path = os.environ.get("NEOX_TEST_FAIL_AFTER")
     if _path and _rank == os.environ.get("NEOX_TEST_FAIL_RANK"):
         def _die():
