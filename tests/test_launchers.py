@@ -273,6 +273,10 @@ def test_pdsh_stop_command_reaches_only_this_jobs_agents(
     )
     assert found.returncode == 0, found.stderr
     assert [line.split(":", 1)[0] for line in found.stdout.splitlines()] == ["1"]  # the agent alone
+    said = plan.render().splitlines()[-1]  # --dry-run shows it, as a comment: pasting the plan never runs it
+    assert (
+        said.startswith("# the first SIGTERM, SIGUSR1 or Ctrl-C is passed on by: pdsh -S") and "pkill" in said
+    )
 
 
 def test_pdsh_exclude_and_hostfile(tmp_path: Path) -> None:

@@ -78,6 +78,9 @@ class LaunchPlan:
             if command.label:
                 lines.append(f"# {_comment(command.label)}")
             lines.append(command.shell())
+            if command.stop_argv is not None:
+                stop = shlex.join(mask_word(word) for word in command.stop_argv)
+                lines.append(f"# the first SIGTERM, SIGUSR1 or Ctrl-C is passed on by: {_comment(stop)}")
         return "\n".join(lines) + "\n"
 
     def write_files(self) -> None:
