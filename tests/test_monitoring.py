@@ -322,3 +322,17 @@ def test_steps_count_the_tokens_they_really_train_on(tmp_path: Path) -> None:
         assert (run.step_tokens, run.step_seq_length, run.tokens_seen) == (8 * 32, 32, 8 * 16 + 8 * 32)
     finally:
         plain.close()
+
+
+def test_timing_the_cpu_peak_leaves_the_global_rng_alone() -> None:
+    """The peak is re-timed mid-run when a step beats it: dropout and sampling must not see that."""
+    import torch
+
+    from neoxcli.model.flops import measured_matmul_flops
+    from neoxcli.model.precision import matmul_seconds
+
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    measured_matmul_flops(again=True)
+    matmul_seconds(torch.float32, 64, 1)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -129,9 +129,12 @@ def _time_matmul(dtype_name: str, budget_s: float = 2.0) -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
+    # A generator of its own: the timing (re-run whenever a step beats the cached peak) must not
+    # move the global RNG a training run's dropout and sampling draw from.
+    gen = torch.Generator().manual_seed(0)
     n, rate, spent = 256, 0.0, 0.0
     while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
         best = float("inf")
         for i in range(4):  # the first is a warm-up
             t0 = time.perf_counter()
