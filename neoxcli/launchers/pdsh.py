@@ -46,6 +46,11 @@ def pdsh_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
+def _pdsh_argv(hosts: Sequence[Node], pdsh_args: Sequence[str], remote: str) -> list[str]:
+    """One pdsh command over ``hosts`` (all at once, ``-S``: the worst remote exit code is pdsh's)."""
+    return ["pdsh", "-S", "-f", "1024", "-w", ",".join(node.name for node in hosts), *pdsh_args, remote]
+
+
 class PdshLauncher(Launcher):
     name = "pdsh"
     description = "ssh to every host of the hostfile with pdsh; each host starts its own ranks"
@@ -85,16 +90,7 @@ class PdshLauncher(Launcher):
             f"{ere_escape(' '.join(self.worker_argv(run_config_path)))}$"
         )
         remote = shlex.join(["pkill", "-USR1", "-f", pattern])
-        return [
-            "pdsh",
-            "-S",
-            "-f",
-            "1024",
-            "-w",
-            ",".join(node.name for node in hosts),
-            *pdsh_args,
-            pdsh_escape(remote),
-        ]
+        return _pdsh_argv(hosts, pdsh_args, pdsh_escape(remote))
 
     def build(
         self, config: NeoXConfig, hosts: Sequence[Node], run_config_path: Path, env: Mapping[str, str]
@@ -105,16 +101,7 @@ class PdshLauncher(Launcher):
         secrets = secret_env(self.rank_env(config, hosts, env))
         env_file = run_config_path.parent / ENV_FILE_NAME if secrets else None
         remote = self.remote_command(config, hosts, run_config_path, env, workdir, env_file)
-        argv = [
-            "pdsh",
-            "-S",
-            "-f",
-            "1024",
-            "-w",
-            ",".join(node.name for node in hosts),
-            *lc.launcher_args,
-            remote,
-        ]
+        argv = _pdsh_argv(hosts, lc.launcher_args, remote)
         pdsh_env = {"PDSH_RCMD_TYPE": env.get("PDSH_RCMD_TYPE", "ssh")}
         if lc.ssh_port is not None:
             extra = env.get("PDSH_SSH_ARGS_APPEND", "")
