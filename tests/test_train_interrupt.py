@@ -104,3 +104,22 @@ def test_a_second_ctrl_c_stops_at_once() -> None:
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_late_repeat_of_sigusr1_cannot_kill_a_stopped_run() -> None:
+    """After the save, the handlers go back, except SIGUSR1's: a repeat would turn exit 75 into a kill."""
+    original = signal.getsignal(signal.SIGUSR1)
+    try:
+        untouched = StopRequest(announce=False).install()
+        untouched.restore()
+        assert signal.getsignal(signal.SIGUSR1) == original
+
+        stop = StopRequest(announce=False).install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested == "SIGUSR1"
+        stop.restore()
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGUSR1)  # ignored: the test process lives on
+        assert signal.getsignal(signal.SIGTERM) != stop._handle
+    finally:
+        signal.signal(signal.SIGUSR1, original)

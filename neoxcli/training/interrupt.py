@@ -46,6 +46,10 @@ class StopRequest:
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
+            if sig == signal.SIGUSR1 and self.requested is not None:
+                # A repeat of the warning (a scheduler, or a node agent reached twice) may still
+                # arrive while the stopped run exits; its default action would turn exit 75 into a kill.
+                handler = signal.SIG_IGN
             signal.signal(sig, handler)
         self._previous.clear()
 
