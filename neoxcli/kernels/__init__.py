@@ -22,6 +22,8 @@ kernel would save nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -108,7 +110,9 @@ def rotary(
         qc = q.transpose(1, 2).contiguous().transpose(1, 2)
         kc = k.transpose(1, 2).contiguous().transpose(1, 2)
         return LigerRopeFunction.apply(qc, kc, cos[:, 0], sin[:, 0])
-    return rotary_torch(q, cos, sin, dim), rotary_torch(k, cos, sin, dim)
+    if cos.requires_grad or sin.requires_grad:
+        return rotary_torch(q, cos, sin, dim), rotary_torch(k, cos, sin, dim)
+    return _Rotary.apply(q, cos, sin, dim), _Rotary.apply(k, cos, sin, dim)
 
 
 def rotary_torch(x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
@@ -118,3 +122,47 @@ def rotary_torch(x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
     rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
     rot = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
     return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, dim: int, sign: int) -> Tensor:
+    """``rotary_torch``'s arithmetic (``sign=1``) or its transpose (``sign=-1``), written into one output.
+
+    With ``a = x[:h], b = x[h:dim]``: forward ``[a*cos - b*sin, b*cos + a*sin]``,
+    transpose ``[a*cos + b*sin, b*cos - a*sin]``. Each output element is the
+    same two rounded products and one rounded sum that autograd through
+    ``rotary_torch`` computes (``u + (-v)`` is ``u - v`` exactly, and the
+    zero-filled slice gradients add nothing), so values and gradients are bit-identical.
+    """
+    half = dim // 2
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    a, b = x[..., :half], x[..., half:dim]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    lo, hi = out[..., :half], out[..., half:dim]
+    torch.mul(a, c[..., :half], out=lo)
+    torch.mul(b, c[..., half:], out=hi)
+    if sign > 0:
+        lo.sub_(b * s[..., :half])
+        hi.add_(a * s[..., half:])
+    else:
+        lo.add_(b * s[..., half:])
+        hi.sub_(a * s[..., :half])
+    if dim < x.shape[-1]:
+        out[..., dim:] = x[..., dim:]
+    return out
+
+
+class _Rotary(torch.autograd.Function):
+    """Rotary as one forward and one backward pass: the backward rotates the gradient by the negative
+    angle instead of replaying slices, negation and concatenation (each a zero-filled full-size
+    gradient), and keeps only cos/sin, not the input."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.dim = dim
+        return _rotate(x, cos, sin, dim, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, ctx.dim, -1), None, None, None

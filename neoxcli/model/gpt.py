@@ -142,9 +142,12 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, _ = x.shape
         qkv = self.query_key_value(x).view(B, T, self.kv_heads, self.q_per_kv + 2, self.head_dim)
-        q = qkv[:, :, :, : self.q_per_kv].reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = qkv[:, :, :, self.q_per_kv].transpose(1, 2)
-        v = qkv[:, :, :, self.q_per_kv + 1].transpose(1, 2)
+        # One split, not three slices: its backward concatenates the three gradients instead of
+        # zero-filling a full-size gradient for each.
+        q, k, v = qkv.split([self.q_per_kv, 1, 1], dim=3)
+        q = q.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.squeeze(3).transpose(1, 2)
+        v = v.squeeze(3).transpose(1, 2)
 
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(position_ids)
