@@ -154,6 +154,36 @@ def test_rotary_liger(dtype: torch.dtype, pct: float) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pct", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("per_row", [False, True], ids=["shared-positions", "per-row-positions"])
+def test_rotary_torch_function_is_bit_identical(dtype: torch.dtype, pct: float, per_row: bool) -> None:
+    """The one-pass autograd rotary equals autograd through ``rotary_torch`` bit for bit, values and gradients."""
+    from neoxcli.model.positions import RotaryEmbedding
+
+    d = 32
+    dim = int(d * pct)
+    rope = RotaryEmbedding(dim).to(DEVICE)
+    gen = torch.Generator().manual_seed(5)
+    pos = torch.randint(0, 60, (2, 10), generator=gen) if per_row else torch.arange(3, 13)[None]
+    cos, sin = rope.cos_sin(pos.to(DEVICE))
+    # q as the model hands it over: a transposed view, not contiguous
+    q = _randn(2, 10, 4, d, dtype=dtype).transpose(1, 2)
+    k = _randn(2, 2, 10, d, dtype=dtype, seed=1)
+    gq, gk = _randn(2, 4, 10, d, dtype=dtype, seed=2), _randn(2, 2, 10, d, dtype=dtype, seed=3)
+
+    def run(fn):
+        qq, kk = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+        a, b = fn(qq, kk)
+        ((a * gq).sum() + (b * gk).sum()).backward()
+        return a, b, qq.grad, kk.grad
+
+    fast = run(lambda q, k: kernels.rotary(q, k, cos, sin, dim, backend="torch"))
+    ref = run(lambda q, k: (kernels.rotary_torch(q, cos, sin, dim), kernels.rotary_torch(k, cos, sin, dim)))
+    for got, want in zip(fast, ref, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_chunked_linear_cross_entropy(dtype: torch.dtype, bias: bool) -> None:
     """The PyTorch path itself: several chunks, ignored labels, against linear + cross_entropy."""
