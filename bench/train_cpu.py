@@ -1,6 +1,8 @@
 """CPU training throughput: ``neox train``'s real step against a plain Hugging Face loop.
 
-Contenders, built once and timed in interleaved rounds so machine noise hits all alike:
+Contenders, each in its own process (as a user runs one tool or the other: the allocator
+settings neox makes for its own process must not help the baseline, nor the baseline's memory
+state slow neox), timed in interleaved rounds so machine noise hits all alike:
 
 * ``neox``: ``build_run`` + ``train_step`` exactly as ``neox train`` runs them (DeepSpeed
   engine, our GPTModel, fused AdamW, LR schedule, data from a real ``.bin/.idx`` file);
@@ -8,6 +10,8 @@ Contenders, built once and timed in interleaved rounds so machine noise hits all
   (``loss.backward()``, clipping at 1 as neox does, ``opt.step()``) on the same shape and batch;
 * ``ours-plain``: our GPTModel in that same plain loop, which separates the engine's cost
   from the model's;
+* ``neox-malloc`` (``--malloc``): the neox step with ``NEOX_CPU_MALLOC=0``, i.e. without
+  ``neoxcli.cpu_memory.keep_freed_memory``, to show what keeping freed memory saves;
 * ``neox+reduce`` (``--allreduce``): the neox step with DeepSpeed's one-replica gradient
   all-reduce left on, to show what skipping it saves.
 
@@ -23,15 +27,19 @@ GFLOP/s against this CPU's matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # _common also puts this checkout first on sys.path.
-from _common import add_shape_args, hf_training_baseline, timed_rounds
+from _common import add_shape_args, hf_training_baseline
 
 
 def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads: int) -> float:
@@ -134,63 +142,133 @@ def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable
     return step
 
 
-def build_contenders(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, Callable[[], float]]:
+CONTENDERS = ("neox", "hf", "ours-plain", "neox-malloc", "neox+reduce")
+
+
+def build_contender(args: argparse.Namespace, name: str, precision: str) -> Callable[[], float]:
+    """One contender's step, built in this (its own) process."""
     import torch
-    from transformers import GPTNeoXForCausalLM
 
-    from neoxcli.model import GPTModel
-    from neoxcli.parallel.distributed import DistEnv
-    from neoxcli.training.report import NullReporter
-    from neoxcli.training.run import build_run
-    from neoxcli.training.trainer import train_step
-
-    tok, prefix = args.inputs
+    tok, prefix = Path(args.tok), Path(args.prefix)
     cfg = neox_config(args, tok, prefix, precision)
-    run = build_run(cfg, DistEnv(), NullReporter())
-    vocab = run.plan.padded_vocab_size
-    contenders: dict[str, Callable[[], float]] = {"neox": lambda: train_step(run)}
-    if args.allreduce:
-        # the same step with DeepSpeed's one-replica gradient all-reduce left on: what skipping it saves
-        slow = build_run(cfg, DistEnv(), NullReporter())
-        slow.engine.enable_backward_allreduce = True
-        contenders["neox+reduce"] = lambda: train_step(slow)
+    bf16 = precision == "bf16"
+    if name.startswith("neox"):
+        from neoxcli.parallel.distributed import DistEnv
+        from neoxcli.training.report import NullReporter
+        from neoxcli.training.run import build_run
+        from neoxcli.training.trainer import train_step
 
+        run = build_run(cfg, DistEnv(), NullReporter())
+        if name == "neox+reduce":
+            # the same step with DeepSpeed's one-replica gradient all-reduce left on
+            run.engine.enable_backward_allreduce = True
+        return lambda: train_step(run)
+
+    from neoxcli.config import resolve
+
+    vocab = resolve(cfg, world_size=1, vocab_size=args.vocab, bf16_supported=bf16).padded_vocab_size
     torch.manual_seed(0)
     ids = torch.randint(1, args.vocab, (args.batch, args.seq + 1))
-    bf16 = precision == "bf16"
-    hf_cfg = hf_training_baseline(
-        vocab=vocab,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        seq=args.seq,
-        rotary_pct=0.25,
-    )
-    hf = GPTNeoXForCausalLM(hf_cfg).train()
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
-    contenders["hf"] = plain_step(hf, hf_opt, ids, bf16, hf=True)
-    if args.plain_ours:
-        ours = GPTModel(cfg.model, vocab).train()
-        ours_opt = torch.optim.AdamW(
-            ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True
+    if name == "hf":
+        from transformers import GPTNeoXForCausalLM
+
+        shape = dict(vocab=vocab, hidden=args.hidden, layers=args.layers, heads=args.heads, seq=args.seq)
+        model = GPTNeoXForCausalLM(hf_training_baseline(**shape, rotary_pct=0.25)).train()
+    else:
+        from neoxcli.model import GPTModel
+
+        model = GPTModel(cfg.model, vocab).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    return plain_step(model, opt, ids, bf16, hf=name == "hf")
+
+
+def child(args: argparse.Namespace) -> None:
+    """A contender's process: build, warm up, then answer each ``run N`` line with N steps' timings."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    step = build_contender(args, args.child, args.precision)
+    for _ in range(args.warmup):
+        step()
+    print(json.dumps({"ready": True}), flush=True)
+    import resource
+
+    for line in sys.stdin:
+        n = int(line.split()[1])
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t, c = time.perf_counter(), time.process_time()
+        loss = 0.0
+        for _ in range(n):
+            loss = step()
+        wall, cpu = (time.perf_counter() - t) / n, (time.process_time() - c) / n
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / n
+        print(json.dumps({"wall": wall, "cpu": cpu, "loss": loss, "faults": faults}), flush=True)
+
+
+class Contender:
+    """A child process running one contender, driven over its stdin/stdout."""
+
+    def __init__(self, args: argparse.Namespace, name: str, precision: str, tok: Path, prefix: Path) -> None:
+        argv = [sys.executable, __file__, "--child", name, "--precision", precision]
+        argv += ["--tok", str(tok), "--prefix", str(prefix), "--warmup", str(args.warmup)]
+        for key in ("layers", "hidden", "heads", "vocab", "seq", "batch", "steps", "rounds"):
+            argv += [f"--{key}", str(getattr(args, key))]
+        env = dict(os.environ, DS_ACCELERATOR="cpu")
+        if name == "neox-malloc":
+            env["NEOX_CPU_MALLOC"] = "0"
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
         )
-        contenders["ours-plain"] = plain_step(ours, ours_opt, ids, bf16, hf=False)
-    return contenders
+        self._read()  # ready
+
+    def _read(self) -> dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"contender {self.name} exited with {self.proc.wait()}")
+
+    def run(self, steps: int) -> dict[str, Any]:
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def bench_precision(args: argparse.Namespace, precision: str, tmp: Path) -> dict[str, tuple[float, float]]:
+def bench_precision(
+    args: argparse.Namespace, precision: str, tok: Path, prefix: Path
+) -> dict[str, tuple[float, float]]:
     """(wall, CPU) seconds per step, medians over rounds, of each contender under ``precision``.
 
-    CPU seconds (this process, all threads) are printed too: on a machine shared with other
-    work they move far less than wall time, so their ratios are the steadier comparison.
+    CPU seconds (the contender's process, all threads) are printed too: on a machine shared with
+    other work they move far less than wall time, so their ratios are the steadier comparison.
+    Contenders are built one after another, so only one warms up at a time.
     """
-    contenders = build_contenders(args, precision, tmp)
-    for step in contenders.values():
-        for _ in range(args.warmup):
-            step()
-    times, losses = timed_rounds(contenders, args.rounds, args.steps)
-    for name in contenders:
-        print(f"  {precision} {name:11s} last loss {losses[name]:.4f}", flush=True)
+    names = ["neox", "hf"]
+    names += ["ours-plain"] if args.plain_ours else []
+    names += ["neox-malloc"] if args.malloc else []
+    names += ["neox+reduce"] if args.allreduce else []
+    contenders = [Contender(args, name, precision, tok, prefix) for name in names]
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    losses: dict[str, float] = {}
+    faults: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for _ in range(args.rounds):
+            for c in contenders:
+                out = c.run(args.steps)
+                times[c.name].append((out["wall"], out["cpu"]))
+                losses[c.name] = out["loss"]
+                faults[c.name].append(out["faults"])
+    finally:
+        for c in contenders:
+            c.close()
+    for name in names:
+        print(
+            f"  {precision} {name:11s} last loss {losses[name]:.4f}, "
+            f"{statistics.median(faults[name]):,.0f} page faults/step",
+            flush=True,
+        )
     return {
         name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
         for name, ts in times.items()
@@ -208,7 +286,15 @@ def main() -> None:
     ap.add_argument(
         "--allreduce", action="store_true", help="also time neox with the lone all-reduce left on"
     )
+    ap.add_argument("--malloc", action="store_true", help="also time neox with malloc left as is")
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", help=argparse.SUPPRESS)
+    ap.add_argument("--tok", help=argparse.SUPPRESS)
+    ap.add_argument("--prefix", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     import torch
@@ -220,11 +306,11 @@ def main() -> None:
     tokens = args.batch * args.seq
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        args.inputs = write_inputs(tmp, args.vocab, tokens * 64)
+        tok, prefix = write_inputs(tmp, args.vocab, tokens * 64)
         for precision in args.precisions.split(","):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             peak_before = matmul_gflops(dtype)
-            step_s = bench_precision(args, precision, tmp)
+            step_s = bench_precision(args, precision, tok, prefix)
             peak = max(peak_before, matmul_gflops(dtype))
             print(f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run)")
             hf_wall, hf_cpu = step_s["hf"]
