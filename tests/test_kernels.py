@@ -269,11 +269,14 @@ def test_model_with_kernels_matches_torch(over: dict) -> None:
         assert diff < 1e-4, (name, diff)
 
 
-@needs_triton
-@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("triton", marks=[needs_triton, pytest.mark.gpu]), "auto"],
+)
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_training_head_defers_to_the_fused_loss(tied: bool) -> None:
-    """A training forward on fused kernels hands the loss the head's inputs: same loss, same gradients."""
+def test_training_head_defers_to_the_fused_loss(tied: bool, backend: str) -> None:
+    """A training forward on fused kernels, or on ``auto`` anywhere (the chunked PyTorch loss on CPU),
+    hands the loss the head's inputs: same loss, same gradients."""
     from conftest import tiny_model_config
 
     from neoxcli.model import GPTModel, HeadInputs
@@ -282,7 +285,7 @@ def test_training_head_defers_to_the_fused_loss(tied: bool) -> None:
     over = dict(num_layers=1, no_weight_tying=not tied, use_bias_in_output_layer=not tied)
     torch.manual_seed(0)
     ref = GPTModel(tiny_model_config(kernels="torch", **over), 96).to(DEVICE).train()
-    fused = GPTModel(tiny_model_config(kernels="triton", **over), 96).to(DEVICE).train()
+    fused = GPTModel(tiny_model_config(kernels=backend, **over), 96).to(DEVICE).train()
     fused.load_state_dict(ref.state_dict())
     ref.head.defer_logits = fused.head.defer_logits = True
     ids = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(1)).to(DEVICE)

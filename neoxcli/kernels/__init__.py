@@ -35,6 +35,7 @@ from neoxcli.kernels.loss import linear_cross_entropy
 __all__ = [
     "attention",
     "causal_attention",
+    "defers_head",
     "dense_causal_mask",
     "flex_causal_attention",
     "gated_activation",
@@ -51,6 +52,18 @@ _GATED_TORCH = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
+
+
+def defers_head(backend: str, device: torch.device) -> bool:
+    """Whether a training forward hands the vocabulary head to ``linear_cross_entropy`` instead of logits.
+
+    Every fused backend does, and so does ``auto`` everywhere (on CPU, or a GPU without
+    Triton, that is the chunked PyTorch loss): it computes the gradients in its forward
+    pass, which saves the log-softmax's passes over the ``[tokens, vocab]`` fp32 logits
+    (~10% of the head and loss) and never keeps them for
+    backward. ``torch`` keeps the reference: logits, then ``F.cross_entropy``.
+    """
+    return backend == "auto" or resolve(backend, device) != "torch"
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float, *, backend: str = "auto") -> Tensor:

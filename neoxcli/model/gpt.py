@@ -304,9 +304,10 @@ class Head(nn.Module):
     """Projection to vocabulary logits (fp32), by its own matrix or the tied embedding.
 
     With ``defer_logits`` set (training sets it when its loss understands it),
-    a training forward on fused kernels returns ``HeadInputs`` instead, and the
-    loss computes ``kernels.linear_cross_entropy`` without the full fp32 logits.
-    Evaluation, decoding and the PyTorch backend always get logits.
+    a training forward on fused kernels (or ``auto`` on CPU: ``kernels.defers_head``)
+    returns ``HeadInputs`` instead, and the loss computes
+    ``kernels.linear_cross_entropy`` without the full fp32 logits.
+    Evaluation, decoding and the ``torch`` backend always get logits.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, tied_to: EmbeddingLayer | None = None) -> None:
@@ -327,12 +328,12 @@ class Head(nn.Module):
         return self._tied_to is not None
 
     def deferring(self, x: Tensor) -> bool:
-        """Whether this forward returns ``HeadInputs`` (training, gradients on, fused kernels)."""
+        """Whether this forward returns ``HeadInputs`` (training, gradients on, ``kernels.defers_head``)."""
         return (
             self.defer_logits
             and self.training
             and torch.is_grad_enabled()
-            and kernels.resolve(self.kernels, x.device) != "torch"
+            and kernels.defers_head(self.kernels, x.device)
         )
 
     def forward(self, x: Tensor) -> Tensor | HeadInputs:
