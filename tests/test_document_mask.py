@@ -83,6 +83,54 @@ def test_a_cut_batch_keeps_the_prefix_of_its_ids() -> None:
         assert torch.equal(a, b)
 
 
+def _flat(batch: Any) -> list[Any]:
+    """The tensors of a batch, in order."""
+    from neoxcli.training.documents import map_batch
+
+    tensors: list[Any] = []
+    map_batch(batch, tensors.append)
+    return tensors
+
+
+def test_sampler_batches_carry_the_ids_and_the_prefetcher_keeps_them() -> None:
+    from neoxcli.training.batches import BatchSampler, Prefetcher
+
+    rng = np.random.RandomState(0)
+    data = [rng.randint(0, 4, 17) for _ in range(40)]
+    docs = DocumentMasks(EOD, mask_loss=True, reset_positions=True, reset_attention=True)
+    plain = BatchSampler(data, micro=3, dp_size=1, dp_rank=0)
+    packed = BatchSampler(data, micro=3, dp_size=1, dp_rank=0, documents=docs)
+    ahead = Prefetcher(BatchSampler(data, 3, 1, 0, documents=docs), 2, 6, workers=2)
+    try:
+        for consumed, m in [(0, 0), (0, 1), (6, 0), (30, 1)]:
+            want = docs.apply(*plain.batch(consumed, m))
+            for got in (packed.batch(consumed, m), ahead.batch(consumed, m)):
+                assert len(_flat(got)) == 4 and all(map(torch.equal, _flat(want), _flat(got)))
+    finally:
+        ahead.close()
+
+
+def test_pipeline_stages_pass_the_ids_on() -> None:
+    """The pipeline's layers, run in a row on ``(ids, positions, documents)``, give the model's logits."""
+    pytest.importorskip("deepspeed")
+    from neoxcli.parallel.pipeline import pipeline_layers
+
+    torch.manual_seed(0)
+    model = GPTModel(tiny_model_config(no_weight_tying=True), 96).eval()
+    x, _ = _packed([7, 12, 5, 10])
+    (tokens, positions, docs), _ = DocumentMasks(EOD, reset_positions=True, reset_attention=True).apply(x, x)
+    with torch.no_grad():
+        out: Any = (tokens, positions, docs)
+        for layer in pipeline_layers(model):
+            out = layer(out)
+        want = model(tokens, position_ids=positions, document_ids=docs)
+        assert torch.equal(out, want)
+        out = x
+        for layer in pipeline_layers(model):  # a plain batch: hidden states only, as before
+            out = layer(out)
+        assert torch.equal(out, model(x))
+
+
 def _packed(lengths: list[int], rows: int = 2, vocab: int = 96) -> tuple[Any, list[list[tuple[int, int]]]]:
     """``rows`` samples of documents ending in EOD (the last one cut off), in another order per row."""
     g = torch.Generator().manual_seed(0)
