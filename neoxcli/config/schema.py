@@ -234,6 +234,17 @@ class DataConfig(Section):
     data_cache_dir: str | None = Field(
         None, description="neox: where sample-index caches go (default: the run dir)"
     )
+    # Packed documents: a sample holds several documents, each ended by the tokenizer's EOD token.
+    eod_mask_loss: bool = Field(
+        False, description="leave out of the loss every position whose input token is the EOD token"
+    )
+    reset_position_ids: bool = Field(
+        False, description="neox (Megatron-LM's key): position ids restart at 0 after each EOD token"
+    )
+    reset_attention_mask: bool = Field(
+        False,
+        description="neox (Megatron-LM's key): tokens after an EOD token attend only within their document",
+    )
 
 
 # optimizer.type values the trainer builds (lower-cased): DeepSpeed's Adam variants run as AdamW.

@@ -3,8 +3,12 @@
 ``GPTModel.layers`` is ``[EmbeddingLayer, Block x L, FinalNorm, Head]``; each
 stage runs a contiguous slice of it and passes one activation tensor
 ``[batch, seq, hidden]`` to the next. Position ids are rebuilt on each stage
-from the sequence length (training always uses positions ``0..T-1``), so
-nothing but hidden states crosses a stage boundary.
+from the sequence length (positions ``0..T-1``), so nothing but hidden states
+crosses a stage boundary, unless the batch brings its own: packed documents
+(``neoxcli.training.documents``) feed the first stage ``(ids, position_ids)``
+or ``(ids, position_ids, document_ids)``, and every stage up to the final norm
+passes ``(hidden, position_ids[, document_ids])`` on (integer tensors, which
+DeepSpeed sends along and gives no gradient).
 
 With tied embeddings the embedding appears on the first and last stages as a
 ``TiedLayerSpec``: both copies start equal and DeepSpeed all-reduces their
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 
 from neoxcli.config.derived import check_partition_method
 from neoxcli.errors import NeoxError
-from neoxcli.model.gpt import Block, EmbeddingLayer, GPTModel, Head
+from neoxcli.model.gpt import Block, EmbeddingLayer, FinalNorm, GPTModel, Head
 
 TIED_KEY = "embed"  # DeepSpeed registers the tied embedding as tied_modules.{TIED_KEY}
 
@@ -35,8 +39,11 @@ def _positions(x: Tensor) -> Tensor:
     return torch.arange(x.shape[1], device=x.device)[None]
 
 
+Activation = Tensor | tuple[Tensor, ...]
+
+
 class EmbeddingPipe(nn.Module):
-    """Token ids -> hidden states (positions 0..T-1)."""
+    """Token ids -> hidden states (positions 0..T-1), or ``(ids, positions[, documents])`` -> the same with hidden states."""
 
     def __init__(self, embedding: EmbeddingLayer, head: nn.Module | None = None) -> None:
         super().__init__()
@@ -44,19 +51,37 @@ class EmbeddingPipe(nn.Module):
         # The tied head shares the embedding matrix; it owns no parameters of its own.
         self.head = head
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Activation) -> Activation:
+        if isinstance(ids, tuple):
+            tokens, positions, *documents = ids
+            return (self.embedding(tokens, positions), positions, *documents)
         return self.embedding(ids, _positions(ids))
 
 
 class TransformerBlockPipe(nn.Module):
-    """One transformer block taking and returning hidden states only."""
+    """One transformer block taking and returning hidden states (with the batch's position and document ids)."""
 
     def __init__(self, block: Block) -> None:
         super().__init__()
         self.block = block
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Activation) -> Activation:
+        if isinstance(x, tuple):
+            hidden, positions, *documents = x
+            doc = documents[0] if documents else None
+            return (self.block(hidden, positions, None, 0, None, doc), positions, *documents)
         return self.block(x, _positions(x))
+
+
+class FinalNormPipe(nn.Module):
+    """The final norm; position and document ids end here. Holds the norm as ``norm``, as ``FinalNorm`` does."""
+
+    def __init__(self, final_norm: FinalNorm) -> None:
+        super().__init__()
+        self.norm = final_norm.norm
+
+    def forward(self, x: Activation) -> Tensor:
+        return self.norm(x[0] if isinstance(x, tuple) else x)
 
 
 def _tied_head(module: EmbeddingPipe, x: Tensor) -> Tensor:
@@ -88,7 +113,7 @@ def pipeline_layers(model: GPTModel) -> list[Any]:
     else:
         layers.append(EmbeddingPipe(embedding))
     layers += [TransformerBlockPipe(block) for block in model.blocks]
-    layers.append(model.final_norm)
+    layers.append(FinalNormPipe(model.final_norm))
     if head.tied:
         layers.append(
             TiedLayerSpec(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from neoxcli.training.documents import DocumentMasks
 
 
 class BatchSampler:
@@ -12,12 +15,22 @@ class BatchSampler:
     Within a global batch, micro step m on data-parallel rank r takes the
     ``micro`` consecutive ids starting at m*micro*dp + r*micro, so changing
     the number of ranks keeps the global sequence of samples unchanged.
+    With ``documents`` the batch carries what the packed-document keys make of
+    its EOD tokens (``neoxcli.training.documents``), built here, off the step.
     """
 
-    def __init__(self, dataset: Any, micro: int, dp_size: int, dp_rank: int) -> None:
+    def __init__(
+        self, dataset: Any, micro: int, dp_size: int, dp_rank: int, documents: DocumentMasks | None = None
+    ) -> None:
         self.dataset, self.micro, self.dp, self.rank = dataset, micro, dp_size, dp_rank
+        self.documents = documents
 
     def batch(self, consumed: int, micro_step: int) -> Any:
+        """``(inputs, labels)`` of ``micro_step`` in the global batch starting at sample ``consumed``."""
+        x, y = self._tokens(consumed, micro_step)
+        return (x, y) if self.documents is None else self.documents.apply(x, y)
+
+    def _tokens(self, consumed: int, micro_step: int) -> Any:
         import numpy as np
         import torch
 
@@ -68,8 +81,10 @@ class Prefetcher:
         self._depth = max(workers, 1)
 
     def _read(self, consumed: int, micro_step: int) -> Any:
-        x, y = self.sampler.batch(consumed, micro_step)
-        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+        from neoxcli.training.documents import map_batch
+
+        batch = self.sampler.batch(consumed, micro_step)
+        return map_batch(batch, lambda t: t.pin_memory()) if self.pin else batch
 
     def _next(self, key: tuple[int, int]) -> tuple[int, int]:
         consumed, m = key

@@ -24,6 +24,7 @@ from neoxcli.parallel.distributed import DistEnv
 from neoxcli.parallel.grid import Layout, ParallelGrid
 from neoxcli.training.batches import BatchSampler, Prefetcher
 from neoxcli.training.curriculum import SeqLengthSchedule
+from neoxcli.training.documents import DocumentMasks, document_masks
 from neoxcli.training.finetune import config_changes, saved_config
 from neoxcli.training.report import Reporter
 
@@ -58,6 +59,9 @@ class Run:
     seq_length: int = 0  # what the last (or, before it, the next) step trains on; 0: seq_length
     pipe_seq_length: int | None = None  # the sample length the pipeline engine's buffers are shaped for
     precision_note: str = ""  # why ``precision: auto`` chose what it did; empty when the config named it
+    documents: DocumentMasks | None = (
+        None  # the packed-document keys (eod_mask_loss, reset_*), when any is on
+    )
 
     def seq_length_at(self, step: int) -> int:
         """The sample length optimizer step ``step`` (from 1) trains on."""
@@ -484,6 +488,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     tokenizer = build_tokenizer(
         cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file
     )
+    documents = document_masks(cfg.data, tokenizer.eod_id, tokenizer.name)
     device = torch.device(f"cuda:{dist.local_rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cpu":
         keep_freed_memory()  # ~7% of a CPU step was the kernel re-zeroing pages malloc had returned
@@ -568,7 +573,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         train_ds=train_ds,
         valid_ds=valid_ds,
         sampler=Prefetcher(
-            BatchSampler(train_ds, plan.micro_batch, plan.dp_size, grid.dp_rank),
+            BatchSampler(train_ds, plan.micro_batch, plan.dp_size, grid.dp_rank, documents),
             plan.gradient_accumulation_steps,
             plan.train_batch_size,
             cfg.data.num_workers,
@@ -577,7 +582,10 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
         save_dir=save_dir,
         n_params=n_params,
         precision_note=precision_note,
+        documents=documents,
     )
+    if documents is not None:
+        report.on_info(documents.describe())
     if resume is not None:
         _restore(run, resume, report)
     _start_curriculum(run, report)

@@ -17,6 +17,7 @@ from neoxcli.errors import NeoxError
 from neoxcli.launchers.heartbeat import progress
 from neoxcli.parallel.distributed import DistEnv
 from neoxcli.training.batches import BatchSampler, valid_start
+from neoxcli.training.documents import map_batch, split_inputs
 from neoxcli.training.interrupt import Stopped, StopRequest, stopped_message
 from neoxcli.training.report import NullReporter, Reporter, StartInfo, TrainResult
 from neoxcli.training.run import Run, build_run
@@ -39,7 +40,7 @@ def train_step(run: Run) -> float:
         for m in range(plan.gradient_accumulation_steps):
             x, y = _cut(run.sampler.batch(run.consumed, m), length)
             shapes.append(tuple(y.shape))
-            loss = run.loss_fn(engine(x.to(run.device)), y.to(run.device))
+            loss = run.loss_fn(_forward(engine, x, run.device), y.to(run.device))
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
@@ -57,19 +58,28 @@ def train_step(run: Run) -> float:
     return loss
 
 
+def _forward(engine: Any, inputs: Any, device: Any) -> Any:
+    """The model on a batch's ``inputs``: tokens, with position and document ids when the batch has them."""
+    tokens, kwargs = split_inputs(map_batch(inputs, lambda t: t.to(device)))
+    return engine(tokens, **kwargs)
+
+
 def _shapes_of(batches: Any, shapes: list[tuple[int, ...]]) -> Any:
-    """Pass ``(x, y)`` batches through, noting each label batch's shape in ``shapes``."""
+    """Pass ``(inputs, labels)`` batches through, noting each label batch's shape in ``shapes``."""
     for x, y in batches:
         shapes.append(tuple(y.shape))
         yield x, y
 
 
 def _cut(batch: tuple[Any, Any], length: int) -> tuple[Any, Any]:
-    """Inputs and targets cut to the curriculum's ``length`` (the rest of each sample is dropped)."""
+    """Inputs and targets cut to the curriculum's ``length`` (the rest of each sample is dropped).
+
+    Position and document ids depend only on earlier tokens, so the cut keeps their prefix too.
+    """
     x, y = batch
-    if x.shape[1] <= length:
+    if y.shape[1] <= length:
         return x, y
-    return x[:, :length].contiguous(), y[:, :length].contiguous()
+    return map_batch(batch, lambda t: t[:, :length].contiguous())
 
 
 def _shape_pipeline(run: Run, length: int) -> None:
@@ -87,7 +97,7 @@ def evaluate(run: Run) -> float | None:
     if run.valid_ds is None or cfg.train.eval_iters == 0:
         return None
     engine.eval()
-    sampler = BatchSampler(run.valid_ds, plan.micro_batch, plan.dp_size, run.grid.dp_rank)
+    sampler = BatchSampler(run.valid_ds, plan.micro_batch, plan.dp_size, run.grid.dp_rank, run.documents)
     first = valid_start(run.iteration, cfg.train.eval_interval, cfg.train.eval_iters, plan.train_batch_size)
     losses = []
     with torch.no_grad():
@@ -100,7 +110,7 @@ def evaluate(run: Run) -> float | None:
                 continue
             for m in range(plan.gradient_accumulation_steps):
                 x, y = sampler.batch(start, m)
-                losses.append(float(run.loss_fn(engine(x.to(run.device)), y.to(run.device))))
+                losses.append(float(run.loss_fn(_forward(engine, x, run.device), y.to(run.device))))
     engine.train()
     return run.all_mean(sum(losses) / len(losses))
 
