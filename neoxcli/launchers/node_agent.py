@@ -11,9 +11,14 @@ Either way, when a rank fails the agent stops its other ranks and prints
 ``neox: rank R on host H exited with code C (log: PATH)`` for the launcher to
 act on; the same when a rank stops beating its heartbeat (``heartbeat``:
 ``... stopped responding during step 12 (no heartbeat for 30 s)``). Worker
-ranks' output goes to their logs under the run directory (``rankio``). It
-forwards SIGTERM/SIGINT/SIGHUP, and stops its ranks when its parent goes away
-(an ssh connection dropped by a stopped pdsh gives no signal without a tty).
+ranks' output goes to their logs under the run directory (``rankio``).
+
+Signals: SIGUSR1 is passed on to the ranks, which save and stop. So is the
+first SIGTERM when the ranks are neox training workers: Slurm's preemption and
+``scancel`` send SIGTERM to every process of the step, the agent included, and
+the agent must not kill ranks that are saving. A second SIGTERM, SIGINT and
+SIGHUP stop the ranks at once, as does the agent's parent going away (an ssh
+connection dropped by a stopped pdsh gives no signal without a tty).
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from neoxcli.launchers.heartbeat import HANG_EXIT_CODE, Watch
-from neoxcli.launchers.rankio import Gate, RankLog, Relay, rank_log_path
+from neoxcli.launchers.rankio import WORKER_MODULE, Gate, RankLog, Relay, rank_log_path
 from neoxcli.launchers.signals import STOPPED_EXIT_CODE
 
 STOP_GRACE_S = 10.0
+# How long a SIGTERM waits before the agent passes it on as SIGUSR1. Under Slurm the ranks get the
+# same SIGTERM at the same moment; the rank takes a SIGTERM after a SIGUSR1 as "stop at once", so
+# the agent's copy must come second (a rank already stopping ignores a SIGUSR1).
+TERM_FORWARD_DELAY_S = 1.0
 _DONE_CODES = frozenset({0, STOPPED_EXIT_CODE})  # a rank's exit codes that are no failure
 _PR_SET_PDEATHSIG = 1
 
@@ -268,13 +277,30 @@ def supervise_ranks(
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    term_at: list[float] = []  # when the first SIGTERM came, while it waits to be passed on
+
+    def save_and_stop(signum: int, _frame: object) -> None:
+        if stopping:
+            raise _Stop(signum, f"received {signal.Signals(signum).name} again")
+        stopping.append(signum)
+        term_at.append(time.monotonic())
+        print(
+            f"neox: host {host}: SIGTERM: its ranks finish their step, save a checkpoint and stop "
+            "(SIGTERM again stops them at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def report(index: int, what: str) -> None:
         log = logs.get(index)
         suffix = f" (log: {log.path})" if log is not None else ""
         print(f"neox: rank {ranks[index]} on host {host} {what}{suffix}", file=sys.stderr, flush=True)
 
+    stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    if WORKER_MODULE in command:  # only neox's training workers save on a signal
+        signal.signal(signal.SIGTERM, save_and_stop)
     signal.signal(signal.SIGUSR1, pass_on)
     try:
         for index, env in enumerate(envs):
@@ -324,6 +350,9 @@ def supervise_ranks(
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
                 return watcher.exit_code()
+            if term_at and time.monotonic() - term_at[0] >= TERM_FORWARD_DELAY_S:
+                term_at.clear()
+                pass_on(signal.SIGUSR1, None)
             if os.getppid() != parent:
                 raise _Stop(signal.SIGHUP, "the launcher went away")
             time.sleep(poll_s)
