@@ -5,8 +5,9 @@ A row's keys are the metrics.jsonl names (``loss``, ``lr``, ``tokens_per_s``,
 get the same numbers under stable slash names (``scalar_name``): ``train/loss``,
 ``train/mfu``, ``valid/loss``; a key that already has a slash (``eval/lambada/acc``)
 keeps it. The W&B run's id is kept in the run directory (``wandb-run-id``), so a
-run that resumes from a checkpoint there goes on logging into the same W&B run. ``Throughput`` turns one step's real token count into tokens/s,
-TFLOP/s and MFU with ``neoxcli.model.flops``, the accounting the benchmarks use too.
+run that resumes from a checkpoint there goes on logging into the same W&B run.
+``Throughput`` turns one step's real token count into tokens/s, TFLOP/s and MFU
+with ``neoxcli.model.flops``, the accounting the benchmarks use too.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def open_wandb(cfg: NeoXConfig, save_dir: Path | None, resumed: bool = False) ->
         raise NeoxError(
             f"use_wandb is set but W&B has no login for {lg.wandb_host or 'wandb.ai'}", hint=WANDB_LOGIN_HINT
         )
-    run_id = resumed_wandb_id(save_dir) if resumed else None
+    # An id the user set (WANDB_RUN_ID) wins: W&B reads it itself.
+    run_id = resumed_wandb_id(save_dir) if resumed and not os.environ.get("WANDB_RUN_ID") else None
     where = wandb_dir(save_dir)
     where.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(base_url=lg.wandb_host) if lg.wandb_host else None
