@@ -13,7 +13,8 @@ the launcher had to carry. Few launches, several checks each:
 * mpi (Open MPI): trains.
 * slurm inside a real allocation (salloc): `neox hostfile --slurm` agrees with
   `scontrol show hostnames`, then srun trains.
-* slurm: a rank dying on node02 ends the srun step, named.
+* slurm: a rank dying on node02 ends the srun step, named; SIGTERM to every process of the
+  step (a preemption) makes both ranks save and stop (exit 75).
 * slurm --sbatch: the submitted batch job trains.
 
 (jsrun cannot be installed; the fake in tests/fake_bin is exercised by the engine tier.)
@@ -261,6 +262,42 @@ def test_slurm_failed_rank_ends_the_step(cluster: Cluster, hooks: Path, tmp_path
     assert "error: rank 1 on host node02 exited with code 3; stopped the other ranks" in result.stderr
     assert took < 60 and time.monotonic() - start < 240
     assert processes_mentioning(str(save / "run-config.yml")) == []
+
+
+def test_slurm_step_sigterm_saves_and_stops(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:
+    """A preemption's SIGTERM reaches every process of the step, node agents and ranks: both save, exit 75."""
+    cfg, save, where, _ = setup_run(tmp_path, train_iters=2000, checkpoint_factor=1000)
+    stops = tmp_path / "stops"
+    stops.mkdir()
+    script = f"exec {shlex.join(NEOX)} train {shlex.quote(str(cfg))} --launcher slurm"
+    proc = cluster.popen(
+        "node01",
+        ["salloc", "--nodes=2", "--ntasks-per-node=1", "sh", "-c", script],
+        env=run_env(hooks, where, NEOX_TEST_STOPS=str(stops)),
+    )
+    metrics = save / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.05)
+        jobs = cluster.run("node01", ["squeue", "-h", "-o", "%i"], timeout=30).stdout.split()
+        assert len(jobs) == 1, jobs
+        # What a preemption does: SIGTERM to every task of the job's steps and all their processes.
+        cancel = cluster.run("node01", ["scancel", "--signal=TERM", jobs[0]], timeout=30)
+        assert cancel.returncode == 0, cancel.stderr
+    finally:
+        out, err, _ = finish_timed(proc, 120)
+    assert proc.returncode == STOPPED_EXIT_CODE, out[-2000:] + err[-3000:]
+    tag = save / (save / "latest").read_text().strip()
+    stopped_at = int(tag.name.removeprefix("global_step"))
+    assert 2 <= stopped_at < 2000 and (tag / "config.yml").is_file()  # finalized: complete
+    ranks = {p.stem: json.loads(p.read_text()) for p in stops.glob("rank-*.json")}
+    assert sorted(ranks) == ["rank-0", "rank-1"], ranks
+    for record in ranks.values():  # each rank's own SIGTERM came first; its agent's copy changed nothing
+        assert record["signal"] == "SIGTERM" and record["exit"] == STOPPED_EXIT_CODE, ranks
+        assert record["iteration"] == stopped_at, ranks
+    assert wait_gone(str(save / "run-config.yml")) == []
 
 
 def test_slurm_sbatch_job_trains(cluster: Cluster, hooks: Path, tmp_path: Path) -> None:

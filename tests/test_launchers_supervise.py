@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from neoxcli.launchers.base import AGENT_MODULE, LaunchCommand
-from neoxcli.launchers.node_agent import rank_envs, with_master_from_slurm
+from neoxcli.launchers.node_agent import descendants, rank_envs, with_master_from_slurm
 from neoxcli.launchers.supervisor import failure_from_line, supervise
 
 # A rank: writes {pid, env} to $OUT/rank-$RANK.json, then sleeps, or exits with $FAIL_CODE if it is $FAIL_RANK.
@@ -281,6 +281,40 @@ def test_agent_stops_ranks_when_its_launcher_vanishes(tmp_path: Path) -> None:
     finally:
         if middle.poll() is None:
             middle.kill()
+
+
+# A rank that notes each signal it gets in $OUT/signals, and exits 75 (saved) on SIGUSR1.
+NOTING_RANK = """
+import os, signal, sys, time
+out = os.environ["OUT"]
+def note(signum, _frame):
+    with open(os.path.join(out, "signals"), "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+    if signum == signal.SIGUSR1:
+        sys.exit(75)
+signal.signal(signal.SIGTERM, note)
+signal.signal(signal.SIGUSR1, note)
+open(os.path.join(out, "started"), "w").close()
+time.sleep(60)
+"""
+
+
+def test_agent_passes_sigusr1_on_after_the_ranks_own_copy(tmp_path: Path) -> None:
+    """Slurm signals every task; the agent's copy comes second, so the rank sees one request, not two."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", AGENT_MODULE, "--host", "h", "--", sys.executable, "-c", NOTING_RANK],
+        env={**os.environ, "OUT": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: (tmp_path / "started").exists())
+    (rank,) = descendants(proc.pid)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    os.kill(rank, signal.SIGTERM)  # the rank's own copy, a moment later
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+    assert (tmp_path / "signals").read_text().split() == ["SIGTERM", "SIGUSR1"]
 
 
 def test_agent_killed_outright_takes_its_ranks_along(tmp_path: Path) -> None:

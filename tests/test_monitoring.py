@@ -192,6 +192,88 @@ def test_wandb_gets_gpt_neox_keys_and_writes_under_the_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "run"]
 
 
+def _wandb_records(path: Path):  # type: ignore[no-untyped-def]
+    """The protobuf records of one offline ``run-ID.wandb`` file (W&B's LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, pending = 7, b""  # after the magic and the version byte
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a record header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # still being written
+            return
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def _offline_runs(wandb_dir: Path) -> list[tuple[str, list[int]]]:
+    """(run id, the steps logged) of each offline run W&B wrote there, oldest first.
+
+    W&B's service writes the log on its own; a run's is whole once it ends with the ``exit`` record.
+    """
+    import time
+
+    runs = []
+    for folder in sorted(wandb_dir.glob("offline-run-*")):
+        (log,) = folder.glob("run-*.wandb")
+        deadline = time.monotonic() + 30
+        while True:
+            records = list(_wandb_records(log))
+            if records and records[-1].WhichOneof("record_type") == "exit" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        ids = [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"]
+        steps = [r.history.step.num for r in records if r.WhichOneof("record_type") == "history"]
+        assert len(ids) == 1, (folder, ids)
+        runs.append((ids[0], steps))
+    return runs
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped at 4 and resumed: one W&B run id, steps 1-4 then 5-6; --overwrite starts a new W&B run."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("wandb")
+    from neoxcli.config import load_config
+    from neoxcli.training.metrics import WANDB_ID_NAME
+    from neoxcli.training.trainer import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    keys = {"checkpoint-factor": 4, "eval-interval": 100, "sample_at_end": False, "use_wandb": True}
+    train(load_config([tiny_train_config(tmp_path, **keys, **{"train-iters": 4})]))
+    train(load_config([tiny_train_config(tmp_path, **keys, **{"train-iters": 6})]))  # resumes at 4
+    (first, steps1), (second, steps2) = _offline_runs(tmp_path / "run" / "wandb")
+    assert first == second == (tmp_path / "run" / WANDB_ID_NAME).read_text().strip()
+    assert (steps1, steps2) == ([1, 2, 3, 4], [5, 6])
+
+    train(load_config([tiny_train_config(tmp_path, **keys, **{"train-iters": 2, "overwrite": True})]))
+    *_, (fresh, steps3) = _offline_runs(tmp_path / "run" / "wandb")
+    assert fresh != first and steps3 == [1, 2]
+    assert (tmp_path / "run" / WANDB_ID_NAME).read_text().strip() == fresh
+
+
+def test_a_damaged_wandb_run_id_is_one_line(tmp_path: Path) -> None:
+    from neoxcli.training.metrics import WANDB_ID_NAME, resumed_wandb_id
+
+    assert resumed_wandb_id(tmp_path) is None and resumed_wandb_id(None) is None
+    (tmp_path / WANDB_ID_NAME).write_text("ab/../c\n")
+    with pytest.raises(NeoxError, match=f"{WANDB_ID_NAME} holds 'ab/../c', which is not a W&B run id"):
+        resumed_wandb_id(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory):
     """Six steps of the tiny model with TensorBoard and W&B (offline), started in a scratch working directory."""

@@ -17,7 +17,13 @@ from procs import moto_server
 pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
 
-from neoxcli.checkpoint.s3 import client, download_checkpoint, upload_file, upload_tag  # noqa: E402
+from neoxcli.checkpoint.s3 import (  # noqa: E402
+    client,
+    download_checkpoint,
+    prune_remote,
+    upload_file,
+    upload_tag,
+)
 from neoxcli.errors import NeoxError  # noqa: E402
 
 SECRET = "s3cr3t-never-printed"
@@ -96,6 +102,60 @@ def test_a_tag_goes_up_marker_last_then_latest_and_comes_back(s3, tmp_path: Path
         assert (cache / "global_step7" / name).read_bytes() == (tag / name).read_bytes()
 
 
+def _tag(save: Path, step: int, complete: bool = True) -> Path:
+    tag = save / f"global_step{step}"
+    tag.mkdir(parents=True)
+    (tag / "portable_pp00_tp00.pt").write_bytes(os.urandom(2 * PART + step))  # multipart
+    (tag / "config.yml").write_text(f"step: {step}\n")
+    if complete:
+        (tag / "complete").write_text("")
+    return tag
+
+
+def _remote(s3: object, bucket: str) -> dict[str, set[str]]:
+    """Each top-level name in the bucket's ``runs/a`` with the names under it."""
+    found: dict[str, set[str]] = {}
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents") or []:  # type: ignore[attr-defined]
+        top, _, name = obj["Key"].removeprefix("runs/a/").partition("/")
+        found.setdefault(top, set()).add(name)
+    return found
+
+
+def test_pruning_keeps_the_newest_complete_tags_and_the_one_latest_names(s3, tmp_path: Path) -> None:
+    bucket = _bucket(s3, "prune")
+    url = f"s3://{bucket}/runs/a"
+    save = tmp_path / "save"
+    for step in (1, 2, 3):
+        upload_tag(s3, _tag(save, step), url, PART, latest=step == 2)  # latest: global_step2
+    # An upload cut short: tag 4 lost its marker and one part is still open on the server.
+    stub = _tag(save, 4, complete=False)
+    upload_tag(s3, stub, url, PART, latest=False)
+    s3.create_multipart_upload(Bucket=bucket, Key="runs/a/global_step4/portable_pp00_tp00.pt")
+    s3.put_object(Bucket=bucket, Key="runs/a/notes.txt", Body=b"not a tag")
+
+    # Tag 5 is not whole yet (no marker): nothing may go.
+    upload_tag(s3, _tag(save, 5, complete=False), url, PART, latest=False)
+    assert prune_remote(s3, url, 1, "global_step5") == []
+    assert set(_remote(s3, bucket)) == {
+        "global_step1",
+        "global_step2",
+        "global_step3",
+        "global_step4",
+        "global_step5",
+        "latest",
+        "notes.txt",
+    }
+
+    (save / "global_step5" / "complete").write_text("")
+    upload_tag(s3, save / "global_step5", url, PART, latest=False)  # latest still names global_step2
+    assert prune_remote(s3, url, 1, "global_step5") == ["global_step1", "global_step3", "global_step4"]
+    left = _remote(s3, bucket)
+    assert set(left) == {"global_step2", "global_step5", "latest", "notes.txt"}
+    assert left["global_step5"] == {"portable_pp00_tp00.pt", "config.yml", "complete"}
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert prune_remote(s3, url, 1, "global_step5") == []  # latest's tag stays, however old
+
+
 def test_a_missing_checkpoint_is_one_line_and_credentials_are_never_printed(s3, tmp_path: Path) -> None:
     bucket = _bucket(s3, "empty")
     with pytest.raises(NeoxError, match=r"s3://empty/none holds no checkpoint \(no 'latest' there\)"):
@@ -168,3 +228,22 @@ def test_a_failed_upload_is_reported_and_the_local_checkpoints_stay(s3, tmp_path
     )
     assert f"the checkpoints in {tmp_path / 'run'} are complete; only their upload failed" in report.lines
     assert not any(SECRET in line for line in report.lines)
+
+
+def test_keep_last_n_checkpoints_prunes_the_bucket_too(s3, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")
+    from conftest import tiny_train_config
+
+    from neoxcli.config import load_config
+    from neoxcli.training.trainer import train
+
+    bucket = _bucket(s3, "keep")
+    short = {"train-iters": 6, "checkpoint-factor": 2, "eval-interval": 3, "sample_at_end": False}
+    url = f"s3://{bucket}/tiny"
+    train(load_config([tiny_train_config(tmp_path, **short, s3_path=url, keep_last_n_checkpoints=1)]))
+    local = sorted(p.name for p in (tmp_path / "run").glob("global_step*"))
+    assert local == ["global_step6"]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {k.split("/")[1] for k in keys} == {"global_step6", "latest"}, sorted(keys)
+    assert "tiny/global_step6/complete" in keys
+    assert s3.get_object(Bucket=bucket, Key="tiny/latest")["Body"].read() == b"global_step6"

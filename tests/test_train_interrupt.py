@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_train_config
 
+from neoxcli.launchers.base import AGENT_MODULE
+from neoxcli.launchers.node_agent import descendants
+from neoxcli.launchers.rankio import WORKER_MODULE
 from neoxcli.launchers.signals import STOPPED_EXIT_CODE
 from neoxcli.training.interrupt import StopRequest
 
@@ -91,6 +94,63 @@ def test_sigusr1_through_the_local_launcher_saves_on_both_ranks(tmp_path: Path) 
     stopped_at = int(tag.name.removeprefix("global_step"))
     assert 2 <= stopped_at < 200 and "stopped by SIGUSR1" in " ".join(out.split())
     assert (tag / "config.yml").is_file(), sorted(p.name for p in tag.iterdir())  # finalized: complete
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("everyone", [False, True], ids=["agent-only", "every-process"])
+def test_sigterm_to_the_node_agent_saves_and_stops(tmp_path: Path, everyone: bool) -> None:
+    """A node agent passes SIGTERM on as the graceful stop: its rank saves and the agent exits 75.
+
+    ``every-process`` is Slurm's preemption: the rank gets the same SIGTERM directly, at once.
+    """
+    cfg = tiny_train_config(
+        tmp_path, **{"train-iters": 2000, "checkpoint-factor": 1000, "eval-interval": 1000}
+    )
+    save = tmp_path / "run"
+    argv = [sys.executable, "-m", AGENT_MODULE, "--host", "h1", "--", sys.executable, "-m", WORKER_MODULE]
+    proc = subprocess.Popen(
+        [*argv, "--config", str(cfg)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _signal_after_rows(proc, save, 0)  # signal 0: only wait for the run to be under way
+    workers = [
+        pid for pid in descendants(proc.pid) if WORKER_MODULE in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(workers) == 1, workers
+    proc.send_signal(signal.SIGTERM)
+    if everyone:
+        time.sleep(0.3)  # the rank's own copy may come a little later (another node, a busy one)
+        os.kill(workers[0], signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == STOPPED_EXIT_CODE, err
+    assert "host h1: SIGTERM: its ranks finish their step, save a checkpoint and stop" in err
+    tag = save / (save / "latest").read_text().strip()
+    stopped_at = int(tag.name.removeprefix("global_step"))
+    assert 2 <= stopped_at < 2000 and (tag / "config.yml").is_file()  # finalized: complete
+    told = "SIGTERM" if everyone else "SIGUSR1"  # a SIGUSR1 after the rank's own SIGTERM changes nothing
+    assert f"stopped by {told} after iteration {stopped_at}" in " ".join(out.split())
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_to_the_node_agent_stops_at_once(tmp_path: Path) -> None:
+    """The agent's hard stop: its ranks get SIGTERM and, after the grace, SIGKILL; the agent exits 143."""
+    cfg = tiny_train_config(tmp_path, **{"train-iters": 2000, "checkpoint-factor": 1000})
+    argv = [sys.executable, "-m", AGENT_MODULE, "--grace", "5", "--", sys.executable, "-m", WORKER_MODULE]
+    proc = subprocess.Popen(
+        [*argv, "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _signal_after_rows(proc, tmp_path / "run", signal.SIGTERM, rows=1)
+    workers = descendants(proc.pid)
+    time.sleep(0.2)  # handled, before the rank is told
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "received SIGTERM again; stopped 1 rank(s)" in err
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
 def test_a_second_ctrl_c_stops_at_once() -> None:

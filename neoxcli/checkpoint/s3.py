@@ -14,6 +14,12 @@ the server already holds whose MD5 matches the local bytes, and sends only the
 rest. A finished file (same size and modification time recorded in its
 metadata) is not sent again.
 
+With ``keep_last_n_checkpoints`` the bucket is pruned like the save
+directory, after each tag's upload is whole (``prune_remote``): all but the
+newest N complete tags go, never the one the remote ``latest`` names, and with
+them the leftovers of older uploads that never finished (a tag pruned locally
+before its upload ended).
+
 ``load: s3://bucket/prefix`` downloads the tag that ``load_tag`` or the
 remote ``latest`` names into a local cache directory laid out as a save
 directory, which the resume then reads like any other.
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neoxcli.checkpoint.tags import COMPLETE_NAME, check_tag
+from neoxcli.checkpoint.tags import COMPLETE_NAME, check_tag, step_of
 from neoxcli.errors import NeoxError
 
 #: Called with (key, bytes of the file sent so far, the file's size) after each part.
@@ -200,6 +206,58 @@ def remote_latest(s3: Any, url: str) -> str | None:
     return check_tag(tag, Path(f"{url}/latest")) if tag else None
 
 
+def _remote_tags(s3: Any, bucket: str, prefix: str) -> dict[str, list[str]]:
+    """Every ``global_stepN`` tag under ``prefix`` with the keys it holds."""
+    tags: dict[str, list[str]] = {}
+    start = f"{prefix}/" if prefix else ""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        for obj in page.get("Contents") or []:
+            tag, sep, _name = obj["Key"][len(start) :].partition("/")
+            if sep and step_of(tag) is not None:
+                tags.setdefault(tag, []).append(obj["Key"])
+    return tags
+
+
+def _delete_tag(s3: Any, bucket: str, prefix: str, tag: str, keys: list[str]) -> None:
+    """Delete one remote tag: its ``complete`` marker first, so no reader takes the rest for a checkpoint."""
+    marker = _key(prefix, tag, COMPLETE_NAME)
+    if marker in keys:
+        s3.delete_object(Bucket=bucket, Key=marker)
+    rest = [k for k in keys if k != marker]
+    for at in range(0, len(rest), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": k} for k in rest[at : at + 1000]]
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    unfinished = s3.list_multipart_uploads(Bucket=bucket, Prefix=_key(prefix, tag) + "/").get("Uploads")
+    for upload in unfinished or []:
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def prune_remote(s3: Any, url: str, keep_last: int, newest: str) -> list[str]:
+    """Delete all but the newest ``keep_last`` complete tags under ``url``; returns the tags deleted.
+
+    Called once tag ``newest`` is uploaded whole (nothing is deleted while it
+    is not). Never deletes ``newest`` or the tag the remote ``latest`` names.
+    An incomplete tag older than ``newest`` is an upload that will not be
+    finished (the uploader sends tags in order): it goes too.
+    """
+    bucket, prefix = split_url(url)
+    tags = _remote_tags(s3, bucket, prefix)
+    marker = _key(prefix, newest, COMPLETE_NAME)
+    if marker not in tags.get(newest, []):
+        return []
+    keep = {newest, remote_latest(s3, url)}
+    newest_step = step_of(newest)
+    complete = sorted((t for t, keys in tags.items() if _key(prefix, t, COMPLETE_NAME) in keys), key=step_of)
+    doomed = set(complete[: max(len(complete) - keep_last, 0)])
+    if newest_step is not None:
+        doomed |= {t for t in tags if t not in complete and (step_of(t) or 0) < newest_step}
+    removed = []
+    for tag in sorted(doomed - keep, key=step_of):
+        _delete_tag(s3, bucket, prefix, tag, tags[tag])
+        removed.append(tag)
+    return removed
+
+
 def download_checkpoint(
     url: str, cache_dir: Path, tag: str | None = None, endpoint_url: str | None = None
 ) -> Path:
@@ -269,12 +327,14 @@ class Uploader:
     ``submit`` returns at once; ``drain`` hands the main thread the lines to
     report (finished or failed uploads); ``close`` waits for the queue to empty.
     A tag deleted locally before its upload finished (pruned by
-    ``keep_last_n_checkpoints``) is skipped: a newer one follows it.
+    ``keep_last_n_checkpoints``) is skipped: a newer one follows it. With
+    ``keep_last`` the bucket is pruned after each upload (``prune_remote``).
     """
 
     url: str
     chunk_size: int
     endpoint_url: str | None = None
+    keep_last: int | None = None
     _queue: queue.Queue[Path | None] = field(default_factory=queue.Queue, init=False)
     _lines: list[str] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -304,12 +364,26 @@ class Uploader:
                 s3 = s3 or client(self.endpoint_url)
                 sent = upload_tag(s3, tag_dir, self.url, self.chunk_size)
                 self._say(f"uploaded {tag_dir.name} to {where} ({sent / 2**20:.1f} MiB sent)")
+                if self.keep_last:
+                    self._prune(s3, tag_dir.name)
             except FileNotFoundError:
                 self._say(f"skipped the upload of {tag_dir.name}: it was pruned locally before it finished")
             except NeoxError as exc:
                 self._say(f"upload of {tag_dir.name} to {where} failed: {exc}", failed=True)
             except Exception as exc:  # noqa: BLE001 - reported on the main thread, training goes on
                 self._say(f"upload of {tag_dir.name} to {where} failed: {_reason(exc)}", failed=True)
+
+    def _prune(self, s3: Any, newest: str) -> None:
+        assert self.keep_last is not None
+        try:
+            removed = prune_remote(s3, self.url, self.keep_last, newest)
+        except Exception as exc:  # noqa: BLE001 - the new checkpoint is safe; older ones merely stay
+            self._say(f"could not prune old checkpoints from {self.url}: {_reason(exc)}")
+            return
+        if removed:
+            self._say(
+                f"pruned {', '.join(removed)} from {self.url} (keep_last_n_checkpoints={self.keep_last})"
+            )
 
     def drain(self) -> list[str]:
         with self._lock:

@@ -11,9 +11,15 @@ Either way, when a rank fails the agent stops its other ranks and prints
 ``neox: rank R on host H exited with code C (log: PATH)`` for the launcher to
 act on; the same when a rank stops beating its heartbeat (``heartbeat``:
 ``... stopped responding during step 12 (no heartbeat for 30 s)``). Worker
-ranks' output goes to their logs under the run directory (``rankio``). It
-forwards SIGTERM/SIGINT/SIGHUP, and stops its ranks when its parent goes away
-(an ssh connection dropped by a stopped pdsh gives no signal without a tty).
+ranks' output goes to their logs under the run directory (``rankio``).
+
+Signals: SIGUSR1 is passed on to the ranks (a second later, so that a copy
+Slurm sends them itself comes first), which save and stop. So is the first
+SIGTERM when the ranks are neox training workers: Slurm's preemption and
+``scancel`` send SIGTERM to every process of the step, the agent included, and
+the agent must not kill ranks that are saving. A second SIGTERM, SIGINT and
+SIGHUP stop the ranks at once, as does the agent's parent going away (an ssh
+connection dropped by a stopped pdsh gives no signal without a tty).
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from neoxcli.launchers.heartbeat import HANG_EXIT_CODE, Watch
-from neoxcli.launchers.rankio import Gate, RankLog, Relay, rank_log_path
+from neoxcli.launchers.rankio import WORKER_MODULE, Gate, RankLog, Relay, rank_log_path
 from neoxcli.launchers.signals import STOPPED_EXIT_CODE
 
 STOP_GRACE_S = 10.0
+# How long a stop waits before the agent passes it on as SIGUSR1. Slurm signals the ranks too, at
+# about the same moment (a preemption's SIGTERM, ``--signal=USR1``); a rank takes a SIGTERM after a
+# SIGUSR1 as "stop at once", so the agent's copy must come second (a stopping rank ignores SIGUSR1).
+STOP_FORWARD_DELAY_S = 1.0
 _DONE_CODES = frozenset({0, STOPPED_EXIT_CODE})  # a rank's exit codes that are no failure
 _PR_SET_PDEATHSIG = 1
 
@@ -262,11 +272,25 @@ def supervise_ranks(
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signum, f"received {signal.Signals(signum).name}")
 
-    def pass_on(signum: int, _frame: object) -> None:
+    asked_at: list[float] = []  # when a stop came that is still to be passed on to the ranks
+    stopping: list[int] = []  # the SIGTERM that asked the ranks to save and stop, once it came
+
+    def pass_on(_signum: int, _frame: object) -> None:
         # Slurm's warning before the time limit: each rank saves a checkpoint and stops by itself.
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        if not asked_at:
+            asked_at.append(time.monotonic())
+
+    def save_and_stop(signum: int, frame: object) -> None:
+        if stopping:
+            raise _Stop(signum, f"received {signal.Signals(signum).name} again")
+        stopping.append(signum)
+        pass_on(signum, frame)
+        print(
+            f"neox: host {host}: SIGTERM: its ranks finish their step, save a checkpoint and stop "
+            "(SIGTERM again stops them at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def report(index: int, what: str) -> None:
         log = logs.get(index)
@@ -275,6 +299,8 @@ def supervise_ranks(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    if WORKER_MODULE in command:  # only neox's training workers save on a signal
+        signal.signal(signal.SIGTERM, save_and_stop)
     signal.signal(signal.SIGUSR1, pass_on)
     try:
         for index, env in enumerate(envs):
@@ -324,6 +350,11 @@ def supervise_ranks(
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
                 return watcher.exit_code()
+            if asked_at and time.monotonic() - asked_at[0] >= STOP_FORWARD_DELAY_S:
+                asked_at.clear()
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGUSR1)
             if os.getppid() != parent:
                 raise _Stop(signal.SIGHUP, "the launcher went away")
             time.sleep(poll_s)

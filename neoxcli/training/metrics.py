@@ -4,14 +4,17 @@ A row's keys are the metrics.jsonl names (``loss``, ``lr``, ``tokens_per_s``,
 ``tokens_seen``, ``tflops``, ``mfu``, ``valid_loss``, ...). TensorBoard and W&B
 get the same numbers under stable slash names (``scalar_name``): ``train/loss``,
 ``train/mfu``, ``valid/loss``; a key that already has a slash (``eval/lambada/acc``)
-keeps it. ``Throughput`` turns one step's real token count into tokens/s,
-TFLOP/s and MFU with ``neoxcli.model.flops``, the accounting the benchmarks use too.
+keeps it. The W&B run's id is kept in the run directory (``wandb-run-id``), so a
+run that resumes from a checkpoint there goes on logging into the same W&B run.
+``Throughput`` turns one step's real token count into tokens/s, TFLOP/s and MFU
+with ``neoxcli.model.flops``, the accounting the benchmarks use too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +24,10 @@ from neoxcli.errors import NeoxError
 
 #: metrics.jsonl keys whose TensorBoard / W&B name is not ``train/<key>``.
 _RENAMED = {"valid_loss": "valid/loss", "seconds": "train/step_seconds"}
+
+#: The file in the run directory naming the W&B run that a resume continues.
+WANDB_ID_NAME = "wandb-run-id"
+_WANDB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 #: What W&B needs when no login is found, as one hint line.
 WANDB_LOGIN_HINT = (
@@ -61,7 +68,7 @@ class MetricsLog:
             if cfg.logging.tensorboard_dir:
                 self._open_tensorboard(Path(cfg.logging.tensorboard_dir))
             if cfg.logging.use_wandb:
-                self._open_wandb(cfg, save_dir)
+                self._open_wandb(cfg, save_dir, resumed=resumed_at > 0)
         except BaseException:
             self.close()
             raise
@@ -114,8 +121,8 @@ class MetricsLog:
         self._sinks.append(to_tb)
         self._closers.append(writer.close)
 
-    def _open_wandb(self, cfg: NeoXConfig, save_dir: Path | None) -> None:
-        run = open_wandb(cfg, save_dir)
+    def _open_wandb(self, cfg: NeoXConfig, save_dir: Path | None, resumed: bool) -> None:
+        run = open_wandb(cfg, save_dir, resumed=resumed)
         self._sinks.append(lambda step, scalars: run.log(scalars, step=step))
         self._closers.append(run.finish)
 
@@ -134,8 +141,32 @@ def wandb_dir(save_dir: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="neox-wandb-"))
 
 
-def open_wandb(cfg: NeoXConfig, save_dir: Path | None) -> Any:
-    """A started W&B run with GPT-NeoX's keys (project, group, team, host); one error line without a login."""
+def resumed_wandb_id(save_dir: Path | None) -> str | None:
+    """The id of the W&B run that ``save_dir`` recorded, or None when it recorded none."""
+    if save_dir is None:
+        return None
+    path = save_dir / WANDB_ID_NAME
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NeoxError(f"cannot read {path}: {exc}", hint="delete it to log into a new W&B run") from None
+    if not _WANDB_ID.fullmatch(text):
+        raise NeoxError(
+            f"{path} holds {text[:40]!r}, which is not a W&B run id",
+            hint="delete it to log into a new W&B run",
+        )
+    return text
+
+
+def open_wandb(cfg: NeoXConfig, save_dir: Path | None, resumed: bool = False) -> Any:
+    """A started W&B run with GPT-NeoX's keys (project, group, team, host); one error line without a login.
+
+    ``resumed`` (the run continues from a checkpoint): the W&B run whose id
+    ``save_dir`` recorded goes on (``resume="allow"``), else a new one starts and
+    its id is recorded for the next resume.
+    """
     try:
         import wandb
     except ImportError as exc:
@@ -148,11 +179,13 @@ def open_wandb(cfg: NeoXConfig, save_dir: Path | None) -> Any:
         raise NeoxError(
             f"use_wandb is set but W&B has no login for {lg.wandb_host or 'wandb.ai'}", hint=WANDB_LOGIN_HINT
         )
+    # An id the user set (WANDB_RUN_ID) wins: W&B reads it itself.
+    run_id = resumed_wandb_id(save_dir) if resumed and not os.environ.get("WANDB_RUN_ID") else None
     where = wandb_dir(save_dir)
     where.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(base_url=lg.wandb_host) if lg.wandb_host else None
     try:
-        return wandb.init(
+        run = wandb.init(
             project=lg.wandb_project,
             entity=lg.wandb_team,
             group=lg.wandb_group,
@@ -161,9 +194,20 @@ def open_wandb(cfg: NeoXConfig, save_dir: Path | None) -> Any:
             mode=mode or None,  # read per run: W&B caches the first one a process saw
             config=cfg.model_dump(mode="json"),
             settings=settings,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
     except wandb.errors.UsageError as exc:
         raise NeoxError(f"W&B could not start: {exc}", hint=WANDB_LOGIN_HINT) from exc
+    if save_dir is not None and mode != "disabled" and run.id != run_id:
+        from neoxcli.fileio import atomic_write_text
+
+        try:
+            atomic_write_text(save_dir / WANDB_ID_NAME, f"{run.id}\n")
+        except BaseException:
+            run.finish()
+            raise
+    return run
 
 
 def _wandb_logged_in(wandb: Any, host: str | None) -> bool:

@@ -227,7 +227,7 @@ def _upload(run: Run, tag_dir: Path, report: Reporter) -> None:
     ck = run.cfg.checkpoint
     assert ck.s3_path is not None
     if run.uploader is None:
-        run.uploader = Uploader(ck.s3_path, ck.s3_chunk_size, ck.s3_endpoint_url)
+        run.uploader = Uploader(ck.s3_path, ck.s3_chunk_size, ck.s3_endpoint_url, ck.keep_last_n_checkpoints)
     for line in run.uploader.drain():
         report.on_info(line)
     run.uploader.submit(tag_dir)
