@@ -11,7 +11,6 @@ use to run the kernels on CPU; ``auto`` stays on PyTorch there).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -20,9 +19,15 @@ import torch
 BACKENDS = ("auto", "torch", "liger", "triton")
 
 
-@functools.cache
+_FOUND: dict[str, bool] = {}
+
+
 def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    """Whether ``name`` is importable, looked up once (a plain dict, not ``functools.cache``, which
+    ``torch.compile`` warns about when a compiled block calls it)."""
+    if name not in _FOUND:
+        _FOUND[name] = importlib.util.find_spec(name) is not None
+    return _FOUND[name]
 
 
 def triton_interpreted() -> bool:
