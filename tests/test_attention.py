@@ -123,6 +123,30 @@ def test_flex_scale_is_used() -> None:
     assert (out - flex_causal_attention(q, k, v, compiled=False, **kw)).abs().max().item() > 1e-3
 
 
+def test_per_batch_block_mask_is_built_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layer of a forward passes the same document ids: one block mask for all of them, and a
+    new batch (even with equal values) or an in-place change builds a new one, with the right result."""
+    built: list[int] = []
+    real = attn_mod._create_block_mask
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attn_mod, "_create_block_mask", counting)
+    (q, k, v), kw = _inputs(CASES["documents"])
+    first = [flex_causal_attention(q, k, v, compiled=False, **kw) for _ in range(3)]  # three "layers"
+    assert len(built) == 1 and all(torch.equal(first[0], o) for o in first)
+    flex_causal_attention(q, k, v, compiled=False, document_ids=kw["document_ids"].clone())
+    assert len(built) == 2
+    ids = kw["document_ids"].clone()
+    flex_causal_attention(q, k, v, compiled=False, document_ids=ids)
+    ids[0, 3:] = 5  # the same tensor, changed in place
+    out = flex_causal_attention(q, k, v, compiled=False, document_ids=ids)
+    assert len(built) == 4
+    assert (out - _dense(q, k, v, document_ids=ids)).abs().max().item() < TOL[torch.float32]
+
+
 def test_dense_document_mask_stays_within_documents() -> None:
     ids = torch.tensor([[0, 0, 1, 1, 1]])
     mask, causal = dense_causal_mask(5, 5, torch.device("cpu"), torch.float32, document_ids=ids)

@@ -211,7 +211,7 @@ def flex_causal_attention(
         # Depends on shapes only: built once per (length, band, device) and reused by every layer and step.
         block_mask = _static_block_mask(t_q, t_k, offset, window, str(q.device))
     else:
-        block_mask = _create_block_mask(mask_mod, q.shape[0], None, t_q, t_k, q.device)
+        block_mask = _per_batch_block_mask(mask_mod, offset, window, key_mask, document_ids, q)
     score_mod = None
     if alibi is not None:
         slopes = alibi.to(device=q.device, dtype=torch.float32)
@@ -251,6 +251,35 @@ def _create_block_mask(mask_mod: Any, b: int | None, h: int | None, t_q: int, t_
     return create_block_mask(
         mask_mod, b, h, t_q, t_k, device=device, _compile=torch.device(device).type == "cuda"
     )
+
+
+# The last per-batch block mask and what it was built from. Every layer of a forward (and its
+# recomputation under activation checkpointing) passes the same id/mask tensors, so one entry
+# saves rebuilding the mask in each layer. The entry holds those tensors, so ``is`` identity
+# (plus their in-place version counters) cannot match a different batch.
+_LAST_BATCH_MASK: list[Any] = []
+
+
+@torch.compiler.disable
+def _per_batch_block_mask(
+    mask_mod: Any,
+    offset: int,
+    window: int | None,
+    key_mask: Tensor | None,
+    document_ids: Tensor | None,
+    q: Tensor,
+) -> Any:
+    t_q = q.shape[2]
+    versions = tuple(t._version if t is not None else None for t in (key_mask, document_ids))
+    key = (offset, window, t_q, str(q.device), q.shape[0])
+    if _LAST_BATCH_MASK:
+        k_mask, docs, seen_versions, seen_key, mask = _LAST_BATCH_MASK
+        if k_mask is key_mask and docs is document_ids and seen_versions == versions and seen_key == key:
+            return mask
+    t_k = offset + t_q
+    mask = _create_block_mask(mask_mod, q.shape[0], None, t_q, t_k, q.device)
+    _LAST_BATCH_MASK[:] = [key_mask, document_ids, versions, key, mask]
+    return mask
 
 
 @torch.compiler.disable
