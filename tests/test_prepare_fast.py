@@ -159,6 +159,7 @@ def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
         lambda d: d["model"].__setitem__("merges", d["model"]["merges"][:-1]),
         lambda d: d["added_tokens"][0].__setitem__("lstrip", True),
         lambda d: d.__setitem__("normalizer", {"type": "NFKC"}),
+        lambda d: (d.__setitem__("normalizer", {"type": "NFC"}), _add_tokens(d, [("e\u0301", True)])),
     ],
     ids=[
         "normalizer",
@@ -168,6 +169,7 @@ def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
         "other-merges",
         "lstrip-special",
         "nfkc",
+        "non-nfc-added-token",
     ],
 )
 def test_anything_but_gpt2_keeps_the_library(tmp_path: Path, edit) -> None:  # type: ignore[no-untyped-def]

@@ -265,6 +265,10 @@ class TiktokenBPE:
         specials = {
             t["content"]: (int(t["id"]), bool(t.get("normalized", not t.get("special")))) for t in added
         }
+        if norm is not None and any(
+            normalized and backend.normalizer.normalize_str(c) != c for c, (_, normalized) in specials.items()
+        ):
+            return None  # the library matches such a token by its normalised spelling
         ranks = {
             tok.translate(to_latin1).encode("latin-1"): i
             for tok, i in model["vocab"].items()
