@@ -80,7 +80,7 @@ def _fuzz(n: int, seed: int = 0) -> list[str]:
 
 
 def _corpus() -> list[str]:
-    texts = list(EDGE) + _fuzz(3000)
+    texts = list(EDGE) + SEPARATOR_EDGES + _fuzz(3000)
     shakes = DATA / "tinyshakespeare.txt"
     if shakes.is_file():
         texts += [p for p in shakes.read_text(encoding="utf-8").split("\n\n") if p][:3000]
@@ -110,6 +110,22 @@ def _assert_same_ids(tok: HFTokenizer, texts: list[str]) -> None:
     assert fast.encode_batch(texts, threads=2) == reference
     assert tok.encode_batch(texts) == reference
     assert [fast.encode(t) for t in texts[:50]] == reference[:50]
+    flat_reference = [i for ids in reference for i in ids]
+    for threads in (1, 2):
+        flat, sizes = fast.encode_flat(texts, threads)
+        assert flat.tolist() == flat_reference and sizes.tolist() == [len(ids) for ids in reference]
+
+
+#: texts that hold the string joining texts in one tiktoken call, or its start or end at their edges
+SEPARATOR_EDGES = [
+    f"a{TiktokenBPE.SEPARATOR}b",
+    TiktokenBPE.SEPARATOR,
+    "ends with a prefix \x00<|neox-end-of",
+    "-text|> starts with a suffix",
+    "\x00<|neox-end-of-text|",
+    "|>",
+    "\x00",
+]
 
 
 def _gpt2_vocab_merges(tmp: Path) -> tuple[Path, Path]:

@@ -49,6 +49,10 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_flat(self, texts: list[str]) -> tuple[Any, Any] | None:
+        """(all ids, one int64 array; ids per text) where the tokenizer has a bulk path, else None."""
+        return None
+
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
@@ -133,6 +137,13 @@ class HFTokenizer(Tokenizer):
         encs = batch(texts) if batch is not None else self._tok.encode_batch(texts)
         return [e.ids for e in encs]
 
+    def encode_flat(self, texts: list[str]) -> tuple[Any, Any] | None:
+        bulk = hasattr(self, "_fast") or sum(map(len, texts)) >= FAST_ENCODER_MIN_CHARS
+        fast = self.fast_encoder() if bulk else None
+        if fast is None:
+            return None
+        return fast.encode_flat(texts, int(os.environ.get("RAYON_NUM_THREADS", "1") or 1))
+
     def fast_encoder(self) -> TiktokenBPE | None:
         """tiktoken over the same ranks for GPT-2's or GPT-NeoX-20B's BPE (ids proven identical), else None.
 
@@ -212,6 +223,11 @@ class TiktokenBPE:
     tokenizers library.
     """
 
+    #: joins the texts of one tiktoken call, encoded as an id above every real one; a text holding it
+    #: is encoded on its own. No proper prefix of it is also a suffix, so no match of it can straddle
+    #: a join: each match found in the joined string is exactly one of the joins.
+    SEPARATOR = "\x00<|neox-end-of-text|>"
+
     def __init__(self, encoding: Any, backend: Any, added: dict[str, tuple[int, bool]], nfc: bool) -> None:
         self._enc = encoding
         self._backend = backend
@@ -219,8 +235,10 @@ class TiktokenBPE:
         raw = [c for c, (_, normalized) in added.items() if not normalized]
         norm = [c for c, (_, normalized) in added.items() if normalized]
         self._raw, self._norm = _alternation(raw), _alternation(norm)
-        self._needles = _needles(added)
+        self._needles = _needles([*added, self.SEPARATOR])
         self._nfc = backend.normalizer if nfc else None
+        self._sep_id = encoding.encode_single_token(self.SEPARATOR)
+        self._sep = {self.SEPARATOR}
 
     @classmethod
     def for_backend(cls, backend: Any) -> TiktokenBPE | None:
@@ -274,7 +292,10 @@ class TiktokenBPE:
             for tok, i in model["vocab"].items()
             if tok not in specials
         }
-        enc = tiktoken.Encoding("neox-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+        top = max([*ranks.values(), *(i for i, _ in specials.values())]) + 1
+        enc = tiktoken.Encoding(
+            "neox-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={cls.SEPARATOR: top}
+        )
         return cls(enc, backend, specials, nfc=norm is not None)
 
     def encode(self, text: str) -> list[int]:
@@ -297,17 +318,67 @@ class TiktokenBPE:
                     out.extend(ordinary(piece))
         return out
 
+    def _apart(self, text: str) -> list[int] | None:
+        """Ids of a text that cannot go straight to tiktoken (added tokens, not NFC), else None."""
+        if self._nfc is not None and not text.isascii() and self._nfc.normalize_str(text) != text:
+            return self._backend.encode(text).ids
+        for n in self._needles:
+            if n in text:
+                return self._split(text)
+        return None
+
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
-        ordinary, needles, nfc = self._enc.encode_ordinary, self._needles, self._nfc
+        ordinary, apart = self._enc.encode_ordinary, self._apart
         out: list[list[int]] = []
         for t in texts:
-            if nfc is not None and not t.isascii() and nfc.normalize_str(t) != t:
-                out.append(self._backend.encode(t).ids)
-            elif any(n in t for n in needles):
-                out.append(self._split(t))
-            else:
-                out.append(ordinary(t))
+            ids = apart(t)
+            out.append(ordinary(t) if ids is None else ids)
         return out
+
+    def _encode_joined(self, texts: list[str]) -> tuple[Any, Any]:
+        """One tiktoken call per run of plain texts, joined by the separator: the GIL is dropped once
+        per run instead of once per text, and no per-text id lists are built."""
+        import numpy as np
+
+        parts: list[np.ndarray] = []
+        sizes = np.empty(len(texts), dtype=np.int64)
+        run: list[int] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            joined = self.SEPARATOR.join([texts[i] for i in run]) + self.SEPARATOR
+            ids = np.asarray(self._enc.encode(joined, allowed_special=self._sep), dtype=np.int64)
+            ends = np.flatnonzero(ids == self._sep_id)
+            sizes[run] = np.diff(ends, prepend=-1) - 1
+            parts.append(np.delete(ids, ends))
+            run.clear()
+
+        for i, t in enumerate(texts):
+            ids = self._apart(t)
+            if ids is None:
+                run.append(i)
+                continue
+            flush()
+            parts.append(np.asarray(ids, dtype=np.int64))
+            sizes[i] = len(ids)
+        flush()
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), sizes
+
+    def encode_flat(self, texts: list[str], threads: int = 1) -> tuple[Any, Any]:
+        """All ids (int64) and ids per text; ``threads`` > 1 encodes contiguous slices in threads."""
+        import numpy as np
+
+        if threads <= 1 or len(texts) < 64:
+            return self._encode_joined(texts)
+        from concurrent.futures import ThreadPoolExecutor
+
+        step = -(-len(texts) // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(
+                pool.map(self._encode_joined, [texts[i : i + step] for i in range(0, len(texts), step)])
+            )
+        return np.concatenate([f for f, _ in done]), np.concatenate([n for _, n in done])
 
     def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
         """Ids of each text; ``threads`` > 1 encodes contiguous slices in threads (tiktoken drops the GIL)."""
