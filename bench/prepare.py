@@ -9,8 +9,19 @@ on a JSON-lines file of Shakespeare paragraphs, GPT-2 tokenizer, ``--append-eod`
 2 workers: the tokenizers path (``NEOX_TIKTOKEN=0``) against the default, alternated,
 with wall and CPU seconds, and checks the two outputs are byte-identical.
 
+``--gpt-neox DIR`` times GPT-NeoX's own ``tools/datasets/preprocess_data.py`` (from the checkout
+DIR) against ``neox prepare`` with the same flags (HFTokenizer, ``--append-eod``, 2 workers, mmap) on
+that JSON-lines file, for the GPT-2 and the GPT-NeoX-20B tokenizer JSONs: whole commands, start-up
+included, alternated round by round; prints the median wall and CPU seconds of each, the ratios,
+and whether the ``.bin``/``.idx`` files are byte-identical (exits non-zero when they are not).
+GPT-NeoX's script needs ``lm_dataformat``, ``ftfy``, ``tqdm``, ``transformers``, ``sentencepiece``
+and torch. Its ``megatron/__init__.py`` pulls in the training argument system (DeepSpeed and
+more) that preprocessing never uses, so the script runs against a stand-in package ``megatron``
+whose modules are DIR's own ``megatron/tokenizer`` and ``megatron/data``, unchanged.
+
     python bench/prepare.py [--text FILE] [--tokenizer FILE] [--zst-mb 200] [--skip-zst]
     python bench/prepare.py --cli-mb 28 --cli-only
+    python bench/prepare.py --gpt-neox ~/gpt-neox [--cli-mb 28] [--rounds 3] [--tokenizer-20b FILE]
 """
 
 from __future__ import annotations
@@ -19,13 +30,15 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def _child(kind: str, workers: int, text: str, tokenizer: str, extra: str) -> dict:
@@ -162,6 +175,88 @@ def cli_bench(text: Path, tokenizer: str, mb: int, workers: int = 2, rounds: int
         print(f"outputs byte-identical: {same}")
 
 
+#: the stand-in ``megatron`` package: DIR's subpackages, without the training imports of its __init__
+_MEGATRON_SHIM = """import os
+
+__path__ = [os.path.join(os.environ["NEOX_BENCH_GPT_NEOX"], "megatron")]
+
+
+def print_rank_0(*message):
+    print(*message, flush=True)
+"""
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the process and every child it waited for)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def gpt_neox_bench(
+    gpt_neox: Path, text: Path, tokenizers: list[Path], mb: int, workers: int = 2, rounds: int = 3
+) -> bool:
+    """GPT-NeoX's preprocess_data.py against ``neox prepare``; True when every output is byte-identical."""
+    script = gpt_neox / "tools" / "datasets" / "preprocess_data.py"
+    if not script.is_file() or not (gpt_neox / "megatron" / "tokenizer").is_dir():
+        sys.exit(f"{gpt_neox} is not a GPT-NeoX checkout (no tools/datasets/preprocess_data.py)")
+    all_same = True
+    with tempfile.TemporaryDirectory() as tmp:
+        shim = Path(tmp) / "shim" / "megatron"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text(_MEGATRON_SHIM)
+        src = Path(tmp) / "paragraphs.jsonl"
+        make_paragraph_jsonl(src, text, mb)
+        size = src.stat().st_size / 1e6
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        theirs_env = dict(
+            os.environ,
+            NEOX_BENCH_GPT_NEOX=str(gpt_neox.resolve()),
+            PYTHONPATH=os.pathsep.join([str(shim.parent), *inherited]),
+        )
+        ours_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *inherited]))
+        for tok in tokenizers:
+            common = ["--tokenizer-type", "HFTokenizer", "--vocab-file", str(tok), "--append-eod"]
+            common += ["--workers", str(workers)]
+            theirs = [sys.executable, str(script), "--input", str(src), "--output-prefix", f"{tmp}/theirs"]
+            theirs += [*common, "--dataset-impl", "mmap"]
+            ours = [sys.executable, "-m", "neoxcli", "prepare", str(src), "-o", f"{tmp}/ours", *common]
+            ours += ["--overwrite", "-q"]
+            runs: dict[str, list[tuple[float, float]]] = {
+                "GPT-NeoX preprocess_data.py": [],
+                "neox prepare": [],
+            }
+            for _ in range(rounds):
+                runs["GPT-NeoX preprocess_data.py"].append(_timed(theirs, theirs_env))
+                runs["neox prepare"].append(_timed(ours, ours_env))
+            med = {
+                k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+                for k, v in runs.items()
+            }
+            print(
+                f"{tok.name}: {size:.0f} MB of JSON lines, --append-eod, {workers} workers, {rounds} rounds"
+            )
+            for name, (wall, cpu) in med.items():
+                print(f"  {name:28s} median {wall:6.2f} s wall, {cpu:6.2f} s CPU")
+            (tw, tc), (ow, oc) = med.values()
+            print(f"  neox prepare is x{tw / ow:.2f} faster in wall time, x{tc / oc:.2f} in CPU time")
+            same = all(
+                Path(f"{tmp}/theirs_text_document{e}").read_bytes()
+                == Path(f"{tmp}/ours_text_document{e}").read_bytes()
+                for e in (".bin", ".idx")
+            )
+            print(f"  .bin/.idx byte-identical to GPT-NeoX's: {same}")
+            all_same = all_same and same
+    return all_same
+
+
 def random_access(prefix: str, n: int = 100_000) -> float:
     import numpy as np
 
@@ -190,6 +285,11 @@ def main() -> None:
     ap.add_argument("--extra", default="")
     ap.add_argument("--cli-mb", type=int, default=0, help="time the whole command on this many MB first")
     ap.add_argument("--cli-only", action="store_true")
+    ap.add_argument(
+        "--gpt-neox", type=Path, help="a GPT-NeoX checkout: time its preprocess_data.py against ours"
+    )
+    ap.add_argument("--tokenizer-20b", default=str(SHARED / "neox-20b-tokenizer.json"))
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds of the --gpt-neox comparison")
     args = ap.parse_args()
     if args.child == "raw":
         print(json.dumps(child_raw(args.text, args.tokenizer, args.workers)))
@@ -200,6 +300,14 @@ def main() -> None:
     for p in (args.text, args.tokenizer):
         if not Path(p).exists():
             sys.exit(f"missing {p}")
+    if args.gpt_neox is not None:
+        toks = [Path(args.tokenizer), Path(args.tokenizer_20b)]
+        missing = [str(t) for t in toks if not t.is_file()]
+        if missing:
+            sys.exit(f"missing {', '.join(missing)}")
+        if not gpt_neox_bench(args.gpt_neox, Path(args.text), toks, args.cli_mb or 28, rounds=args.rounds):
+            sys.exit("FAILED: neox prepare's output differs from GPT-NeoX's")
+        return
     if args.cli_mb:
         cli_bench(Path(args.text), args.tokenizer, args.cli_mb)
         if args.cli_only:

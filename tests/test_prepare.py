@@ -98,6 +98,10 @@ BAD_CASES = {
     "missing_key": (b'{"text": "ok"}\n{"body": "x"}\n', "bad.jsonl:2: missing key 'text'"),
     "not_a_string": (b'{"text": 5}\n', "bad.jsonl:1: key 'text' is int"),
     "undecodable": (b'{"text": "ok"}\n{"text": "\xff\xfe"}\n', "bad.jsonl:2: undecodable bytes"),
+    "lone_surrogate": (
+        b'{"text": "ok"}\n{"text": "caf\xc3\xa9 \\ud800!"}\n',
+        "bad.jsonl:2: key 'text' holds a lone surrogate \\ud800 at character 5",
+    ),
 }
 
 

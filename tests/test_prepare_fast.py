@@ -1,10 +1,11 @@
 """The tiktoken fast path of ``neox prepare``: ids identical for every tokenizer it accepts, refused otherwise.
 
 The fast path accepts exactly GPT-2's BPE, reached three ways (a tokenizers JSON, GPT-2's
-``vocab.json`` + ``merges.txt``, and GPT-NeoX's HFGPT2Tokenizer with its extra padding token);
-each is checked id for id against the tokenizers library on Shakespeare, the head of enwik8
-(markup, Unicode) and hand-picked and random edge cases, and the written datasets are compared
-byte for byte with the library path.
+``vocab.json`` + ``merges.txt``, and GPT-NeoX's HFGPT2Tokenizer with its extra padding token),
+and GPT-NeoX-20B's (NFC normaliser, runs of spaces as added tokens); each is checked id for id
+against the tokenizers library on Shakespeare, the head of enwik8 (markup, Unicode), hand-picked
+and random edge cases and random concatenations of vocabulary entries, and the written datasets
+are compared byte for byte with the library path.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from neoxcli.data.tokenizer import (
     GPT2BPETokenizer,
     HFGPT2Tokenizer,
     HFTokenizer,
-    TiktokenGPT2,
+    TiktokenBPE,
     _byte_to_unicode,
     build_tokenizer,
 )
@@ -55,6 +56,9 @@ EDGE = [
     "ZWJ\u200dzero\u200bwidth",
     "!!!???...,,,;;;",
     "     leading and trailing     ",
+    " " * 30 + "x" + " " * 25 + "\n" + " " * 24 + "y" + "  \t  " + " " * 2,
+    "    four<|endoftext|>    spaces\n        eight",
+    "non-NFC: cafe\u0301 A\u030a \u1100\u1161 and NFC: café Å 가",
 ]
 
 
@@ -76,7 +80,7 @@ def _fuzz(n: int, seed: int = 0) -> list[str]:
 
 
 def _corpus() -> list[str]:
-    texts = list(EDGE) + _fuzz(3000)
+    texts = list(EDGE) + SEPARATOR_EDGES + _fuzz(3000)
     shakes = DATA / "tinyshakespeare.txt"
     if shakes.is_file():
         texts += [p for p in shakes.read_text(encoding="utf-8").split("\n\n") if p][:3000]
@@ -84,6 +88,18 @@ def _corpus() -> list[str]:
     if enwik.is_file():
         texts += enwik.read_text(encoding="utf-8", errors="replace").split("\n\n")
     return texts
+
+
+def _vocab_concatenations(path: Path, n: int, seed: int = 0) -> list[str]:
+    """Texts of 2-5 random vocabulary entries each: every merge order BPE can meet, not just words."""
+    inverse = {c: b for b, c in _byte_to_unicode().items()}
+    vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+    pieces = [bytes(inverse[c] for c in t) for t in vocab if all(c in inverse for c in t)]
+    rng = random.Random(seed)
+    return [
+        b"".join(rng.choice(pieces) for _ in range(rng.randint(2, 5))).decode("utf-8", "ignore")
+        for _ in range(n)
+    ]
 
 
 def _assert_same_ids(tok: HFTokenizer, texts: list[str]) -> None:
@@ -94,6 +110,22 @@ def _assert_same_ids(tok: HFTokenizer, texts: list[str]) -> None:
     assert fast.encode_batch(texts, threads=2) == reference
     assert tok.encode_batch(texts) == reference
     assert [fast.encode(t) for t in texts[:50]] == reference[:50]
+    flat_reference = [i for ids in reference for i in ids]
+    for threads in (1, 2):
+        flat, sizes = fast.encode_flat(texts, threads)
+        assert flat.tolist() == flat_reference and sizes.tolist() == [len(ids) for ids in reference]
+
+
+#: texts that hold the string joining texts in one tiktoken call, or its start or end at their edges
+SEPARATOR_EDGES = [
+    f"a{TiktokenBPE.SEPARATOR}b",
+    TiktokenBPE.SEPARATOR,
+    "ends with a prefix \x00<|neox-end-of",
+    "-text|> starts with a suffix",
+    "\x00<|neox-end-of-text|",
+    "|>",
+    "\x00",
+]
 
 
 def _gpt2_vocab_merges(tmp: Path) -> tuple[Path, Path]:
@@ -142,7 +174,8 @@ def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
         lambda d: d["model"].__setitem__("dropout", 0.1),
         lambda d: d["model"].__setitem__("merges", d["model"]["merges"][:-1]),
         lambda d: d["added_tokens"][0].__setitem__("lstrip", True),
-        lambda d: d["added_tokens"][0].__setitem__("special", False),
+        lambda d: d.__setitem__("normalizer", {"type": "NFKC"}),
+        lambda d: (d.__setitem__("normalizer", {"type": "NFC"}), _add_tokens(d, [("e\u0301", True)])),
     ],
     ids=[
         "normalizer",
@@ -151,7 +184,8 @@ def _variant(tmp: Path, edit) -> HFTokenizer:  # type: ignore[no-untyped-def]
         "dropout",
         "other-merges",
         "lstrip-special",
-        "non-special",
+        "nfkc",
+        "non-nfc-added-token",
     ],
 )
 def test_anything_but_gpt2_keeps_the_library(tmp_path: Path, edit) -> None:  # type: ignore[no-untyped-def]
@@ -160,8 +194,52 @@ def test_anything_but_gpt2_keeps_the_library(tmp_path: Path, edit) -> None:  # t
 
 
 @pytest.mark.skipif(not NEOX20B.is_file(), reason=f"GPT-NeoX-20B tokenizer JSON not found at {NEOX20B}")
-def test_the_neox_20b_tokenizer_keeps_the_library() -> None:
-    assert HFTokenizer(str(NEOX20B)).fast_encoder() is None
+def test_neox_20b_json_fast_path_gives_the_libraries_ids() -> None:
+    _assert_same_ids(HFTokenizer(str(NEOX20B)), _corpus() + _vocab_concatenations(NEOX20B, 20_000))
+
+
+@needs_gpt2
+def test_random_vocabulary_concatenations_give_the_libraries_ids() -> None:
+    _assert_same_ids(HFTokenizer(str(GPT2)), _vocab_concatenations(GPT2, 20_000, seed=1))
+
+
+@pytest.mark.skipif(not NEOX20B.is_file(), reason=f"GPT-NeoX-20B tokenizer JSON not found at {NEOX20B}")
+def test_an_edited_neox_20b_keeps_the_library(tmp_path: Path) -> None:
+    data = json.loads(NEOX20B.read_text(encoding="utf-8"))
+    data["model"]["merges"] = data["model"]["merges"][:-1]
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert HFTokenizer(str(path)).fast_encoder() is None
+
+
+def _add_tokens(data: dict, tokens: list[tuple[str, bool]]) -> None:  # type: ignore[type-arg]
+    base = max(t["id"] for t in data["added_tokens"]) + 1
+    for i, (content, normalized) in enumerate(tokens):
+        data["added_tokens"].append(
+            {
+                "id": base + i,
+                "content": content,
+                "special": not normalized,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": normalized,
+            }
+        )
+
+
+@needs_gpt2
+def test_added_tokens_are_cut_out_as_the_library_cuts_them(tmp_path: Path) -> None:
+    """Overlapping added tokens, some matched on the raw text and some on the NFC-normalised text."""
+
+    def edit(d: dict) -> None:  # type: ignore[type-arg]
+        d["normalizer"] = {"type": "NFC"}
+        _add_tokens(d, [("ab", True), ("abc", True), ("bcd", False), ("é", True), ("<|x|>", False)])
+
+    tok = _variant(tmp_path, edit)
+    assert isinstance(tok.fast_encoder(), TiktokenBPE)
+    texts = ["abcd", "abcbcdab", "xabcdx abc ab", "cafe\u0301 café", "é<|x|>é", "<|x|><|x|>ab<|endoftext|>"]
+    _assert_same_ids(tok, texts + EDGE + _fuzz(500, seed=2) + [t.replace("c", "bcd") for t in _fuzz(300)])
 
 
 def test_a_trained_byte_level_bpe_keeps_the_library(tmp_path: Path) -> None:
@@ -200,9 +278,13 @@ def test_byte_map_is_gpt2s_bijection() -> None:
     assert table[ord("A")] == "A" and table[ord(" ")] == "\u0120" and table[ord("\n")] == "\u010a"
 
 
-@needs_gpt2
 @pytest.mark.parametrize("workers", [1, 2])
-def test_prepared_files_are_byte_identical_to_the_library_path(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("tokenizer", [GPT2, NEOX20B], ids=["gpt2", "neox-20b"])
+def test_prepared_files_are_byte_identical_to_the_library_path(
+    tmp_path: Path, workers: int, tokenizer: Path
+) -> None:
+    if not tokenizer.is_file():
+        pytest.skip(f"tokenizer JSON not found at {tokenizer}")
     texts = _corpus()
     texts.append("long line\n" * (CHUNK_CHARS // 5))  # cut into pieces and encoded in parallel
     src = tmp_path / "in.jsonl"
@@ -211,11 +293,11 @@ def test_prepared_files_are_byte_identical_to_the_library_path(tmp_path: Path, w
     )
     outs = []
     for name in ("fast", "library"):
-        tok = HFTokenizer(str(GPT2))
+        tok = HFTokenizer(str(tokenizer))
         if name == "library":
             tok._fast = None
         else:
-            assert isinstance(tok.fast_encoder(), TiktokenGPT2)
+            assert isinstance(tok.fast_encoder(), TiktokenBPE)
         prepare([src], tmp_path / name, tok, append_eod=True, workers=workers)
         prefix = tmp_path / f"{name}_text_document"
         outs.append((prefix.with_suffix(".bin").read_bytes(), prefix.with_suffix(".idx").read_bytes()))

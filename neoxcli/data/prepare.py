@@ -146,14 +146,18 @@ def encode_texts(
             parts = split_text(t, chunk_chars) if len(t) > chunk_chars else [t]
             pieces.extend(parts)
             owners.extend([i] * len(parts))
-    ids = tok.encode_batch(pieces)
-    piece_sizes = np.fromiter(map(len, ids), np.int64, len(ids))
+    bulk = tok.encode_flat(pieces)
+    if bulk is not None:
+        flat, piece_sizes = bulk
+    else:
+        ids = tok.encode_batch(pieces)
+        piece_sizes = np.fromiter(map(len, ids), np.int64, len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(piece_sizes.sum()))
     if len(pieces) == len(texts):
         sizes = piece_sizes
     else:
         sizes = np.zeros(len(texts), dtype=np.int64)
         np.add.at(sizes, np.asarray(owners, dtype=np.int64), piece_sizes)
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(piece_sizes.sum()))
     if append_eod:
         # one [eod] after the last token of every text, inserted in one vectorised pass
         flat = np.insert(flat, np.cumsum(sizes), eod)

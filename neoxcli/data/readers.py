@@ -19,6 +19,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import sys
 import tarfile
 import zlib
@@ -244,8 +245,25 @@ def _compression_of(name: str) -> str | None:
     return next((c for s, c in _COMPRESSIONS.items() if s and low.endswith(s)), None)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(text: str, key: str, source: str, line: int) -> None:
+    """JSON's ``\\ud800`` escapes can leave half a UTF-16 pair, which no encoder can turn into bytes."""
+    if not text.isascii():
+        m = _SURROGATE.search(text)
+        if m is not None:
+            raise BadInput(
+                source,
+                line,
+                f"key {key!r} holds a lone surrogate \\u{ord(m.group()):04x} at character {m.start()} "
+                "(half a UTF-16 pair, not Unicode text)",
+            )
+
+
 def _texts_of(obj: Any, keys: Sequence[str], source: str, line: int) -> list[str]:
     if isinstance(obj, str) and keys == ("text",):
+        _check_unicode(obj, "text", source, line)
         return [obj]
     if not isinstance(obj, dict):
         raise BadInput(source, line, f"expected a JSON object, got {type(obj).__name__}")
@@ -256,6 +274,7 @@ def _texts_of(obj: Any, keys: Sequence[str], source: str, line: int) -> list[str
         v = obj[k]
         if not isinstance(v, str):
             raise BadInput(source, line, f"key {k!r} is {type(v).__name__}, not a string")
+        _check_unicode(v, k, source, line)
         out.append(v)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_flat(self, texts: list[str]) -> tuple[Any, Any] | None:
+        """(all ids, one int64 array; ids per text) where the tokenizer has a bulk path, else None."""
+        return None
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -132,13 +137,20 @@ class HFTokenizer(Tokenizer):
         encs = batch(texts) if batch is not None else self._tok.encode_batch(texts)
         return [e.ids for e in encs]
 
-    def fast_encoder(self) -> TiktokenGPT2 | None:
-        """tiktoken over the same ranks when this is exactly GPT-2's BPE (ids proven identical), else None.
+    def encode_flat(self, texts: list[str]) -> tuple[Any, Any] | None:
+        bulk = hasattr(self, "_fast") or sum(map(len, texts)) >= FAST_ENCODER_MIN_CHARS
+        fast = self.fast_encoder() if bulk else None
+        if fast is None:
+            return None
+        return fast.encode_flat(texts, int(os.environ.get("RAYON_NUM_THREADS", "1") or 1))
+
+    def fast_encoder(self) -> TiktokenBPE | None:
+        """tiktoken over the same ranks for GPT-2's or GPT-NeoX-20B's BPE (ids proven identical), else None.
 
         Built on first use, so commands that encode one prompt never pay for it.
         """
         if not hasattr(self, "_fast"):
-            self._fast = TiktokenGPT2.for_backend(self._tok)
+            self._fast = TiktokenBPE.for_backend(self._tok)
         return self._fast
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -148,9 +160,11 @@ class HFTokenizer(Tokenizer):
         return self._safe
 
 
-# sha256 of GPT-2's BPE vocabulary and merges (``_bpe_fingerprint``): the one BPE whose
-# tiktoken encoding is proven id-for-id identical to the tokenizers library's (tests/test_prepare.py).
+# sha256 of the BPE vocabularies and merges (``_bpe_fingerprint``) whose tiktoken encoding is proven
+# id-for-id identical to the tokenizers library's (tests/test_prepare_fast.py): GPT-2's and GPT-NeoX-20B's.
 GPT2_BPE_FINGERPRINT = "01ac3c384ce81548dfafd8a85db58790cfd911a4a9bb2f1a108f980bdd23ac9d"
+NEOX_20B_BPE_FINGERPRINT = "85a4884ddb918ca5fc00cfe4651f10dda88ed7dec9a4d249d1f2716cff821ca3"
+FAST_BPE_FINGERPRINTS = frozenset({GPT2_BPE_FINGERPRINT, NEOX_20B_BPE_FINGERPRINT})
 FAST_ENCODER_MIN_CHARS = 1 << 18
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -175,22 +189,59 @@ def _byte_to_unicode() -> dict[int, str]:
     return {b: chr(b if b in keep else next(shifted)) for b in range(256)}
 
 
-class TiktokenGPT2:
-    """GPT-2's BPE run by tiktoken: 3-5x less CPU than tokenizers on short documents, same ids.
+def _needles(contents: Iterable[str]) -> tuple[str, ...]:
+    """The fewest strings whose absence from a text proves that none of ``contents`` occurs in it.
 
-    Accepted only for a tokenizer whose configuration is GPT-2's: byte-level pre-tokenizer with
-    GPT-2's regex and no prefix space, no normaliser, plain BPE (no dropout, prefixes, byte
-    fallback), GPT-2's exact vocabulary and merges (fingerprint), and added tokens that are all
-    special and split as tiktoken splits specials (no stripping, not single-word). Anything
-    else, or no tiktoken installed, keeps the tokenizers library.
+    A content holding a shorter one is covered by it (GPT-NeoX-20B's 23 runs of spaces reduce to
+    two spaces), so a text is checked with a few C-speed ``in`` tests instead of a regex.
+    """
+    ordered = sorted(set(contents), key=len)
+    kept: list[str] = []
+    for c in ordered:
+        if not any(k in c for k in kept):
+            kept.append(c)
+    return tuple(kept)
+
+
+def _alternation(contents: Iterable[str]) -> re.Pattern[str] | None:
+    """Longest first, so Python's leftmost-first alternation finds the leftmost-longest match, as the
+    tokenizers library's added-token matcher does."""
+    ordered = sorted(set(contents), key=lambda c: (-len(c), c))
+    return re.compile("(" + "|".join(map(re.escape, ordered)) + ")") if ordered else None
+
+
+class TiktokenBPE:
+    """GPT-2's or GPT-NeoX-20B's BPE run by tiktoken: 3-7x less CPU than tokenizers, same ids.
+
+    Accepted only for a tokenizer configured as those two are: byte-level pre-tokenizer with
+    GPT-2's regex and no prefix space, no normaliser or NFC, plain BPE (no dropout, prefixes, byte
+    fallback), one of the vocabulary-and-merges fingerprints proven identical, and added tokens
+    that neither strip nor match single words. Added tokens are cut out first, as the tokenizers
+    library does: those matched on the raw text, then, in what lies between, those matched on the
+    normalised text; the pieces between them go to tiktoken. A text that NFC would change is
+    encoded by the tokenizers library itself. Anything else, or no tiktoken installed, keeps the
+    tokenizers library.
     """
 
-    def __init__(self, encoding: Any) -> None:
+    #: joins the texts of one tiktoken call, encoded as an id above every real one; a text holding it
+    #: is encoded on its own. No proper prefix of it is also a suffix, so no match of it can straddle
+    #: a join: each match found in the joined string is exactly one of the joins.
+    SEPARATOR = "\x00<|neox-end-of-text|>"
+
+    def __init__(self, encoding: Any, backend: Any, added: dict[str, tuple[int, bool]], nfc: bool) -> None:
         self._enc = encoding
-        self._specials = encoding.special_tokens_set
+        self._backend = backend
+        self._ids = {content: i for content, (i, _) in added.items()}
+        raw = [c for c, (_, normalized) in added.items() if not normalized]
+        norm = [c for c, (_, normalized) in added.items() if normalized]
+        self._raw, self._norm = _alternation(raw), _alternation(norm)
+        self._needles = _needles([*added, self.SEPARATOR])
+        self._nfc = backend.normalizer if nfc else None
+        self._sep_id = encoding.encode_single_token(self.SEPARATOR)
+        self._sep = {self.SEPARATOR}
 
     @classmethod
-    def for_backend(cls, backend: Any) -> TiktokenGPT2 | None:
+    def for_backend(cls, backend: Any) -> TiktokenBPE | None:
         """The fast encoder for ``backend`` (a ``tokenizers.Tokenizer``), or None; ``NEOX_TIKTOKEN=0`` opts out."""
         if os.environ.get("NEOX_TIKTOKEN", "1").strip() == "0":
             return None
@@ -202,6 +253,7 @@ class TiktokenGPT2:
         model = data.get("model") or {}
         pre = data.get("pre_tokenizer") or {}
         post = data.get("post_processor")
+        norm = data.get("normalizer")
         added = data.get("added_tokens") or []
         plain_model = (
             model.get("type") == "BPE"
@@ -214,37 +266,119 @@ class TiktokenGPT2:
         gpt2_split = (
             pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
         )
-        plain_specials = all(
-            t.get("special") and not (t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
+        plain_added = all(
+            t.get("content") and not (t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
             for t in added
         )
         if not (
             plain_model
             and gpt2_split
-            and data.get("normalizer") is None
+            and (norm is None or norm.get("type") == "NFC")
             and (post is None or post.get("type") == "ByteLevel")
-            and plain_specials
-            and _bpe_fingerprint(model) == GPT2_BPE_FINGERPRINT
+            and plain_added
+            and _bpe_fingerprint(model) in FAST_BPE_FINGERPRINTS
         ):
             return None
         to_latin1 = str.maketrans({c: chr(b) for b, c in _byte_to_unicode().items()})
-        specials = {t["content"]: int(t["id"]) for t in added}
+        specials = {
+            t["content"]: (int(t["id"]), bool(t.get("normalized", not t.get("special")))) for t in added
+        }
+        if norm is not None and any(
+            normalized and backend.normalizer.normalize_str(c) != c for c, (_, normalized) in specials.items()
+        ):
+            return None  # the library matches such a token by its normalised spelling
         ranks = {
             tok.translate(to_latin1).encode("latin-1"): i
             for tok, i in model["vocab"].items()
             if tok not in specials
         }
+        top = max([*ranks.values(), *(i for i, _ in specials.values())]) + 1
         enc = tiktoken.Encoding(
-            "neox-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+            "neox-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={cls.SEPARATOR: top}
         )
-        return cls(enc)
+        return cls(enc, backend, specials, nfc=norm is not None)
 
     def encode(self, text: str) -> list[int]:
-        return self._enc.encode(text, allowed_special=self._specials)
+        return self._encode_all([text])[0]
+
+    def _split(self, text: str) -> list[int]:
+        """Ids of a text holding added tokens: cut them out, tiktoken encodes the rest."""
+        out: list[int] = []
+        ordinary, ids = self._enc.encode_ordinary, self._ids
+        raw_parts = self._raw.split(text) if self._raw is not None else [text]
+        for i, part in enumerate(raw_parts):
+            if i % 2:
+                out.append(ids[part])
+                continue
+            parts = self._norm.split(part) if self._norm is not None else [part]
+            for j, piece in enumerate(parts):
+                if j % 2:
+                    out.append(ids[piece])
+                elif piece:
+                    out.extend(ordinary(piece))
+        return out
+
+    def _apart(self, text: str) -> list[int] | None:
+        """Ids of a text that cannot go straight to tiktoken (added tokens, not NFC), else None."""
+        if self._nfc is not None and not text.isascii() and self._nfc.normalize_str(text) != text:
+            return self._backend.encode(text).ids
+        for n in self._needles:
+            if n in text:
+                return self._split(text)
+        return None
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
-        encode, allowed = self._enc.encode, self._specials
-        return [encode(t, allowed_special=allowed) for t in texts]
+        ordinary, apart = self._enc.encode_ordinary, self._apart
+        out: list[list[int]] = []
+        for t in texts:
+            ids = apart(t)
+            out.append(ordinary(t) if ids is None else ids)
+        return out
+
+    def _encode_joined(self, texts: list[str]) -> tuple[Any, Any]:
+        """One tiktoken call per run of plain texts, joined by the separator: the GIL is dropped once
+        per run instead of once per text, and no per-text id lists are built."""
+        import numpy as np
+
+        parts: list[np.ndarray] = []
+        sizes = np.empty(len(texts), dtype=np.int64)
+        run: list[int] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            joined = self.SEPARATOR.join([texts[i] for i in run]) + self.SEPARATOR
+            ids = np.asarray(self._enc.encode(joined, allowed_special=self._sep), dtype=np.int64)
+            ends = np.flatnonzero(ids == self._sep_id)
+            sizes[run] = np.diff(ends, prepend=-1) - 1
+            parts.append(np.delete(ids, ends))
+            run.clear()
+
+        for i, t in enumerate(texts):
+            ids = self._apart(t)
+            if ids is None:
+                run.append(i)
+                continue
+            flush()
+            parts.append(np.asarray(ids, dtype=np.int64))
+            sizes[i] = len(ids)
+        flush()
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), sizes
+
+    def encode_flat(self, texts: list[str], threads: int = 1) -> tuple[Any, Any]:
+        """All ids (int64) and ids per text; ``threads`` > 1 encodes contiguous slices in threads."""
+        import numpy as np
+
+        if threads <= 1 or len(texts) < 64:
+            return self._encode_joined(texts)
+        from concurrent.futures import ThreadPoolExecutor
+
+        step = -(-len(texts) // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(
+                pool.map(self._encode_joined, [texts[i : i + step] for i in range(0, len(texts), step)])
+            )
+        return np.concatenate([f for f, _ in done]), np.concatenate([n for _, n in done])
 
     def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
         """Ids of each text; ``threads`` > 1 encodes contiguous slices in threads (tiktoken drops the GIL)."""
