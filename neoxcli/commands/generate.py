@@ -184,7 +184,6 @@ def register(app: typer.Typer) -> None:
             prompt_end=gen.prompt_end if configs else None,
             dtype=choice.name,
         )
-        typer.echo(choice.line(device), err=True)
         one_process = "--interactive" if interactive else ("--compile" if compile_step else None)
         ranks, note = choose_tensor_parallel(
             tensor_parallel,
@@ -198,11 +197,14 @@ def register(app: typer.Typer) -> None:
         if ranks > 1:
             from neoxcli.generation.tp_worker import launch
 
+            typer.echo(choice.line(device), err=True)
             code = launch(request, ranks)
             if code:
                 raise typer.Exit(code)
             return
-        serve(request, *load_model(checkpoint, tag, device=device, dtype=request.dtype))
+        loaded = load_model(checkpoint, tag, device=device, dtype=request.dtype)
+        typer.echo(choice.line(device), err=True)  # after the load, so a load error stays the first line
+        serve(request, *loaded)
 
 
 def _first(*values: Any) -> Any:
