@@ -18,6 +18,11 @@ speed is measured without the prompt: ``(N - 1) / (t(N new tokens) - t(1 new tok
     python bench/generate.py --bound                  # CUDA: pythia-410m, pythia-1.4b in bf16
     python bench/generate.py --bound --shapes 4x256   # the same code on CPU, small
     python bench/generate.py --profile --shapes 4x256 # where eager decode time goes (torch.profiler)
+    python bench/generate.py --shapes 4x256 --threads 1  # steadier ratios on a CPU shared with other jobs
+
+On a CPU that other jobs share, runs with more than one thread are dominated by
+threads waiting for each other's time slices (tokens/s swing 10x between rows);
+``--threads 1`` keeps the eager/compiled/HF ratios comparable.
 
 Runs on torch 2.11 and later.
 """
@@ -269,10 +274,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="new tokens per row")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--no-compiled", dest="compiled", action="store_false", help="skip the compiled path")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="--bound mode")
     ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="--bound mode")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.shapes_given = args.shapes is not None
     args.shapes = args.shapes or "4x256,6x512"
     if args.profile:

@@ -23,13 +23,15 @@ Examples:
 
     neox generate -c runs/big --tensor-parallel 2 -p "def "   # 2 local ranks, one shard each
 
+    neox generate -c runs/quickstart --dtype bf16 -p "def "   # auto: bf16 where the device runs it fast
+
     neox generate my-neox-model.yml text_generation.yml      # GPT-NeoX's generate.py files
 
 GPT-NeoX's text_generation.yml keys map to these flags: maximum_tokens is
 --max-new-tokens, temperature 0.0 means --greedy, top_p 0.0 and top_k 0 mean
 off, num_samples is -n, sample_input_file / sample_output_file are
 --input-file / --output-file (prompts split on prompt_end), recompute is
---recompute. Flags given on the command line win over the files.
+--recompute; neox's own dtype key is --dtype. Flags given on the command line win over the files.
 """
 
 
@@ -90,15 +92,29 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(1234, "--seed", help="Sampling seed (same seed, same text)."),
         tag: str | None = typer.Option(None, "--tag", help="A global_stepN tag instead of 'latest'."),
-        tensor_parallel: int = typer.Option(
-            1,
+        tensor_parallel: int | None = typer.Option(
+            None,
             "--tensor-parallel",
             min=1,
-            help="Sample on this many local ranks, each holding its tensor-parallel shard; same text.",
+            help="Sample on this many local ranks, each holding its tensor-parallel shard; same text. "
+            "[default: the run's model_parallel_size on GPUs, 1 on the CPU]",
+        ),
+        dtype: str | None = typer.Option(
+            None,
+            "--dtype",
+            help="auto, fp32, bf16 or fp16 (GPUs only); auto: bf16 where the device runs it fast. "
+            "[default: auto]",
         ),
     ) -> None:
         from neoxcli.errors import NeoxError
         from neoxcli.generation.gen_config import GenerationConfig, read_generation_config
+        from neoxcli.generation.placement import (
+            choose_dtype,
+            choose_tensor_parallel,
+            inference_device,
+            run_model_parallel_size,
+            visible_gpus,
+        )
         from neoxcli.generation.session import SamplingOptions, check_request, load_model, serve
 
         # Flags win over the GPT-NeoX files, which win over the defaults.
@@ -139,6 +155,8 @@ def register(app: typer.Typer) -> None:
             raise NeoxError(f"--top-p must be in (0, 1], got {nucleus}", hint="1 turns nucleus sampling off")
         if not 0 <= seed < 2**63:
             raise NeoxError(f"--seed must be in 0 … 2^63-1, got {seed}")
+        device = inference_device()
+        choice = choose_dtype(_first(dtype, gen.dtype, "auto"), device)
         options = SamplingOptions(
             max_new_tokens=new_tokens,
             temperature=_first(temperature, gen.temperature, 1.0),
@@ -164,15 +182,29 @@ def register(app: typer.Typer) -> None:
             interactive=interactive,
             num_samples=_first(num_samples, gen.num_samples, 1),
             prompt_end=gen.prompt_end if configs else None,
+            dtype=choice.name,
         )
-        if tensor_parallel > 1:
+        one_process = "--interactive" if interactive else ("--compile" if compile_step else None)
+        ranks, note = choose_tensor_parallel(
+            tensor_parallel,
+            1 if tensor_parallel is not None else run_model_parallel_size(checkpoint, tag),
+            device,
+            visible_gpus(),
+            one_process=one_process,
+        )
+        if note:
+            typer.echo(f"note: {note}", err=True)
+        if ranks > 1:
             from neoxcli.generation.tp_worker import launch
 
-            code = launch(request, tensor_parallel)
+            typer.echo(choice.line(device), err=True)
+            code = launch(request, ranks)
             if code:
                 raise typer.Exit(code)
             return
-        serve(request, *load_model(checkpoint, tag))
+        loaded = load_model(checkpoint, tag, device=device, dtype=request.dtype)
+        typer.echo(choice.line(device), err=True)  # after the load, so a load error stays the first line
+        serve(request, *loaded)
 
 
 def _first(*values: Any) -> Any:

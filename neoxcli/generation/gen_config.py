@@ -5,7 +5,8 @@ GPT-NeoX runs ``generate.py cfg.yml text_generation.yml``: the model config's
 sampling. Their meanings are kept: ``temperature: 0.0`` is greedy,
 ``top_p: 0.0`` and ``top_k: 0`` are off, ``maximum_tokens`` is the number of
 new tokens, ``prompt_end`` separates prompts in ``sample_input_file``,
-``recompute: true`` samples without the KV cache (same tokens, slower). Every
+``recompute: true`` samples without the KV cache (same tokens, slower).
+``dtype`` (neox's own: ``auto``, ``fp32``, ``bf16``, ``fp16``) is ``--dtype``. Every
 other key must be one a neox or GPT-NeoX config has, so a typo is an error.
 """
 
@@ -30,6 +31,7 @@ GENERATION_KEYS = (
     "sample_output_file",
     "recompute",
     "return_logits",
+    "dtype",
 )
 
 
@@ -50,6 +52,7 @@ class GenerationConfig:
     output_file: str | None = None
     recompute: bool = False
     return_logits: bool = False
+    dtype: str | None = None
     sources: list[str] = field(default_factory=list)
 
 
@@ -119,6 +122,12 @@ def _apply(out: GenerationConfig, key: str, value: Any, label: str) -> None:
         setattr(
             out, "input_file" if key == "sample_input_file" else "output_file", str(value) if value else None
         )
+    elif key == "dtype":
+        from neoxcli.generation.placement import DTYPES
+
+        if not isinstance(value, str) or value.strip().lower() not in DTYPES:
+            raise ConfigError(f"dtype: {value!r} is not one of {', '.join(DTYPES)} (in {label})")
+        out.dtype = value.strip().lower()
     elif key in ("recompute", "return_logits"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r} (in {label})")

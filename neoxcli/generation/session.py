@@ -288,20 +288,24 @@ def check_request(
     interactive: bool = False,
     num_samples: int = 1,
     prompt_end: str | None = None,
+    dtype: str = "fp32",
 ) -> SessionRequest:
     """The request of one ``neox generate`` run, its files checked before any model loads.
 
-    The prompt file is read (a mistake costs no loading time) and the output
-    file checked writable; ``serve`` then runs it on one process, or
-    ``neoxcli.generation.tp_worker.launch`` on tensor-parallel ranks.
+    The prompt file is read (a mistake costs no loading time), the output
+    file checked writable and ``dtype`` (``auto``, ``fp32``, ``bf16``,
+    ``fp16``) resolved for this machine's device; ``serve`` then runs it on
+    one process, or ``neoxcli.generation.tp_worker.launch`` on tensor-parallel ranks.
     """
     from neoxcli.fileio import check_writable
+    from neoxcli.generation.placement import choose_dtype, inference_device
 
     file_prompts = read_prompts(input_file, prompt_end) if input_file is not None else None
     if output_file is not None:
         check_writable(output_file)  # before the model loads and the samples are drawn
+    resolved = choose_dtype(dtype, inference_device()).name
     return SessionRequest(
-        str(checkpoint), options, tag, prompt, file_prompts, output_file, interactive, num_samples
+        str(checkpoint), options, tag, prompt, file_prompts, output_file, interactive, num_samples, resolved
     )
 
 
@@ -312,8 +316,10 @@ def run_session(checkpoint: Path, options: SamplingOptions, **request: Any) -> N
     written as they finish, then atomically in input order, as JSON lines.
     Keywords as ``check_request``.
     """
+    from neoxcli.generation.placement import inference_device
+
     checked = check_request(checkpoint, options, **request)
-    serve(checked, *load_model(checkpoint, checked.tag))
+    serve(checked, *load_model(checkpoint, checked.tag, device=inference_device(), dtype=checked.dtype))
 
 
 @dataclass(frozen=True)
@@ -328,14 +334,21 @@ class SessionRequest:
     output_file: Path | None = None
     interactive: bool = False
     num_samples: int = 1
+    dtype: str = "fp32"  # resolved already (fp32, bf16 or fp16): every rank samples in the same format
 
 
-def load_model(checkpoint: str | Path, tag: str | None) -> tuple[Any, Any]:
-    """(model, tokenizer) of a neox, Hugging Face or GPT-NeoX directory: the one loader of neox generate."""
+def load_model(
+    checkpoint: str | Path, tag: str | None, *, device: str = "cpu", dtype: str = "fp32"
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a neox, Hugging Face or GPT-NeoX directory on ``device`` in ``dtype``.
+
+    The one loader of neox generate; ``dtype`` is a resolved name (``neoxcli.generation.placement``).
+    """
     from neoxcli.convert.any_model import load_any_for_inference
+    from neoxcli.generation.placement import torch_dtype
 
-    model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag)
-    return model, tokenizer
+    model, tokenizer, _cfg = load_any_for_inference(checkpoint, tag, device)
+    return model.to(dtype=torch_dtype(dtype)), tokenizer
 
 
 def serve(request: SessionRequest, model: Any, tokenizer: Any) -> None:

@@ -108,9 +108,8 @@ def run_rank(request: SessionRequest, request_path: Path) -> None:
         timeout=datetime.timedelta(seconds=collective_timeout_s(None, cuda)),
     )
     try:
-        model, tokenizer = load_model(request.checkpoint, request.tag)
-        if cuda:
-            model = model.to(f"cuda:{dist.local_rank}")
+        device = f"cuda:{dist.local_rank}" if cuda else "cpu"
+        model, tokenizer = load_model(request.checkpoint, request.tag, device=device, dtype=request.dtype)
         model = shard(model, dist.rank, dist.world_size)
         if dist.is_main:
             serve(request, model, tokenizer)

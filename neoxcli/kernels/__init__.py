@@ -123,7 +123,8 @@ def rotary(
         qc = q.transpose(1, 2).contiguous().transpose(1, 2)
         kc = k.transpose(1, 2).contiguous().transpose(1, 2)
         return LigerRopeFunction.apply(qc, kc, cos[:, 0], sin[:, 0])
-    if cos.requires_grad or sin.requires_grad:
+    # Under torch.compile the reference traces into the graph (``_rotate``'s ``out=`` slices would break it).
+    if cos.requires_grad or sin.requires_grad or torch.compiler.is_compiling():
         return rotary_torch(q, cos, sin, dim), rotary_torch(k, cos, sin, dim)
     return _Rotary.apply(q, cos, sin, dim), _Rotary.apply(k, cos, sin, dim)
 
