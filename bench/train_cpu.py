@@ -264,9 +264,10 @@ def bench_precision(
         for c in contenders:
             c.close()
     for name in names:
+        rounds = " ".join(f"{w * 1e3:.0f}" for w, _ in times[name])
         print(
             f"  {precision} {name:11s} last loss {losses[name]:.4f}, "
-            f"{statistics.median(faults[name]):,.0f} page faults/step",
+            f"{statistics.median(faults[name]):,.0f} page faults/step, ms/step by round: {rounds}",
             flush=True,
         )
     return {
