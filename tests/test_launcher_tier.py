@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -95,6 +96,14 @@ def setup_run(tmp_path: Path, **extra: object) -> tuple[Path, Path, Path, Path]:
     return cfg, save, where, hostfile
 
 
+def wait_for_rows(proc: subprocess.Popen, metrics: Path, rows: int, timeout_s: float = 240) -> None:
+    """Until the run has logged ``rows`` metrics rows: it is training on both hosts."""
+    deadline = time.monotonic() + timeout_s
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= rows):
+        assert proc.poll() is None and time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.05)
+
+
 def assert_two_host_run(out: str, where: Path, save: Path) -> None:
     """Three steps done; rank 0 on node01, rank 1 on node02, each with what the launcher had to carry."""
     assert "on cpu x2" in out and "step      3" in out
@@ -150,12 +159,8 @@ def test_pdsh_sigterm_saves_and_stops_on_both_hosts(cluster: Cluster, hooks: Pat
         [*NEOX, "train", str(cfg), "--launcher", "pdsh", "--hostfile", str(hostfile)],
         env=run_env(hooks, where, NEOX_TEST_STOPS=str(stops)),
     )
-    metrics = save / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 240
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.05)
+        wait_for_rows(proc, save / "metrics.jsonl", 2)
         proc.send_signal(signal.SIGTERM)
     finally:
         out, err, took = finish_timed(proc, 120)
@@ -167,7 +172,8 @@ def test_pdsh_sigterm_saves_and_stops_on_both_hosts(cluster: Cluster, hooks: Pat
     # Rank 0 names its own signal, or, when node02's agent passed the stop on first, the peer's.
     said = " ".join(out.split()).replace(" node01:", "")
     assert any(
-        f"stopped by {by} after iteration {stopped_at}" in said for by in ("SIGUSR1", "a signal to another rank")
+        f"stopped by {by} after iteration {stopped_at}" in said
+        for by in ("SIGUSR1", "a signal to another rank")
     ), said[-800:]
     # Each rank, as it exited: the signal reached node02's too, and both stopped after the same step.
     ranks = {p.stem: json.loads(p.read_text()) for p in stops.glob("rank-*.json")}
@@ -279,12 +285,8 @@ def test_slurm_step_sigterm_saves_and_stops(cluster: Cluster, hooks: Path, tmp_p
         ["salloc", "--nodes=2", "--ntasks-per-node=1", "sh", "-c", script],
         env=run_env(hooks, where, NEOX_TEST_STOPS=str(stops)),
     )
-    metrics = save / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 240
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.05)
+        wait_for_rows(proc, save / "metrics.jsonl", 2)
         jobs = cluster.run("node01", ["squeue", "-h", "-o", "%i"], timeout=30).stdout.split()
         assert len(jobs) == 1, jobs
         # What a preemption does: SIGTERM to every task of the job's steps and all their processes.
