@@ -179,7 +179,10 @@ def test_pdsh_sigterm_saves_and_stops_on_both_hosts(cluster: Cluster, hooks: Pat
     ranks = {p.stem: json.loads(p.read_text()) for p in stops.glob("rank-*.json")}
     assert sorted(ranks) == ["rank-0", "rank-1"], ranks
     assert (ranks["rank-0"]["host"], ranks["rank-1"]["host"]) == ("node01", "node02")
-    assert ranks["rank-0"]["signal"] == "SIGUSR1"  # what node01's agent passed on from the pdsh stop
+    # What the agents passed on from the pdsh stop; a rank whose peer's copy came first hears of it
+    # through the step's stop vote instead.
+    signals = {r["signal"] for r in ranks.values()}
+    assert "SIGUSR1" in signals and signals <= {"SIGUSR1", "a signal to another rank"}, ranks
     for record in ranks.values():
         assert record["iteration"] == stopped_at and record["exit"] == STOPPED_EXIT_CODE, ranks
     assert wait_gone(str(save / "run-config.yml")) == []

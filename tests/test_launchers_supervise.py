@@ -317,6 +317,42 @@ def test_agent_passes_sigusr1_on_after_the_ranks_own_copy(tmp_path: Path) -> Non
     assert (tmp_path / "signals").read_text().split() == ["SIGTERM", "SIGUSR1"]
 
 
+# A training rank, as far as its agent can tell (the worker module is in its argv): on the agent's
+# SIGUSR1 it "saves" and then takes its time to exit 75, ignoring SIGTERM as a saved rank does.
+SAVING_RANK = """
+import os, signal, sys, time
+out = os.environ["OUT"]
+def saved(_signum, _frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open(os.path.join(out, "saved"), "w").close()
+    time.sleep(1.5)
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, saved)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # its own copy of the preemption: handled, not fatal
+open(os.path.join(out, "started"), "w").close()
+time.sleep(60)
+"""
+
+
+def test_agent_exits_75_when_a_hard_stop_finds_its_ranks_saved(tmp_path: Path) -> None:
+    """Slurm ends a step with SIGTERM once one task exits 75: an agent whose ranks had already saved
+    and exit 75 by themselves reports 75, not 143, so the job can be requeued."""
+    worker = "neoxcli.training.worker"  # only its presence in argv matters to the agent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", AGENT_MODULE, "--host", "h", "--grace", "10", "--"]
+        + [sys.executable, "-c", SAVING_RANK, worker],
+        env={**os.environ, "OUT": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: (tmp_path / "started").exists())
+    proc.send_signal(signal.SIGTERM)  # the preemption: passed on as SIGUSR1 a second later
+    assert wait_for(lambda: (tmp_path / "saved").exists())
+    proc.send_signal(signal.SIGTERM)  # srun ending the step after a peer's exit 75
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+
+
 def test_agent_killed_outright_takes_its_ranks_along(tmp_path: Path) -> None:
     proc = agent("--node", "a=0,1", "--host", "a", env={"OUT": str(tmp_path)})
     assert wait_for(lambda: len(pids(tmp_path)) == 2)

@@ -137,9 +137,13 @@ def test_sigterm_to_the_node_agent_saves_and_stops(tmp_path: Path, everyone: boo
 
 @pytest.mark.slow
 def test_a_second_sigterm_to_the_node_agent_stops_at_once(tmp_path: Path) -> None:
-    """The agent's hard stop: its ranks get SIGTERM and, after the grace, SIGKILL; the agent exits 143."""
+    """The agent's hard stop: its ranks get SIGTERM and, after the grace, SIGKILL; the agent exits 143.
+
+    No grace here: given one, a rank that had not yet been told of the first SIGTERM takes the
+    hard stop's SIGTERM as its graceful stop, may save in time, and the agent then exits 75.
+    """
     cfg = tiny_train_config(tmp_path, **{"train-iters": 2000, "checkpoint-factor": 1000})
-    argv = [sys.executable, "-m", AGENT_MODULE, "--grace", "5", "--", sys.executable, "-m", WORKER_MODULE]
+    argv = [sys.executable, "-m", AGENT_MODULE, "--grace", "0", "--", sys.executable, "-m", WORKER_MODULE]
     proc = subprocess.Popen(
         [*argv, "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -164,6 +168,25 @@ def test_a_second_ctrl_c_stops_at_once() -> None:
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_sigterm_after_the_stop_saved_is_ignored() -> None:
+    """Once the stop's checkpoint is complete, a SIGTERM (Slurm ending the step after a peer's exit 75)
+    changes nothing; before that, a second SIGTERM still stops at once."""
+    original = signal.getsignal(signal.SIGUSR1)
+    stop = StopRequest(announce=False).install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested == "SIGUSR1"
+        stop.saved = True
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: no KeyboardInterrupt
+        assert stop.requested == "SIGUSR1"
+        stop.saved = False
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        stop.restore()
+        signal.signal(signal.SIGUSR1, original)
 
 
 def test_a_late_repeat_of_sigusr1_cannot_kill_a_stopped_run() -> None:

@@ -349,6 +349,10 @@ def supervise_ranks(
                 stop_all(procs, grace_s)
                 return exit_code if exit_code > 0 else 1
             if watcher.all_succeeded(len(procs)):
+                # Every rank is done: a signal now (Slurm ends the step with SIGTERM as soon as
+                # one task exits 75) has nothing left to stop and must not change this exit code.
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_IGN)
                 return watcher.exit_code()
             if asked_at and time.monotonic() - asked_at[0] >= STOP_FORWARD_DELAY_S:
                 asked_at.clear()
@@ -360,6 +364,10 @@ def supervise_ranks(
             time.sleep(poll_s)
     except _Stop as stop:
         stop_all(procs, grace_s)
+        if stopping and procs and all(proc.returncode == STOPPED_EXIT_CODE for proc in procs):
+            # The ranks had saved and were exiting when the hard stop came: Slurm ends a step
+            # with SIGTERM as soon as one task exits non-zero, and 75 is non-zero to it.
+            return STOPPED_EXIT_CODE
         print(f"neox: host {host}: {stop.why}; stopped {len(procs)} rank(s)", file=sys.stderr, flush=True)
         return 128 + stop.signum
     finally:

@@ -35,6 +35,7 @@ class StopRequest:
 
     def __init__(self, announce: bool = True) -> None:
         self.requested: str | None = None  # the name of the first signal received
+        self.saved = False  # the stop's checkpoint is complete: nothing is left to stop "at once"
         self.announce = announce  # rank 0 says what happens; the other ranks stay quiet
         self._previous: dict[int, Any] = {}
 
@@ -58,6 +59,10 @@ class StopRequest:
         if self.requested is not None:
             if signum == signal.SIGUSR1:
                 return  # a repeated warning from the scheduler: the save is already on its way
+            if self.saved and signum == signal.SIGTERM:
+                # Saved and on the way out: Slurm ends a step with SIGTERM once a peer has exited
+                # 75 (non-zero to it); a kill now would only turn this run's exit 75 into 143.
+                return
             raise KeyboardInterrupt(f"second {name}")  # the user insists: stop now, unsaved
         self.requested = name
         if self.announce:

@@ -323,8 +323,14 @@ def train(
             if stop.agreed(dist.world_size, run.device):  # every rank, after the same step
                 if run.iteration != last_saved:
                     result.checkpoint, last_saved = save(run, say), run.iteration
+                stop.saved = True
                 stopped = Stopped(stop.requested or "a signal", run.iteration, result.checkpoint)
                 say.on_info(stopped_message(stopped, config_sources))
+                if dist.world_size > 1:
+                    import torch.distributed
+
+                    # Leave together: under Slurm the first task to exit 75 ends the others' step.
+                    torch.distributed.barrier()
                 raise stopped
         if run.iteration != last_saved and run.iteration > start_iter:
             result.checkpoint = save(run, say)

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         reporter = ConsoleReporter(cfg.logging.log_interval, live=False) if dist.is_main else None
         train(cfg, dist=dist, report=reporter, config_sources=[args.config])
     except Stopped as stop:  # saved on a signal: the launcher's supervisor passes the code on
+        import signal
+
+        # Saved, uploaded and exiting: Slurm ends the step with SIGTERM as soon as a peer has
+        # exited 75 (non-zero to it), which must not turn this exit 75 into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return stop.exit_code
     except NeoxError as exc:
         if os.environ.get("NEOX_DEBUG", "") not in ("", "0"):
