@@ -60,8 +60,8 @@ def defers_head(backend: str, device: torch.device) -> bool:
     Every fused backend does, and so does ``auto`` everywhere (on CPU, or a GPU without
     Triton, that is the chunked PyTorch loss): it computes the gradients in its forward
     pass, which saves the log-softmax's passes over the ``[tokens, vocab]`` fp32 logits
-    (~10% of the head and loss) and never keeps them for
-    backward. ``torch`` keeps the reference: logits, then ``F.cross_entropy``.
+    (~10% of the head and loss) and never keeps them for backward. ``torch`` keeps the
+    reference: logits, then ``F.cross_entropy``.
     """
     return backend == "auto" or resolve(backend, device) != "torch"
 
