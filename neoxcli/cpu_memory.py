@@ -4,7 +4,7 @@ glibc's malloc serves large blocks (a step's activations, the logits, the
 gradients: tens of MB each) straight from ``mmap`` and hands them back to the
 kernel on ``free``; the next step maps them again and the kernel zeroes every
 4 KiB page on first touch. On a d=512, seq-512 CPU step that is ~86,000 page
-faults and ~0.17 s of system time per step, about 7% of the step. Telling
+faults and 0.1-0.2 s of system time per step, 4-7% of the step. Telling
 malloc never to use ``mmap`` and never to trim its heap (``mallopt``) keeps
 the memory of one step for the next, as the caching allocators of GPUs and
 jemalloc/tcmalloc do; the process holds its peak, which a training run

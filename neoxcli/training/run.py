@@ -491,7 +491,7 @@ def build_run(cfg: NeoXConfig, dist: DistEnv, report: Reporter) -> Run:
     documents = document_masks(cfg.data, tokenizer.eod_id, tokenizer.name)
     device = torch.device(f"cuda:{dist.local_rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cpu":
-        keep_freed_memory()  # ~7% of a CPU step was the kernel re-zeroing pages malloc had returned
+        keep_freed_memory()  # 4-7% of a CPU step was the kernel re-zeroing pages malloc had returned
     verdict = bf16_verdict(device)
     plan = resolve(
         cfg, world_size=dist.world_size, vocab_size=tokenizer.vocab_size, bf16_supported=verdict.fast
