@@ -13,11 +13,15 @@ state slow neox), timed in interleaved rounds so machine noise hits all alike:
 * ``neox-malloc`` (``--malloc``): the neox step with ``NEOX_CPU_MALLOC=0``, i.e. without
   ``neoxcli.cpu_memory.keep_freed_memory``, to show what keeping freed memory saves;
 * ``neox+reduce`` (``--allreduce``): the neox step with DeepSpeed's one-replica gradient
-  all-reduce left on, to show what skipping it saves.
+  all-reduce left on, to show what skipping it saves;
+* ``neox-blas`` (``--gemm``): the neox step with ``NEOX_CPU_GEMM=blas``, i.e. every GEMM by
+  PyTorch's BLAS (MKL) as the baseline's are, to show what ``neoxcli.kernels.gemm``'s
+  oneDNN path saves on CPUs where it is chosen.
 
 For each precision (fp32, and bf16: DeepSpeed's bf16 with fp32 master weights for neox,
 autocast for the plain loops) it prints tokens/s, the ratio to Hugging Face, and achieved
-GFLOP/s against this CPU's matmul rate measured in the same run.
+GFLOP/s against this CPU's matmul rate measured in the same run (the better of PyTorch's BLAS
+and oneDNN, both printed).
 
     python bench/train_cpu.py                         # d=512, 6 layers, seq 512, batch 4
     python bench/train_cpu.py --precisions fp32 --steps 2 --rounds 1
@@ -52,11 +56,30 @@ def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads:
     return float(flops_per_token(model, vocab, seq))
 
 
-def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> float:
-    """This CPU's dense matmul rate at ``n`` x ``n`` (best of ``reps``): the peak MFU is measured against."""
-    from neoxcli.model.precision import matmul_seconds
+def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> dict[str, float]:
+    """This CPU's dense matmul rate at ``n`` x ``n`` (best of ``reps``), by library: PyTorch's BLAS
+    (``a @ b``) and, in fp32, oneDNN (``neoxcli.kernels.gemm``'s path). The better one is the
+    peak the step's GFLOP/s are measured against."""
+    import torch
 
-    return 2 * n**3 / matmul_seconds(dtype, n, reps) / 1e9
+    from neoxcli.kernels.gemm import _onednn, onednn_gemm_available
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    ways = {"blas": lambda: a @ b}
+    if dtype == torch.float32 and onednn_gemm_available():
+        ways["onednn"] = lambda: _onednn(a, b.t(), None)
+    rates = {}
+    for name, fn in ways.items():
+        for _ in range(2):
+            fn()
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        rates[name] = 2 * n**3 / best / 1e9
+    return rates
 
 
 def write_inputs(tmp: Path, vocab: int, tokens: int) -> tuple[Path, Path]:
@@ -142,7 +165,7 @@ def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable
     return step
 
 
-CONTENDERS = ("neox", "hf", "ours-plain", "neox-malloc", "neox+reduce")
+CONTENDERS = ("neox", "hf", "ours-plain", "neox-malloc", "neox+reduce", "neox-blas")
 
 
 def build_contender(args: argparse.Namespace, name: str, precision: str) -> Callable[[], float]:
@@ -214,6 +237,8 @@ class Contender:
         env = dict(os.environ, DS_ACCELERATOR="cpu")
         if name == "neox-malloc":
             env["NEOX_CPU_MALLOC"] = "0"
+        if name == "neox-blas":
+            env["NEOX_CPU_GEMM"] = "blas"
         self.name = name
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
@@ -249,6 +274,7 @@ def bench_precision(
     names += ["ours-plain"] if args.plain_ours else []
     names += ["neox-malloc"] if args.malloc else []
     names += ["neox+reduce"] if args.allreduce else []
+    names += ["neox-blas"] if args.gemm else []
     contenders = [Contender(args, name, precision, tok, prefix) for name in names]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     losses: dict[str, float] = {}
@@ -288,6 +314,7 @@ def main() -> None:
         "--allreduce", action="store_true", help="also time neox with the lone all-reduce left on"
     )
     ap.add_argument("--malloc", action="store_true", help="also time neox with malloc left as is")
+    ap.add_argument("--gemm", action="store_true", help="also time neox with every GEMM by PyTorch's BLAS")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     ap.add_argument("--tok", help=argparse.SUPPRESS)
@@ -310,10 +337,14 @@ def main() -> None:
         tok, prefix = write_inputs(tmp, args.vocab, tokens * 64)
         for precision in args.precisions.split(","):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            peak_before = matmul_gflops(dtype)
+            before = matmul_gflops(dtype)
             step_s = bench_precision(args, precision, tok, prefix)
-            peak = max(peak_before, matmul_gflops(dtype))
-            print(f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run)")
+            rates = {k: max(v, before[k]) for k, v in matmul_gflops(dtype).items()}
+            peak = max(rates.values())
+            by_lib = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+            print(
+                f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run: {by_lib})"
+            )
             hf_wall, hf_cpu = step_s["hf"]
             for name, (wall, cpu) in step_s.items():
                 tps = tokens / wall

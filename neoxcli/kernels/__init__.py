@@ -14,6 +14,7 @@ the model computed before kernels existed, bit for bit.
 | rotary on the first ``dim`` channels | liger (rotate-half, partial ``rotary_dim``) | liger if installed |
 | head + cross-entropy | liger's fused linear cross-entropy | chunked PyTorch (``loss.py``) |
 | attention | SDPA / flex attention (``attn.py``) | same |
+| linear layers (``gemm.py``) | PyTorch's op on GPUs; on CPU, training GEMMs by oneDNN where MKL is slow | same |
 
 Plain activations (GELU, ReLU, SiLU) stay PyTorch: the bias add already runs
 in the GEMM's epilogue and the activation is one kernel, so a fused bias+GELU
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from neoxcli.kernels.attn import attention, causal_attention, dense_causal_mask, flex_causal_attention
 from neoxcli.kernels.backend import has_module, resolve
+from neoxcli.kernels.gemm import linear
 from neoxcli.kernels.loss import linear_cross_entropy
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "flex_causal_attention",
     "gated_activation",
     "layer_norm",
+    "linear",
     "linear_cross_entropy",
     "resolve",
     "rms_norm",

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neoxcli.kernels.backend import resolve
+from neoxcli.kernels.gemm import _onednn, uses_onednn
 
 # Rows per chunk are chosen so that one chunk's fp32 logits hold about this many elements (64 MiB).
 CHUNK_ELEMENTS = 1 << 24
@@ -59,8 +60,9 @@ def linear_cross_entropy(
         out = LigerFusedLinearCrossEntropyFunction.apply(flat, weight, target, bias, None, ignore_index)
         return out[0] if isinstance(out, tuple) else out
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    onednn = uses_onednn(flat, weight, backend)
     return _ChunkedLinearCrossEntropy.apply(
-        flat, weight, bias, target, ignore_index, group if parallel else None, rows
+        flat, weight, bias, target, ignore_index, group if parallel else None, rows, onednn
     )
 
 
@@ -77,6 +79,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         ignore_index: int,
         group: Any,
         rows: int,
+        onednn: bool = False,
     ) -> Tensor:
         keep = target != ignore_index
         count = keep.sum().clamp(min=1).to(torch.float32)
@@ -93,7 +96,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for lo in range(0, x.shape[0], rows):
             xs, ts, ks = x[lo : lo + rows], target[lo : lo + rows], keep[lo : lo + rows]
-            logits = F.linear(xs, weight, bias).float()
+            # oneDNN for the logits and the input gradient where training GEMMs use it (``gemm.py``).
+            logits = (_onednn(xs, weight, bias) if onednn else F.linear(xs, weight, bias)).float()
             local = ts - start
             inside = (local >= 0) & (local < block) & ks
             local = local.masked_fill(~inside, 0)
@@ -114,7 +118,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 probs.scatter_add_(1, local[:, None], -inside.to(probs.dtype)[:, None])
                 probs *= (ks.to(probs.dtype) / count)[:, None]
                 g = probs.to(x.dtype)
-                grad_x[lo : lo + rows] = g @ weight
+                grad_x[lo : lo + rows] = _onednn(g, weight.t(), None) if onednn else g @ weight
                 grad_w.addmm_(g.t().float(), xs.float()) if x.dtype != torch.float32 else grad_w.addmm_(
                     g.t(), xs
                 )
@@ -134,6 +138,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_x * scale,
             grad_w * grad.to(grad_w.dtype),
             None if grad_b is None else grad_b * grad.to(grad_b.dtype),
+            None,
             None,
             None,
             None,

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from neoxcli import kernels
 from neoxcli.config.derived import mlp_width
 from neoxcli.config.schema import ModelConfig
+from neoxcli.kernels.gemm import Linear
 from neoxcli.model.init import init_function
 from neoxcli.model.kv_cache import KVCache
 from neoxcli.model.positions import RotaryEmbedding, alibi_slopes, sinusoidal_table
@@ -109,10 +110,9 @@ class Attention(nn.Module):
         self.num_heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
         self.q_per_kv = self.num_heads // self.kv_heads
         qkv_out = (self.num_heads + 2 * self.kv_heads) * self.head_dim
-        self.query_key_value = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.use_bias_in_attn_linear)
-        self.dense = nn.Linear(
-            self.num_heads * self.head_dim, cfg.hidden_size, bias=cfg.use_bias_in_attn_linear
-        )
+        bias = cfg.use_bias_in_attn_linear
+        self.query_key_value = Linear(cfg.hidden_size, qkv_out, bias=bias, kernels=cfg.kernels)
+        self.dense = Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias, kernels=cfg.kernels)
         self.dropout_p = cfg.attention_dropout
         # muP scales scores by 1/d_head (not 1/sqrt(d_head)) so that they stay O(1) as width grows.
         self.scale: float | None = 1.0 / self.head_dim if cfg.use_mup else None
@@ -202,10 +202,11 @@ class MLP(nn.Module):
         self.gate_act = {"swiglu": "silu", "geglu": "gelu"}.get(cfg.mlp_activation)
         self.kernels = cfg.kernels
         width = mlp_width(cfg)
-        self.dense_h_to_4h = nn.Linear(
-            cfg.hidden_size, 2 * width if self.gated else width, bias=cfg.use_bias_in_mlp
+        bias = cfg.use_bias_in_mlp
+        self.dense_h_to_4h = Linear(
+            cfg.hidden_size, 2 * width if self.gated else width, bias=bias, kernels=cfg.kernels
         )
-        self.dense_4h_to_h = nn.Linear(width, cfg.hidden_size, bias=cfg.use_bias_in_mlp)
+        self.dense_4h_to_h = Linear(width, cfg.hidden_size, bias=bias, kernels=cfg.kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.dense_h_to_4h(x)

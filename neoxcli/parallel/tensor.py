@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neoxcli.errors import NeoxError
+from neoxcli.kernels.gemm import linear
 from neoxcli.model.gpt import GPTModel, Head, HeadInputs, mlp_width
 from neoxcli.parallel.comm import copy_to_tp, gather_from_tp, reduce_from_tp
 
@@ -125,12 +126,13 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, full: nn.Linear, group: Any, rank: int, world: int, kind: str = "block") -> None:
         super().__init__()
         self.group = group
+        self.kernels = getattr(full, "kernels", "auto")
         cut = STYLE_CUTS["column"]
         self.weight = _shard_param(full.weight, cut["weight"], kind, rank, world)
         self.bias = _shard_param(full.bias, cut["bias"], kind, rank, world) if full.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
+        return linear(copy_to_tp(x, self.group), self.weight, self.bias, backend=self.kernels)
 
 
 class RowParallelLinear(nn.Module):
@@ -142,11 +144,12 @@ class RowParallelLinear(nn.Module):
     def __init__(self, full: nn.Linear, group: Any, rank: int, world: int) -> None:
         super().__init__()
         self.group = group
+        self.kernels = getattr(full, "kernels", "auto")
         self.weight = _shard_param(full.weight, STYLE_CUTS["row"]["weight"], "block", rank, world)
         self.bias = nn.Parameter(full.bias.detach().clone()) if full.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = reduce_from_tp(F.linear(x, self.weight), self.group)
+        y = reduce_from_tp(linear(x, self.weight, backend=self.kernels), self.group)
         return y + self.bias if self.bias is not None else y
 
 
