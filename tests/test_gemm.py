@@ -19,8 +19,13 @@ TOL = 1e-5
 
 @pytest.fixture
 def choice(monkeypatch: pytest.MonkeyPatch):
-    """Set ``NEOX_CPU_GEMM`` and forget the process's cached decision (restored afterwards)."""
+    """Set ``NEOX_CPU_GEMM`` and forget the process's cached decision (restored afterwards).
+
+    ``F.linear`` is PyTorch's own here: a ZeRO-3 run earlier in the process leaves DeepSpeed's in
+    its place, and then ``linear`` defers to that.
+    """
     saved = dict(lin._CHOICE)
+    monkeypatch.setattr(torch.nn.functional, "linear", lin._ATEN_LINEAR)
 
     def set_to(value: str | None) -> None:
         lin._CHOICE.clear()
@@ -69,6 +74,21 @@ def test_onednn_linear_matches_f_linear(choice, shape: tuple[int, ...], bias: bo
     assert len(got_grads) == len(want_grads)
     for a, b_ in zip(got_grads, want_grads, strict=True):
         _close(a, b_)
+
+
+@needs_onednn
+def test_onednn_linear_takes_a_transposed_input(choice) -> None:
+    choice("onednn")
+    x = torch.randn(64, 40).t().requires_grad_()  # [40, 64], not contiguous
+    w = torch.randn(24, 64, requires_grad=True)
+    y = lin.linear(x, w)
+    y.sum().backward()
+    gx, gw = x.grad, w.grad
+    x.grad = w.grad = None
+    F.linear(x, w).sum().backward()
+    _close(y, F.linear(x, w).detach())
+    _close(gx, x.grad)
+    _close(gw, w.grad)
 
 
 @needs_onednn
@@ -131,6 +151,7 @@ def _grads(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @needs_onednn
 def test_model_gradients_with_onednn_match_blas(choice) -> None:
+    """Whole-model gradients (every linear layer and the head) within fp32 rounding of MKL's."""
     ids = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(1))
     model = _tiny_model()
     choice("blas")

@@ -86,6 +86,8 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
         ctx.save_for_backward(flat, weight)
         ctx.has_bias, ctx.shape = bias is not None, x.shape
         return _onednn(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
