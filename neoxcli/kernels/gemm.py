@@ -6,9 +6,9 @@ Two reasons this is not just ``F.linear``:
   MKL, which takes its generic code path on non-Intel CPUs (``MKL_VERBOSE`` names no
   AVX-512 there) while oneDNN, also linked into PyTorch, picks its AVX-512 kernels on
   any vendor. Measured on a 2-core AMD EPYC at the shapes of a d=512 model
-  (``bench/train_cpu.py`` has the step): oneDNN's forward GEMM ran 15-25% and the
-  input-gradient GEMM 5-20% faster than MKL's, while MKL stayed ahead on the
-  weight-gradient GEMM (a long reduction over tokens). So a training step on such a
+  (``bench/gemm_cpu.py``, two runs): oneDNN's forward GEMMs ran 1.25-1.38x and the
+  input-gradient GEMMs 1.13-1.31x as fast as MKL's, while MKL kept up or stayed ahead
+  on the weight-gradient GEMMs (0.89-1.00x: a long reduction over tokens). So a training step on such a
   CPU runs forward and input gradient through oneDNN and keeps MKL for the weight
   gradient. The results differ from MKL's in the last bits (relative 1e-6), so this
   path is used only when a backward pass follows (grad mode on, fp32, no autocast,
