@@ -1,10 +1,12 @@
 """Compute kernels behind one function each, so the model never picks a backend itself.
 
 Every function takes the model's ``kernels`` setting (``backend``) and chooses
-with ``neoxcli.kernels.backend.resolve``: exact PyTorch under ``torch`` and
-everywhere on CPU under ``auto``, fused Triton kernels on CUDA. The PyTorch
-branch of each is the reference the kernels are tested against, and is what
-the model computed before kernels existed, bit for bit.
+with ``neoxcli.kernels.backend.resolve``: exact PyTorch under ``torch``, fused
+Triton kernels on CUDA under ``auto``. On CPU, ``auto`` is PyTorch too except in
+a training step, whose head + loss is the chunked function of ``loss.py`` and
+whose GEMMs may run through oneDNN (``gemm.py``), both within fp32 rounding of
+the reference. The PyTorch branch of each is the reference the kernels are
+tested against, and is what the model computed before kernels existed, bit for bit.
 
 | op | liger backend | triton backend |
 |---|---|---|
