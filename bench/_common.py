@@ -66,6 +66,16 @@ def hf_training_baseline(**shape: Any) -> Any:
     return cfg
 
 
+def best_seconds(fn: Callable[[], Any], reps: int) -> float:
+    """The fastest of ``reps`` timed calls of ``fn`` (warm it up first): one descheduled call does not count."""
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def timed_rounds(
     steps: dict[str, Callable[[], Any]], rounds: int, per_round: int
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:

@@ -15,20 +15,9 @@ gradient) against all-BLAS. It also says which library the process picked for tr
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from typing import Any
 
-from _common import add_shape_args
-
-
-def _best(fn: Callable[[], object], reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _common import add_shape_args, best_seconds
 
 
 def _time_shape(x: Any, w: Any, b: Any, g: Any, rounds: int, reps: int) -> dict[str, dict[str, float]]:
@@ -47,8 +36,8 @@ def _time_shape(x: Any, w: Any, b: Any, g: Any, rounds: int, reps: int) -> dict[
         blas(), onednn()  # warm-up: oneDNN builds its kernel on the first call
         best = {"blas": float("inf"), "onednn": float("inf")}
         for _ in range(rounds):
-            best["blas"] = min(best["blas"], _best(blas, reps))
-            best["onednn"] = min(best["onednn"], _best(onednn, reps))
+            best["blas"] = min(best["blas"], best_seconds(blas, reps))
+            best["onednn"] = min(best["onednn"], best_seconds(onednn, reps))
         out[kind] = best
     return out
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 # _common also puts this checkout first on sys.path.
-from _common import add_shape_args, hf_training_baseline
+from _common import add_shape_args, best_seconds, hf_training_baseline
 
 
 def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads: int) -> float:
@@ -73,12 +73,7 @@ def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> dict[str, float]:
     for name, fn in ways.items():
         for _ in range(2):
             fn()
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        rates[name] = 2 * n**3 / best / 1e9
+        rates[name] = 2 * n**3 / best_seconds(fn, reps) / 1e9
     return rates
 
 
