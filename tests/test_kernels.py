@@ -269,6 +269,32 @@ def test_model_with_kernels_matches_torch(over: dict) -> None:
         assert diff < 1e-4, (name, diff)
 
 
+def test_reference_loss_is_cross_entropys_and_zero_for_an_all_ignored_micro_batch() -> None:
+    """``kernels: torch``'s loss (logits, then cross-entropy) is ``F.cross_entropy`` to the bit, gradients
+    included, and an all-ignored micro-batch scores 0 with zero gradients, as the chunked loss does."""
+    from neoxcli.kernels import linear_cross_entropy
+    from neoxcli.parallel.plan import make_loss_fn
+
+    loss_fn = make_loss_fn()
+    logits = (3 * _randn(2, 9, 37, dtype=torch.float32)).requires_grad_()
+    labels = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    labels[1, 2:] = -100
+    got = loss_fn(logits, labels)
+    (g_got,) = torch.autograd.grad(got, logits)
+    want = F.cross_entropy(logits.view(-1, 37), labels.view(-1))
+    (g_want,) = torch.autograd.grad(want, logits)
+    assert torch.equal(got, want) and torch.equal(g_got, g_want)
+
+    ignored = torch.full_like(labels, -100)
+    assert torch.isnan(F.cross_entropy(logits.view(-1, 37), ignored.view(-1)))  # what it replaces
+    zero = loss_fn(logits, ignored)
+    (g_zero,) = torch.autograd.grad(zero, logits)
+    assert zero.item() == 0.0 and not g_zero.any()
+    x, w = (_randn(n, 8, dtype=torch.float32, seed=n).requires_grad_() for n in (18, 37))
+    chunked = linear_cross_entropy(x, w, None, ignored.view(-1))
+    assert chunked.item() == 0.0 and not any(g.any() for g in torch.autograd.grad(chunked, (x, w)))
+
+
 @pytest.mark.parametrize(
     "backend",
     [pytest.param("triton", marks=[needs_triton, pytest.mark.gpu]), "auto"],

@@ -295,11 +295,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(
     logits: Tensor, labels: Tensor, group: Any, ignore_index: int = -100
 ) -> Tensor:
-    """Mean cross-entropy of vocab-sharded fp32 logits ``[..., V/tp]`` against full-vocabulary labels."""
+    """Mean cross-entropy of vocab-sharded fp32 logits ``[..., V/tp]`` against full-vocabulary labels.
+
+    A micro-batch whose labels are all ``ignore_index`` (a finetuning sample that is all prompt,
+    say) scores 0 with zero gradients, as the fused and sharded losses do, not ``F.cross_entropy``'s
+    0/0 NaN, which would poison the weights; otherwise the value and gradients are
+    ``F.cross_entropy``'s to the bit (its mean is this same sum over the same count).
+    """
     if group is None or dist.get_world_size(group) == 1:
-        return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=ignore_index
+        target = labels.reshape(-1)
+        total = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), target, ignore_index=ignore_index, reduction="sum"
         )
+        return total / (target != ignore_index).sum().clamp(min=1)
     flat = logits.float().reshape(-1, logits.size(-1))
     target = labels.reshape(-1)
     keep = target != ignore_index
