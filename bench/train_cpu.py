@@ -17,6 +17,11 @@ state slow neox), timed in interleaved rounds so machine noise hits all alike:
 * ``neox-blas`` (``--gemm``): the neox step with ``NEOX_CPU_GEMM=blas``, i.e. every GEMM by
   PyTorch's BLAS (MKL) as the baseline's are, to show what ``neoxcli.kernels.gemm``'s
   oneDNN path saves on CPUs where it is chosen.
+* ``neox-noattn`` (``--attention``): a timing probe, not a model: the neox step with attention's
+  core (``softmax(QK^T)V``) replaced by passing ``V`` through, so its difference to ``neox`` is
+  what attention costs in the real step; printed with what the rest of the step achieves on
+  the FLOPs outside attention. (The profiler over-attributes small ops: it put rotary at 3% of
+  the step, which this kind of swap measured at 0.6%.)
 
 For each precision (fp32, and bf16: DeepSpeed's bf16 with fp32 master weights for neox,
 autocast for the plain loops) it prints tokens/s, the ratio to Hugging Face, and achieved
@@ -54,6 +59,15 @@ def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads:
 
     model = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
     return float(flops_per_token(model, vocab, seq))
+
+
+def attention_flops_per_token(layers: int, hidden: int, seq: int, heads: int) -> float:
+    """The attention term of ``train_flops_per_token`` (QK^T and AV, forward and backward)."""
+    from neoxcli.config.schema import ModelConfig
+    from neoxcli.model.flops import attention_flops_per_token as count
+
+    model = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
+    return float(count(model, seq))
 
 
 def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> dict[str, float]:
@@ -160,7 +174,7 @@ def plain_step(model: Any, opt: Any, ids: Any, bf16: bool, hf: bool) -> Callable
     return step
 
 
-CONTENDERS = ("neox", "hf", "ours-plain", "neox-malloc", "neox+reduce", "neox-blas")
+CONTENDERS = ("neox", "hf", "ours-plain", "neox-malloc", "neox+reduce", "neox-blas", "neox-noattn")
 
 
 def build_contender(args: argparse.Namespace, name: str, precision: str) -> Callable[[], float]:
@@ -176,6 +190,10 @@ def build_contender(args: argparse.Namespace, name: str, precision: str) -> Call
         from neoxcli.training.run import build_run
         from neoxcli.training.trainer import train_step
 
+        if name == "neox-noattn":
+            import neoxcli.kernels
+
+            neoxcli.kernels.causal_attention = lambda q, k, v, **_: v * 1.0  # timing only
         run = build_run(cfg, DistEnv(), NullReporter())
         if name == "neox+reduce":
             # the same step with DeepSpeed's one-replica gradient all-reduce left on
@@ -270,6 +288,7 @@ def bench_precision(
     names += ["neox-malloc"] if args.malloc else []
     names += ["neox+reduce"] if args.allreduce else []
     names += ["neox-blas"] if args.gemm else []
+    names += ["neox-noattn"] if args.attention else []
     contenders = [Contender(args, name, precision, tok, prefix) for name in names]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     losses: dict[str, float] = {}
@@ -310,6 +329,9 @@ def main() -> None:
     )
     ap.add_argument("--malloc", action="store_true", help="also time neox with malloc left as is")
     ap.add_argument("--gemm", action="store_true", help="also time neox with every GEMM by PyTorch's BLAS")
+    ap.add_argument(
+        "--attention", action="store_true", help="also time neox without attention's core (its cost)"
+    )
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     ap.add_argument("--tok", help=argparse.SUPPRESS)
@@ -341,6 +363,7 @@ def main() -> None:
                 f"{precision}: {precision} matmul rate {peak:.0f} GFLOP/s (2048^2, best of the run: {by_lib})"
             )
             hf_wall, hf_cpu = step_s["hf"]
+            probe = step_s.pop("neox-noattn", None)
             for name, (wall, cpu) in step_s.items():
                 tps = tokens / wall
                 gflops = tps * flops_tok / 1e9
@@ -348,6 +371,15 @@ def main() -> None:
                     f"  {name:11s} {wall * 1e3:8.0f} ms/step {tps:8.0f} tok/s  x{hf_wall / wall:.3f} HF  "
                     f"{gflops:6.1f} GFLOP/s = {gflops / peak:.0%} of matmul  "
                     f"| CPU {cpu * 1e3:8.0f} ms/step x{hf_cpu / cpu:.3f} HF"
+                )
+            if probe is not None:
+                wall, attn_s = step_s["neox"][0], step_s["neox"][0] - probe[0]
+                attn_flops = attention_flops_per_token(args.layers, args.hidden, args.seq, args.heads) * tokens
+                rest = (flops_tok * tokens - attn_flops) / probe[0] / 1e9
+                print(
+                    f"  attention in neox's step: {attn_s * 1e3:.0f} ms = {attn_s / wall:.0%} of it, "
+                    f"{attn_flops / attn_s / 1e9:.0f} GFLOP/s on its counted FLOPs; the rest of the step "
+                    f"{rest:.1f} GFLOP/s = {rest / peak:.0%} of matmul on the FLOPs outside attention"
                 )
 
 
