@@ -374,7 +374,9 @@ def main() -> None:
                 )
             if probe is not None:
                 wall, attn_s = step_s["neox"][0], step_s["neox"][0] - probe[0]
-                attn_flops = attention_flops_per_token(args.layers, args.hidden, args.seq, args.heads) * tokens
+                attn_flops = (
+                    attention_flops_per_token(args.layers, args.hidden, args.seq, args.heads) * tokens
+                )
                 rest = (flops_tok * tokens - attn_flops) / probe[0] / 1e9
                 print(
                     f"  attention in neox's step: {attn_s * 1e3:.0f} ms = {attn_s / wall:.0%} of it, "
