@@ -194,6 +194,8 @@ def bound(args: argparse.Namespace) -> None:
     """Batch-1 decode tokens/s against bytes-of-weights / measured copy bandwidth."""
     from neoxcli.generation.decode import CompiledStep
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[

@@ -120,3 +120,21 @@ def test_run_sh_refuses_a_torch_wheel_and_needs_an_outdir(tmp_path: Path) -> Non
     empty.mkdir()
     r = _run_sh(str(tmp_path / "out2"), "--dry-run", wheels=empty)
     assert r.returncode == 1 and "wheelhouse.sh" in r.stderr
+
+
+def test_the_wheelhouse_holds_everything_neoxs_own_build_needs() -> None:
+    """The GPU machine builds neox offline in pip's isolated build environment, which sees only the
+    wheelhouse: each build requirement must be a package wheelhouse.sh fetches. (``wheel`` was one,
+    and its ``packaging`` dependency was not there: neox did not install.)"""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    script = (ROOT / "bench" / "gpu" / "wheelhouse.sh").read_text()
+    listed = script.split("PACKAGES=(", 1)[1].split("\n)", 1)[0]
+    fetched = {
+        re.split(r"[<>=!\s\"]", word.strip('"'))[0].lower() for word in re.sub(r"#.*", "", listed).split()
+    }
+    for req in requires:
+        name = re.split(r"[<>=!\[;\s]", req)[0].lower()
+        assert name in fetched, f"build requirement {req!r} is not in wheelhouse.sh's PACKAGES"

@@ -70,7 +70,7 @@ if ls "$WHL" | grep -Eiq '^(torch|triton)-'; then
   exit 1
 fi
 TORCH_BEFORE=$($PY -c "import torch; print(torch.__version__)" 2>/dev/null || echo none)
-# setuptools and wheel stay in the wheelhouse for the build below; the environment keeps its own.
+# setuptools stays in the wheelhouse for the build below; the environment keeps its own.
 mapfile -t WHEELS < <(ls "$WHL"/*.whl | grep -Ev '/(setuptools|wheel)-[0-9]')
 step install 120 "$PY" -m pip install --no-index --find-links "$WHL" --no-deps "${WHEELS[@]}"
 # neox itself, built with the wheelhouse's setuptools (no index): without its dependencies.
@@ -85,7 +85,7 @@ if [ "$DRY" = 0 ]; then
 import importlib.metadata as m, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-for p in ("triton", "deepspeed", "pydantic", "liger-kernel", "transformers", "neox"):
+for p in ("triton", "deepspeed", "pydantic", "liger-kernel", "transformers", "neoxcli"):
     try:
         print(p, m.version(p))
     except m.PackageNotFoundError:

@@ -23,7 +23,7 @@ PACKAGES=(
   liger-kernel
   hjson msgpack ninja py-cpuinfo psutil einops
   pytest pluggy iniconfig pytest-timeout
-  setuptools wheel  # only to build neox's own wheel there (pip's build isolation, offline)
+  setuptools  # only to build neox's own wheel there (pip's build isolation, offline)
 )
 # pydantic needs the pydantic-core it was released with: resolve the pair here, fetch both.
 CORE=$($PY - <<'PY'
