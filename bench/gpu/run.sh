@@ -96,13 +96,14 @@ fi
 export DS_ACCELERATOR=cuda TOKENIZERS_PARALLELISM=false
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$OUT/inductor-cache}
 
-# --- 2. GPU kernel tests (those this checkout has)
+# --- 2. GPU kernel tests (those this checkout has): all of them, not up to the first failure, so one
+#        call lists every failing test (-rfE names them at the end of the log)
 present=()
 for t in "${KERNEL_TESTS[@]}"; do
   if [ -f "$t" ]; then present+=("$t"); else echo "skip $t (not in this checkout)" | tee -a "$SUMMARY"; fi
 done
 if [ "${#present[@]}" -gt 0 ]; then
-  step tests "$T_TESTS" "$PY" -m pytest "${present[@]}" -q -x --timeout 60 -p no:cacheprovider
+  step tests "$T_TESTS" "$PY" -m pytest "${present[@]}" -q -rfE --timeout 60 -p no:cacheprovider
 fi
 
 # --- 3. benchmarks
