@@ -302,14 +302,11 @@ def vocab_parallel_cross_entropy(
     0/0 NaN, which would poison the weights; otherwise the value and gradients are
     ``F.cross_entropy``'s to the bit (its mean is this same sum over the same count).
     """
-    if group is None or dist.get_world_size(group) == 1:
-        target = labels.reshape(-1)
-        total = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), target, ignore_index=ignore_index, reduction="sum"
-        )
-        return total / (target != ignore_index).sum().clamp(min=1)
     flat = logits.float().reshape(-1, logits.size(-1))
     target = labels.reshape(-1)
     keep = target != ignore_index
+    count = keep.sum().clamp(min=1)
+    if group is None or dist.get_world_size(group) == 1:
+        return F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum") / count
     losses = _VocabParallelCrossEntropy.apply(flat, target.masked_fill(~keep, 0), group)
-    return (losses * keep).sum() / keep.sum().clamp(min=1)
+    return (losses * keep).sum() / count
