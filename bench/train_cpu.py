@@ -51,23 +51,26 @@ from typing import Any
 from _common import add_shape_args, best_seconds, hf_training_baseline
 
 
+def _shape(layers: int, hidden: int, seq: int, heads: int) -> Any:
+    """The ``ModelConfig`` of a plain GPT-NeoX shape, for ``neoxcli.model.flops``' counts."""
+    from neoxcli.config.schema import ModelConfig
+
+    return ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
+
+
 def train_flops_per_token(layers: int, hidden: int, seq: int, vocab: int, heads: int) -> float:
     """Model FLOPs of one training token for a plain GPT-NeoX shape: ``neoxcli.model.flops``, the count
     every neox log line and metrics row uses (Megatron's, with the attention term and the head)."""
-    from neoxcli.config.schema import ModelConfig
     from neoxcli.model.flops import flops_per_token
 
-    model = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
-    return float(flops_per_token(model, vocab, seq))
+    return float(flops_per_token(_shape(layers, hidden, seq, heads), vocab, seq))
 
 
 def attention_flops_per_token(layers: int, hidden: int, seq: int, heads: int) -> float:
     """The attention term of ``train_flops_per_token`` (QK^T and AV, forward and backward)."""
-    from neoxcli.config.schema import ModelConfig
     from neoxcli.model.flops import attention_flops_per_token as count
 
-    model = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=seq)
-    return float(count(model, seq))
+    return float(count(_shape(layers, hidden, seq, heads), seq))
 
 
 def matmul_gflops(dtype: Any, n: int = 2048, reps: int = 3) -> dict[str, float]:
@@ -378,9 +381,14 @@ def main() -> None:
                     attention_flops_per_token(args.layers, args.hidden, args.seq, args.heads) * tokens
                 )
                 rest = (flops_tok * tokens - attn_flops) / probe[0] / 1e9
+                cost = (
+                    f"{attn_s * 1e3:.0f} ms = {attn_s / wall:.0%} of it, "
+                    f"{attn_flops / attn_s / 1e9:.0f} GFLOP/s on its counted FLOPs"
+                    if attn_s > 0
+                    else "below this run's noise (more rounds?)"
+                )
                 print(
-                    f"  attention in neox's step: {attn_s * 1e3:.0f} ms = {attn_s / wall:.0%} of it, "
-                    f"{attn_flops / attn_s / 1e9:.0f} GFLOP/s on its counted FLOPs; the rest of the step "
+                    f"  attention in neox's step: {cost}; the rest of the step "
                     f"{rest:.1f} GFLOP/s = {rest / peak:.0%} of matmul on the FLOPs outside attention"
                 )
 
